@@ -1,0 +1,172 @@
+// Package consul is a HashiCorp Consul service registry for istiod: it watches
+// a Consul catalog with blocking queries and serves its services and healthy
+// instances to Istio's xDS server, pushing only what changed.
+package consul
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+// Args are the registry's settings. Each has a command-line flag; where Consul
+// defines a standard environment variable (CONSUL_HTTP_ADDR, ...), it is used
+// when the flag is not set, so istiod reads Consul settings the way the consul
+// CLI does.
+type Args struct {
+	// ServerURL is the Consul HTTP API address, e.g. http://127.0.0.1:8500.
+	ServerURL string
+	// Token is an ACL token. Printed redacted.
+	Token secret
+	// TokenFile holds an ACL token; it is re-read when it changes (rotation).
+	TokenFile string
+	// CAFile, CertFile, KeyFile and TLSServerName configure HTTPS to Consul.
+	CAFile, CertFile, KeyFile, TLSServerName string
+	// TLSSkipVerify disables certificate verification (testing only).
+	TLSSkipVerify bool
+	// Datacenter to read; empty means the agent's own.
+	Datacenter string
+	// Consistency is "stale" (default), "default" or "consistent".
+	Consistency string
+
+	// Domain is the DNS domain of Consul hostnames: <service>.service.<Domain>.
+	Domain string
+	// Namespace is the Istio namespace Consul services are placed in.
+	Namespace string
+	// IncludeWarning also routes to instances whose checks are warning.
+	IncludeWarning bool
+	// SendUnhealthy sends critical / maintenance instances as UNHEALTHY
+	// endpoints instead of dropping them (for outlier-detection setups).
+	SendUnhealthy bool
+	// DefaultProtocol is the port protocol when nothing else names one.
+	DefaultProtocol string
+	// DefaultServiceAccount is the workload identity for instances that name none.
+	DefaultServiceAccount string
+	// VIPRange is the CIDR service VIPs are allocated from.
+	VIPRange string
+	// MaxConcurrentRequests bounds in-flight per-service fetches.
+	MaxConcurrentRequests int
+	// WaitTime is the blocking-query wait.
+	WaitTime time.Duration
+	// SyncTimeout bounds how long an unreachable Consul can hold istiod's readiness.
+	SyncTimeout time.Duration
+}
+
+// DefaultArgs are the documented defaults (README "Configuration").
+func DefaultArgs() Args {
+	return Args{
+		Consistency:           "stale",
+		Domain:                "consul",
+		Namespace:             "consul",
+		DefaultProtocol:       "tcp",
+		VIPRange:              "240.241.0.0/16",
+		MaxConcurrentRequests: 16,
+		WaitTime:              5 * time.Minute,
+		SyncTimeout:           30 * time.Second,
+	}
+}
+
+// AddFlags registers the registry's flags on fs, with DefaultArgs as defaults.
+func AddFlags(fs *pflag.FlagSet, a *Args) {
+	*a = DefaultArgs()
+	fs.StringVar(&a.ServerURL, "consulServerURL", "",
+		"URL of the Consul HTTP API for the Consul registry (env CONSUL_HTTP_ADDR; default http://127.0.0.1:8500)")
+	// The pre-1.8 spelling, so manifests written for Istio's old adapter keep working.
+	fs.StringVar(&a.ServerURL, "consulserverURL", "", "Deprecated spelling of --consulServerURL")
+	_ = fs.MarkHidden("consulserverURL")
+	fs.Var(&a.Token, "consulToken", "Consul ACL token (env CONSUL_HTTP_TOKEN); prefer --consulTokenFile")
+	fs.StringVar(&a.TokenFile, "consulTokenFile", "",
+		"File holding the Consul ACL token, re-read when it changes (env CONSUL_HTTP_TOKEN_FILE)")
+	fs.StringVar(&a.CAFile, "consulCACert", "", "CA bundle to verify Consul's HTTPS certificate (env CONSUL_CACERT)")
+	fs.StringVar(&a.CertFile, "consulClientCert", "", "Client certificate for Consul mTLS (env CONSUL_CLIENT_CERT)")
+	fs.StringVar(&a.KeyFile, "consulClientKey", "", "Client key for Consul mTLS (env CONSUL_CLIENT_KEY)")
+	fs.StringVar(&a.TLSServerName, "consulTLSServerName", "",
+		"Server name to verify Consul's certificate against (env CONSUL_TLS_SERVER_NAME)")
+	fs.BoolVar(&a.TLSSkipVerify, "consulTLSSkipVerify", false,
+		"Do not verify Consul's certificate; testing only (env CONSUL_HTTP_SSL_VERIFY=false)")
+	fs.StringVar(&a.Datacenter, "consulDatacenter", "", "Consul datacenter to read; default the agent's own")
+	fs.StringVar(&a.Consistency, "consulConsistency", a.Consistency,
+		"Consul read consistency: stale (any server answers), default (leader), consistent")
+	fs.StringVar(&a.Domain, "consulDomain", a.Domain, "Domain of Consul hostnames: <service>.service.<domain>")
+	fs.StringVar(&a.Namespace, "consulNamespace", a.Namespace, "Istio namespace that Consul services are placed in")
+	fs.BoolVar(&a.IncludeWarning, "consulIncludeWarning", false, "Also route to instances whose checks are warning")
+	fs.BoolVar(&a.SendUnhealthy, "consulSendUnhealthy", false,
+		"Send critical and maintenance instances as UNHEALTHY endpoints instead of dropping them")
+	fs.StringVar(&a.DefaultProtocol, "consulDefaultProtocol", a.DefaultProtocol,
+		"Port protocol of Consul services that name none (meta \"protocol\" or a protocol-prefixed service name)")
+	fs.StringVar(&a.DefaultServiceAccount, "consulDefaultServiceAccount", "",
+		"Service account of Consul instances without meta \"service-account\"; empty means no identity")
+	fs.StringVar(&a.VIPRange, "consulVIPRange", a.VIPRange, "CIDR that Consul service VIPs are allocated from")
+	fs.IntVar(&a.MaxConcurrentRequests, "consulMaxConcurrentRequests", a.MaxConcurrentRequests,
+		"Most concurrent per-service reads; the registry holds at most this + 2 connections to Consul")
+	fs.DurationVar(&a.WaitTime, "consulWaitTime", a.WaitTime, "Blocking-query wait time")
+	fs.DurationVar(&a.SyncTimeout, "consulSyncTimeout", a.SyncTimeout,
+		"How long istiod waits for the first complete Consul listing before reporting ready anyway")
+}
+
+// Complete fills unset settings from Consul's standard environment variables
+// and validates the result.
+func (a *Args) Complete(getenv func(string) string) error {
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	fromEnv := func(v *string, key string) {
+		if *v == "" {
+			*v = getenv(key)
+		}
+	}
+	fromEnv(&a.ServerURL, "CONSUL_HTTP_ADDR")
+	fromEnv((*string)(&a.Token), "CONSUL_HTTP_TOKEN")
+	fromEnv(&a.TokenFile, "CONSUL_HTTP_TOKEN_FILE")
+	fromEnv(&a.CAFile, "CONSUL_CACERT")
+	fromEnv(&a.CertFile, "CONSUL_CLIENT_CERT")
+	fromEnv(&a.KeyFile, "CONSUL_CLIENT_KEY")
+	fromEnv(&a.TLSServerName, "CONSUL_TLS_SERVER_NAME")
+	if strings.EqualFold(getenv("CONSUL_HTTP_SSL_VERIFY"), "false") {
+		a.TLSSkipVerify = true
+	}
+	if a.ServerURL == "" {
+		a.ServerURL = "http://127.0.0.1:8500"
+	}
+	if !strings.Contains(a.ServerURL, "://") {
+		scheme := "http"
+		if strings.EqualFold(getenv("CONSUL_HTTP_SSL"), "true") {
+			scheme = "https"
+		}
+		a.ServerURL = scheme + "://" + a.ServerURL
+	}
+	switch a.Consistency {
+	case "stale", "default", "consistent":
+	default:
+		return fmt.Errorf("--consulConsistency=%q: want stale, default or consistent", a.Consistency)
+	}
+	if _, err := netip.ParsePrefix(a.VIPRange); err != nil {
+		return fmt.Errorf("--consulVIPRange: %w", err)
+	}
+	if a.MaxConcurrentRequests < 1 {
+		return fmt.Errorf("--consulMaxConcurrentRequests=%d: want at least 1", a.MaxConcurrentRequests)
+	}
+	if (a.CertFile == "") != (a.KeyFile == "") {
+		return fmt.Errorf("--consulClientCert and --consulClientKey must be set together")
+	}
+	return nil
+}
+
+// secret is a string flag value that never prints itself: istiod logs every
+// flag at start-up ("FLAG: --x=..."), and ACL tokens must not reach logs.
+type secret string
+
+func (s *secret) String() string {
+	if s == nil || *s == "" {
+		return ""
+	}
+	return "<redacted>"
+}
+
+func (s *secret) Set(v string) error { *s = secret(v); return nil }
+
+func (s *secret) Type() string { return "string" }

@@ -1,0 +1,275 @@
+package consul
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"k8s.io/client-go/util/workqueue"
+
+	"istio.io/istio/pilot/pkg/model"
+	"istio.io/istio/pilot/pkg/serviceregistry"
+	"istio.io/istio/pilot/pkg/serviceregistry/provider"
+	"istio.io/istio/pkg/cluster"
+	"istio.io/istio/pkg/config/host"
+	"istio.io/istio/pkg/config/labels"
+	"istio.io/istio/pkg/config/protocol"
+)
+
+// Provider is the registry's provider ID; the patched Istio tree names the
+// same value provider.Consul.
+const Provider provider.ID = "Consul"
+
+var _ serviceregistry.Instance = &Controller{}
+
+// Options are what istiod hands the registry besides Args.
+type Options struct {
+	// ClusterID is this registry's cluster ID, and so its endpoint shard.
+	ClusterID cluster.ID
+	// XDSUpdater receives the registry's pushes.
+	XDSUpdater model.XDSUpdater
+	// TrustDomain returns the mesh's trust domain, for SPIFFE identities.
+	TrustDomain func() string
+	// KubernetesHas reports whether a Kubernetes registry serves a hostname;
+	// such a hostname is never served from Consul (Kubernetes wins).
+	KubernetesHas func(host.Name) bool
+}
+
+// Controller is the Consul registry: it watches the catalog and its health
+// checks with two blocking queries and reads only the services that changed.
+type Controller struct {
+	args      Args
+	opts      Options
+	client    *api.Client
+	transport *transport
+	conv      converter
+	handlers  model.ControllerHandlers
+	model.NetworkGatewaysHandler
+
+	// queue holds names of services to (re)read; it de-duplicates, never
+	// reads one service twice at once, and backs off per service on errors.
+	queue workqueue.TypedRateLimitingInterface[string]
+
+	mu       sync.RWMutex
+	catalog  map[string][]string      // last catalog listing: name -> tags
+	services map[string]*serviceState // by Consul name; only valid services
+	byHost   map[host.Name]*serviceState
+	byIP     map[string][]*serviceState
+	fetched  map[string]uint64        // per-service index of the last read
+	nodes    map[string]map[string]struct{} // node -> services with instances there
+	checks   map[checkKey]string      // (node, check) -> service name ("" for node checks)
+	dirtyAt  map[string]time.Time     // when a change to a service was first seen
+	vips     *vipAllocator
+	bumps    bumpTracker
+
+	initial     map[string]struct{} // services still to read for the first sync
+	synced      atomic.Bool
+	started     time.Time
+	reachable   atomic.Bool
+}
+
+type checkKey struct{ node, id string }
+
+// serviceState is what the registry serves for one Consul service.
+type serviceState struct {
+	name        string
+	service     *model.Service
+	endpoints   []*model.IstioEndpoint
+	instances   []*instance
+	fingerprint string
+	epKey       string
+	nodes       []string
+}
+
+// New builds a registry from completed Args.
+func New(args Args, opts Options) (*Controller, error) {
+	client, t, err := newClient(args)
+	if err != nil {
+		return nil, err
+	}
+	if opts.TrustDomain == nil {
+		opts.TrustDomain = func() string { return "cluster.local" }
+	}
+	if opts.KubernetesHas == nil {
+		opts.KubernetesHas = func(host.Name) bool { return false }
+	}
+	if opts.ClusterID == "" {
+		opts.ClusterID = "consul"
+	}
+	c := &Controller{
+		args:      args,
+		opts:      opts,
+		client:    client,
+		transport: t,
+		conv: converter{
+			domain:          args.Domain,
+			namespace:       args.Namespace,
+			clusterID:       opts.ClusterID,
+			includeWarning:  args.IncludeWarning,
+			sendUnhealthy:   args.SendUnhealthy,
+			defaultProtocol: protocol.Parse(args.DefaultProtocol),
+			defaultSA:       args.DefaultServiceAccount,
+			trustDomain:     opts.TrustDomain,
+		},
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
+			workqueue.NewTypedItemExponentialFailureRateLimiter[string](backoffMin, backoffMax),
+			workqueue.TypedRateLimitingQueueConfig[string]{Name: "consul-" + string(opts.ClusterID)}),
+		catalog:  map[string][]string{},
+		services: map[string]*serviceState{},
+		byHost:   map[host.Name]*serviceState{},
+		byIP:     map[string][]*serviceState{},
+		fetched:  map[string]uint64{},
+		nodes:    map[string]map[string]struct{}{},
+		checks:   map[checkKey]string{},
+		dirtyAt:  map[string]time.Time{},
+		vips:     newVIPAllocator(args.VIPRange),
+	}
+	return c, nil
+}
+
+// Provider implements serviceregistry.Instance.
+func (c *Controller) Provider() provider.ID { return Provider }
+
+// Cluster implements serviceregistry.Instance.
+func (c *Controller) Cluster() cluster.ID { return c.opts.ClusterID }
+
+// Run watches Consul until stop closes.
+func (c *Controller) Run(stop <-chan struct{}) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c.started = time.Now()
+	log.Infof("consul registry %s: watching %s (consistency %s, at most %d connections)",
+		c.opts.ClusterID, c.args.ServerURL, c.args.Consistency, c.args.MaxConcurrentRequests+2)
+
+	var wg sync.WaitGroup
+	for range c.args.MaxConcurrentRequests {
+		wg.Go(func() {
+			for c.processNext(ctx) {
+			}
+		})
+	}
+	wg.Go(func() { c.blockingWatch(ctx, "catalog", c.readCatalog) })
+	wg.Go(func() { c.blockingWatch(ctx, "checks", c.readChecks) })
+	wg.Go(func() { c.syncTimeout(ctx) })
+
+	<-stop
+	cancel()
+	c.queue.ShutDown()
+	wg.Wait()
+	log.Infof("consul registry %s stopped", c.opts.ClusterID)
+}
+
+// HasSynced is true once every service of the first catalog listing has been
+// read, or once SyncTimeout has passed (so an unreachable Consul cannot keep
+// istiod unready forever).
+func (c *Controller) HasSynced() bool { return c.synced.Load() }
+
+func (c *Controller) syncTimeout(ctx context.Context) {
+	if !sleep(ctx, c.args.SyncTimeout) || c.synced.Load() {
+		return
+	}
+	c.mu.RLock()
+	missing := len(c.initial)
+	c.mu.RUnlock()
+	log.Errorf("consul registry %s: NOT SYNCED after %v (Consul at %s unreachable or slow; %d services unread); "+
+		"reporting ready anyway, serving what was read so far", c.opts.ClusterID, c.args.SyncTimeout, c.args.ServerURL, missing)
+	c.synced.Store(true)
+}
+
+func (c *Controller) readFailed(what string, err error, retry time.Duration) {
+	consulWatchErrors.With(watchLabel.Value(what)).Increment()
+	if c.reachable.Swap(false) || !c.synced.Load() {
+		consulReachable.Record(0)
+	}
+	log.Warnf("consul %s read from %s failed, keeping the last good state; will retry in %v: %v",
+		what, c.args.ServerURL, retry.Round(time.Millisecond), err)
+}
+
+func (c *Controller) readSucceeded() {
+	consulLastSync.Record(float64(time.Now().Unix()))
+	if !c.reachable.Swap(true) {
+		consulReachable.Record(1)
+	}
+}
+
+// Services implements model.ServiceDiscovery.
+func (c *Controller) Services() []*model.Service {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make([]*model.Service, 0, len(c.services))
+	for _, s := range c.services {
+		if !c.opts.KubernetesHas(s.service.Hostname) {
+			out = append(out, s.service)
+		}
+	}
+	return out
+}
+
+// GetService implements model.ServiceDiscovery.
+func (c *Controller) GetService(h host.Name) *model.Service {
+	c.mu.RLock()
+	s := c.byHost[h]
+	c.mu.RUnlock()
+	if s == nil || c.opts.KubernetesHas(h) {
+		return nil
+	}
+	return s.service
+}
+
+// GetProxyServiceTargets answers for sidecars running beside a Consul
+// instance (e.g. on a VM), so they get inbound configuration.
+func (c *Controller) GetProxyServiceTargets(p *model.Proxy) []model.ServiceTarget {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	var out []model.ServiceTarget
+	for _, ip := range p.IPAddresses {
+		for _, s := range c.byIP[ip] {
+			for _, inst := range s.instances {
+				if inst.address != ip {
+					continue
+				}
+				for _, port := range s.service.Ports {
+					if port.Port == inst.port {
+						out = append(out, model.ServiceTarget{
+							Service: s.service,
+							Port:    model.ServiceInstancePort{ServicePort: port, TargetPort: uint32(inst.port)},
+						})
+					}
+				}
+			}
+		}
+	}
+	return out
+}
+
+// GetProxyWorkloadLabels returns the labels of the Consul instance at the proxy's IP.
+func (c *Controller) GetProxyWorkloadLabels(p *model.Proxy) labels.Instance {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	for _, ip := range p.IPAddresses {
+		for _, s := range c.byIP[ip] {
+			for _, inst := range s.instances {
+				if inst.address == ip {
+					return inst.labels
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// MCSServices implements model.ServiceDiscovery; Consul has no MCS.
+func (c *Controller) MCSServices() []model.MCSServiceInfo { return nil }
+
+// AppendServiceHandler implements model.Controller.
+func (c *Controller) AppendServiceHandler(f model.ServiceHandler) { c.handlers.AppendServiceHandler(f) }
+
+// AppendWorkloadHandler implements model.Controller; Consul workloads are not
+// WorkloadEntries, so nothing selects them.
+func (c *Controller) AppendWorkloadHandler(func(*model.WorkloadInstance, model.Event)) {}
+
+// NetworkGateways implements model.NetworkGatewaysWatcher; Consul services
+// carry no cross-network gateways.
+func (c *Controller) NetworkGateways() []model.NetworkGateway { return nil }

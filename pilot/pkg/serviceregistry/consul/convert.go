@@ -1,0 +1,315 @@
+package consul
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/hashicorp/consul/api"
+	"k8s.io/apimachinery/pkg/util/validation"
+
+	"istio.io/istio/pilot/pkg/model"
+	"istio.io/istio/pkg/cluster"
+	"istio.io/istio/pkg/config/host"
+	"istio.io/istio/pkg/config/labels"
+	"istio.io/istio/pkg/config/protocol"
+	"istio.io/istio/pkg/spiffe"
+)
+
+// Meta keys (Consul ServiceMeta, or NodeMeta where noted) the mapping reads.
+// Consul meta keys may only hold [A-Za-z0-9_-], hence no Kubernetes-style names.
+const (
+	MetaProtocol       = "protocol"        // port protocol (Istio 1.7-compatible)
+	MetaZone           = "zone"            // locality zone; ServiceMeta, else NodeMeta
+	MetaSubzone        = "subzone"         // locality subzone; ServiceMeta, else NodeMeta
+	MetaServiceAccount = "service-account" // workload identity: a name or a spiffe:// URI
+	MetaTLSMode        = "tls-mode"        // "istio" when the instance runs an Istio sidecar
+)
+
+// converter maps one Consul service's registrations to Istio's model. It is
+// pure: same input, same output, so the mapping table in README is testable.
+type converter struct {
+	domain          string
+	namespace       string
+	clusterID       cluster.ID
+	includeWarning  bool
+	sendUnhealthy   bool
+	defaultProtocol protocol.Instance
+	defaultSA       string
+	trustDomain     func() string
+}
+
+// conversion is the result for one Consul service.
+type conversion struct {
+	// service is nil when the service itself is invalid (e.g. its name).
+	service *model.Service
+	// endpoints are the instances that get traffic (or UNHEALTHY ones if asked).
+	endpoints []*model.IstioEndpoint
+	// instances are all valid registrations, routable or not, for proxy lookups.
+	instances []*instance
+	// warnings name each skipped entry and why.
+	warnings []string
+}
+
+// instance is one valid Consul registration of a service.
+type instance struct {
+	node    string
+	address string
+	port    int
+	labels  labels.Instance
+}
+
+func (c *converter) hostname(name string) host.Name {
+	return host.Name(name + ".service." + c.domain)
+}
+
+func (c *converter) convert(name string, entries []*api.ServiceEntry) conversion {
+	var out conversion
+	if errs := validation.IsDNS1123Label(name); len(errs) > 0 {
+		out.warnings = append(out.warnings, fmt.Sprintf("consul service %q skipped: name is not a DNS label (%s)",
+			name, strings.Join(errs, "; ")))
+		return out
+	}
+	type candidate struct {
+		entry    *api.ServiceEntry
+		inst     *instance
+		protocol protocol.Instance
+		status   string
+	}
+	var cands []candidate
+	// port -> protocol -> number of registrations declaring it
+	portProtocols := map[int]map[protocol.Instance]int{}
+	for _, e := range entries {
+		inst, proto, warn := c.instanceOf(name, e)
+		if warn != "" {
+			out.warnings = append(out.warnings, warn)
+			continue
+		}
+		if inst == nil {
+			continue // not a workload (connect proxy, gateway): skipped on purpose
+		}
+		if portProtocols[inst.port] == nil {
+			portProtocols[inst.port] = map[protocol.Instance]int{}
+		}
+		portProtocols[inst.port][proto]++
+		cands = append(cands, candidate{entry: e, inst: inst, protocol: proto, status: e.Checks.AggregatedStatus()})
+	}
+
+	svc := &model.Service{
+		Hostname:   c.hostname(name),
+		Resolution: model.ClientSideLB,
+		Attributes: model.ServiceAttributes{
+			ServiceRegistry: Provider,
+			Name:            name,
+			Namespace:       c.namespace,
+		},
+	}
+	portNames := map[int]string{}
+	for _, port := range sortedKeys(portProtocols) {
+		proto := pickProtocol(portProtocols[port])
+		if len(portProtocols[port]) > 1 {
+			out.warnings = append(out.warnings, fmt.Sprintf(
+				"consul service %q: registrations declare different protocols on port %d (%v); using %s",
+				name, port, protocolCounts(portProtocols[port]), proto))
+		}
+		portNames[port] = strings.ToLower(string(proto)) + "-" + fmt.Sprint(port)
+		svc.Ports = append(svc.Ports, &model.Port{Name: portNames[port], Port: port, Protocol: proto})
+	}
+
+	sas := map[string]struct{}{}
+	for _, cd := range cands {
+		out.instances = append(out.instances, cd.inst)
+		ep := c.endpoint(name, cd.entry, cd.inst, portNames[cd.inst.port], cd.status)
+		if ep == nil {
+			continue
+		}
+		if ep.ServiceAccount != "" {
+			sas[ep.ServiceAccount] = struct{}{}
+		}
+		out.endpoints = append(out.endpoints, ep)
+	}
+	for sa := range sas {
+		svc.ServiceAccounts = append(svc.ServiceAccounts, sa)
+	}
+	sort.Strings(svc.ServiceAccounts)
+	out.service = svc
+	return out
+}
+
+// instanceOf validates one registration. It returns (nil, "", "") for entries
+// that are not workloads, and a warning for entries that are invalid.
+func (c *converter) instanceOf(name string, e *api.ServiceEntry) (*instance, protocol.Instance, string) {
+	if e == nil || e.Service == nil || e.Node == nil {
+		return nil, "", fmt.Sprintf("consul service %q: skipped an entry without service or node data", name)
+	}
+	s := e.Service
+	if s.Kind != api.ServiceKindTypical {
+		return nil, "", ""
+	}
+	id := fmt.Sprintf("consul service %q instance %q on node %q", name, s.ID, e.Node.Node)
+	addr := s.Address
+	if addr == "" {
+		addr = e.Node.Address
+	}
+	if addr == "" {
+		return nil, "", id + " skipped: neither the service nor its node has an address"
+	}
+	ip, err := netip.ParseAddr(addr)
+	if err != nil || ip.IsUnspecified() {
+		return nil, "", fmt.Sprintf("%s skipped: address %q is not an IP address "+
+			"(Consul hostnames are not resolved; register an IP)", id, addr)
+	}
+	if s.Port < 1 || s.Port > 65535 {
+		return nil, "", fmt.Sprintf("%s skipped: port %d is out of range 1-65535", id, s.Port)
+	}
+	return &instance{node: e.Node.Node, address: ip.Unmap().String(), port: s.Port, labels: instanceLabels(s)},
+		c.protocolOf(name, s.Meta[MetaProtocol]), ""
+}
+
+// protocolOf: ServiceMeta "protocol", else a protocol prefix of the service
+// name (Kubernetes port-naming convention: grpc-payments), else the default.
+func (c *converter) protocolOf(name, meta string) protocol.Instance {
+	if p := protocol.Parse(meta); meta != "" && p != protocol.Unsupported {
+		return p
+	}
+	if prefix, _, ok := strings.Cut(name, "-"); ok {
+		if p := protocol.Parse(prefix); p != protocol.Unsupported {
+			return p
+		}
+	}
+	return c.defaultProtocol
+}
+
+func (c *converter) endpoint(name string, e *api.ServiceEntry, inst *instance, portName, status string) *model.IstioEndpoint {
+	health := model.Healthy
+	weight := e.Service.Weights.Passing
+	switch status {
+	case api.HealthPassing:
+	case api.HealthWarning:
+		weight = e.Service.Weights.Warning
+		// Consul DNS leaves out warning instances of weight 0; so do we.
+		if !c.includeWarning || weight == 0 {
+			health = model.UnHealthy
+		}
+	default: // critical, maintenance
+		health = model.UnHealthy
+	}
+	if health == model.UnHealthy && !c.sendUnhealthy {
+		return nil
+	}
+	if weight < 1 {
+		weight = 1
+	}
+	tlsMode := model.DisabledTLSModeLabel
+	if strings.EqualFold(e.Service.Meta[MetaTLSMode], model.IstioMutualTLSModeLabel) {
+		tlsMode = model.IstioMutualTLSModeLabel
+	}
+	return &model.IstioEndpoint{
+		Addresses:              []string{inst.address},
+		EndpointPort:           uint32(inst.port),
+		ServicePortName:        portName,
+		LegacyClusterPortKey:   inst.port,
+		Labels:                 inst.labels,
+		ServiceAccount:         c.serviceAccount(e.Service.Meta[MetaServiceAccount]),
+		Locality:               model.Locality{Label: locality(e), ClusterID: c.clusterID},
+		LbWeight:               uint32(weight),
+		TLSMode:                tlsMode,
+		Namespace:              c.namespace,
+		WorkloadName:           e.Service.ID,
+		NodeName:               e.Node.Node,
+		HealthStatus:           health,
+		SendUnhealthyEndpoints: c.sendUnhealthy,
+		DiscoverabilityPolicy:  model.AlwaysDiscoverable,
+	}
+}
+
+func (c *converter) serviceAccount(meta string) string {
+	sa := meta
+	if sa == "" {
+		sa = c.defaultSA
+	}
+	switch {
+	case sa == "":
+		return ""
+	case strings.HasPrefix(sa, spiffe.URIPrefix):
+		return sa
+	default:
+		return spiffe.MustGenSpiffeURIForTrustDomain(c.trustDomain(), c.namespace, sa)
+	}
+}
+
+// locality is region/zone/subzone: the datacenter, then meta zone and subzone.
+func locality(e *api.ServiceEntry) string {
+	meta := func(k string) string {
+		if v := e.Service.Meta[k]; v != "" {
+			return v
+		}
+		return e.Node.Meta[k]
+	}
+	region := e.Node.Datacenter
+	zone, subzone := meta(MetaZone), meta(MetaSubzone)
+	switch {
+	case subzone != "":
+		return region + "/" + zone + "/" + subzone
+	case zone != "":
+		return region + "/" + zone
+	default:
+		return region
+	}
+}
+
+// instanceLabels: tags "key=value" and the Istio 1.7 form "key|value", then
+// ServiceMeta entries (which win on conflict). Keys or values Kubernetes would
+// reject are dropped, since DestinationRule subsets could never select them.
+func instanceLabels(s *api.AgentService) labels.Instance {
+	out := labels.Instance{}
+	add := func(k, v string) {
+		if len(validation.IsQualifiedName(k)) > 0 || len(validation.IsValidLabelValue(v)) > 0 {
+			log.Debugf("consul instance %q: label %q=%q dropped: not a valid Kubernetes label", s.ID, k, v)
+			return
+		}
+		out[k] = v
+	}
+	for _, tag := range s.Tags {
+		if k, v, ok := strings.Cut(tag, "="); ok {
+			add(k, v)
+		} else if k, v, ok := strings.Cut(tag, "|"); ok {
+			add(k, v)
+		}
+	}
+	for _, k := range sortedKeys(s.Meta) {
+		add(k, s.Meta[k])
+	}
+	return out
+}
+
+// pickProtocol is deterministic: most registrations win, ties go to the
+// alphabetically first protocol.
+func pickProtocol(counts map[protocol.Instance]int) protocol.Instance {
+	var best protocol.Instance
+	for _, p := range sortedKeys(counts) {
+		if best == "" || counts[p] > counts[best] {
+			best = p
+		}
+	}
+	return best
+}
+
+func protocolCounts(counts map[protocol.Instance]int) string {
+	parts := make([]string, 0, len(counts))
+	for _, p := range sortedKeys(counts) {
+		parts = append(parts, fmt.Sprintf("%s×%d", p, counts[p]))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func sortedKeys[K interface{ ~int | ~string }, V any](m map[K]V) []K {
+	keys := make([]K, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}

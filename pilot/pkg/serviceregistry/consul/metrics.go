@@ -1,0 +1,28 @@
+package consul
+
+import (
+	istiolog "istio.io/istio/pkg/log"
+	"istio.io/istio/pkg/monitoring"
+)
+
+var log = istiolog.RegisterScope("consul", "Consul service registry")
+
+var (
+	watchLabel = monitoring.CreateLabel("watch")
+
+	consulServices = monitoring.NewGauge("pilot_consul_services",
+		"Consul services served to istiod.")
+	consulEndpoints = monitoring.NewGauge("pilot_consul_endpoints",
+		"Consul endpoints (routable instance ports) served to istiod.")
+	consulWatchErrors = monitoring.NewSum("pilot_consul_watch_errors_total",
+		"Failed Consul reads, by watch (catalog, checks, service).")
+	consulRequests = monitoring.NewSum("pilot_consul_requests_total",
+		"HTTP requests sent to Consul.")
+	consulLastSync = monitoring.NewGauge("pilot_consul_last_sync_timestamp_seconds",
+		"Unix time of the last successful read from Consul.")
+	consulReachable = monitoring.NewGauge("pilot_consul_reachable",
+		"1 while the last Consul read succeeded, 0 while Consul is unreachable (last good state is kept).")
+	consulPushLatency = monitoring.NewDistribution("pilot_consul_change_to_push_seconds",
+		"Time from a Consul change being observed to its push to istiod.",
+		[]float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10})
+)

@@ -1,0 +1,355 @@
+package consul
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"istio.io/istio/pilot/pkg/model"
+	"istio.io/istio/pkg/config/schema/kind"
+	"istio.io/istio/pkg/util/sets"
+)
+
+// readCatalog is one blocking read of the service list. New services and
+// services whose tags changed are queued for a read; vanished ones are removed.
+func (c *Controller) readCatalog(q *api.QueryOptions) (uint64, error) {
+	listing, meta, err := c.client.Catalog().Services(q)
+	if err != nil {
+		return 0, fmt.Errorf("list services: %w", err)
+	}
+	now := time.Now()
+	c.mu.Lock()
+	first := c.initial == nil && !c.synced.Load()
+	changed := false
+	var removed []*serviceState
+	for name := range c.catalog {
+		if _, ok := listing[name]; !ok {
+			changed = true
+			delete(c.catalog, name)
+			delete(c.fetched, name)
+			if s := c.removeLocked(name); s != nil {
+				removed = append(removed, s)
+			}
+		}
+	}
+	for name, tags := range listing {
+		old, ok := c.catalog[name]
+		if ok && slices.Equal(old, tags) {
+			continue
+		}
+		changed = true
+		c.catalog[name] = tags
+		c.markDirtyLocked(name, now)
+	}
+	if first {
+		c.initial = make(map[string]struct{}, len(listing))
+		for name := range listing {
+			c.initial[name] = struct{}{}
+		}
+		c.checkInitialLocked()
+	} else if !changed {
+		// The catalog changed but not its names or tags: an instance was
+		// (de)registered. If it has checks, readChecks sees it; if not, only a
+		// full re-read finds it. bumps decides which, shortly.
+		c.bumps.add(meta.LastIndex, now)
+		time.AfterFunc(bumpGrace, c.resolveBumps)
+	}
+	c.mu.Unlock()
+	for _, s := range removed {
+		c.pushRemoved(s)
+	}
+	return meta.LastIndex, nil
+}
+
+// readChecks is one blocking read of every health check in the datacenter.
+// Only services with a check newer than their last read, or a check that
+// vanished, are queued: the work per change is one read of that service.
+func (c *Controller) readChecks(q *api.QueryOptions) (uint64, error) {
+	checks, meta, err := c.client.Health().State(api.HealthAny, q)
+	if err != nil {
+		return 0, fmt.Errorf("list health checks: %w", err)
+	}
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	seen := make(map[checkKey]string, len(checks))
+	dirty := sets.New[string]()
+	for _, hc := range checks {
+		k := checkKey{hc.Node, hc.CheckID}
+		seen[k] = hc.ServiceName
+		if hc.ServiceName == "" {
+			// A node check (serfHealth, node maintenance) affects every service
+			// on the node; Consul bumps their indexes too.
+			for name := range c.nodes[hc.Node] {
+				if hc.ModifyIndex > c.fetched[name] {
+					dirty.Insert(name)
+				}
+			}
+		} else if idx, ok := c.fetched[hc.ServiceName]; ok && hc.ModifyIndex > idx {
+			dirty.Insert(hc.ServiceName)
+		}
+		c.bumps.explain(hc.ModifyIndex)
+	}
+	for k, svc := range c.checks {
+		if _, ok := seen[k]; ok {
+			continue
+		}
+		c.bumps.explain(meta.LastIndex)
+		if svc != "" {
+			dirty.Insert(svc)
+		} else {
+			for name := range c.nodes[k.node] {
+				dirty.Insert(name)
+			}
+		}
+	}
+	c.checks = seen
+	for name := range dirty {
+		if _, ok := c.catalog[name]; ok {
+			c.markDirtyLocked(name, now)
+		}
+	}
+	return meta.LastIndex, nil
+}
+
+func (c *Controller) markDirtyLocked(name string, now time.Time) {
+	if _, ok := c.dirtyAt[name]; !ok {
+		c.dirtyAt[name] = now
+	}
+	c.queue.Add(name)
+}
+
+// processNext reads one queued service and applies it; false once shut down.
+func (c *Controller) processNext(ctx context.Context) bool {
+	name, quit := c.queue.Get()
+	if quit {
+		return false
+	}
+	defer c.queue.Done(name)
+	entries, meta, err := c.client.Health().Service(name, "", false, c.queryOptions(ctx))
+	if err != nil {
+		if ctx.Err() == nil {
+			d := c.queue.NumRequeues(name)
+			c.readFailed("service "+name, err, backoffMin<<min(d, 7))
+			c.queue.AddRateLimited(name)
+		}
+		return true
+	}
+	c.queue.Forget(name)
+	c.readSucceeded()
+	conv := c.conv.convert(name, entries)
+	for _, w := range conv.warnings {
+		log.Warn(w)
+	}
+	c.apply(name, conv, meta.LastIndex)
+	return true
+}
+
+// apply stores one service's new state and pushes the difference: an
+// endpoint-only change is an EDS update for that service alone; a change to
+// the service itself (new, ports, VIP, identities) is a push scoped to it.
+func (c *Controller) apply(name string, conv conversion, index uint64) {
+	c.mu.Lock()
+	if _, ok := c.catalog[name]; !ok {
+		// Deregistered while we were reading it: the catalog read already removed it.
+		c.mu.Unlock()
+		return
+	}
+	c.fetched[name] = index
+	delete(c.initial, name)
+	since, tracked := c.dirtyAt[name]
+	delete(c.dirtyAt, name)
+	prev := c.services[name]
+	if conv.service == nil {
+		removed := c.removeLocked(name)
+		c.checkInitialLocked()
+		c.mu.Unlock()
+		if removed != nil {
+			c.pushRemoved(removed)
+		}
+		return
+	}
+	svc := conv.service
+	svc.DefaultAddress = c.vips.allocate(svc.Hostname)
+	next := &serviceState{
+		name:        name,
+		service:     svc,
+		endpoints:   conv.endpoints,
+		instances:   conv.instances,
+		fingerprint: serviceFingerprint(svc),
+		epKey:       endpointsKey(conv.endpoints),
+	}
+	next.nodes = nodesOf(conv.instances)
+	serviceChanged := prev == nil || prev.fingerprint != next.fingerprint
+	endpointsChanged := prev == nil || prev.epKey != next.epKey
+	if !serviceChanged {
+		// Keep the object istiod already holds: same service, same identity.
+		next.service = prev.service
+	} else if prev != nil {
+		svc.CreationTime = prev.service.CreationTime
+	} else {
+		svc.CreationTime = time.Now()
+	}
+	c.storeLocked(prev, next)
+	c.checkInitialLocked()
+	c.mu.Unlock()
+
+	shard := model.ShardKeyFromRegistry(c)
+	hostname, ns := string(next.service.Hostname), next.service.Attributes.Namespace
+	switch {
+	case serviceChanged:
+		event := model.EventAdd
+		var prevSvc *model.Service
+		if prev != nil {
+			event, prevSvc = model.EventUpdate, prev.service
+		}
+		c.opts.XDSUpdater.EDSCacheUpdate(shard, hostname, ns, next.endpoints)
+		c.opts.XDSUpdater.SvcUpdate(shard, hostname, ns, event)
+		c.handlers.NotifyServiceHandlers(prevSvc, next.service, event)
+		c.opts.XDSUpdater.ConfigUpdate(&model.PushRequest{
+			Full:           true,
+			ConfigsUpdated: sets.New(model.ConfigKey{Kind: kind.ServiceEntry, Name: hostname, Namespace: ns}),
+			Reason:         model.NewReasonStats(model.ServiceUpdate),
+		})
+	case endpointsChanged:
+		c.opts.XDSUpdater.EDSUpdate(shard, hostname, ns, next.endpoints)
+	default:
+		return
+	}
+	if tracked {
+		consulPushLatency.Record(time.Since(since).Seconds())
+	}
+}
+
+// pushRemoved tells istiod a service is gone.
+func (c *Controller) pushRemoved(s *serviceState) {
+	shard := model.ShardKeyFromRegistry(c)
+	hostname, ns := string(s.service.Hostname), s.service.Attributes.Namespace
+	log.Infof("consul service %s is gone; removing %s", s.name, hostname)
+	c.opts.XDSUpdater.SvcUpdate(shard, hostname, ns, model.EventDelete)
+	c.handlers.NotifyServiceHandlers(s.service, nil, model.EventDelete)
+	c.opts.XDSUpdater.ConfigUpdate(&model.PushRequest{
+		Full:           true,
+		ConfigsUpdated: sets.New(model.ConfigKey{Kind: kind.ServiceEntry, Name: hostname, Namespace: ns}),
+		Reason:         model.NewReasonStats(model.ServiceUpdate),
+	})
+}
+
+func (c *Controller) storeLocked(prev, next *serviceState) {
+	if prev != nil {
+		c.unindexLocked(prev)
+	}
+	c.services[next.name] = next
+	c.byHost[next.service.Hostname] = next
+	for _, ip := range addressesOf(next.instances) {
+		c.byIP[ip] = append(c.byIP[ip], next)
+	}
+	for _, n := range next.nodes {
+		if c.nodes[n] == nil {
+			c.nodes[n] = map[string]struct{}{}
+		}
+		c.nodes[n][next.name] = struct{}{}
+	}
+	c.updateGaugesLocked()
+}
+
+func (c *Controller) removeLocked(name string) *serviceState {
+	delete(c.initial, name)
+	delete(c.dirtyAt, name)
+	s := c.services[name]
+	if s == nil {
+		return nil
+	}
+	c.unindexLocked(s)
+	delete(c.services, name)
+	delete(c.byHost, s.service.Hostname)
+	c.vips.release(s.service.Hostname)
+	c.updateGaugesLocked()
+	return s
+}
+
+func (c *Controller) unindexLocked(s *serviceState) {
+	for _, ip := range addressesOf(s.instances) {
+		c.byIP[ip] = slices.DeleteFunc(c.byIP[ip], func(x *serviceState) bool { return x.name == s.name })
+		if len(c.byIP[ip]) == 0 {
+			delete(c.byIP, ip)
+		}
+	}
+	for _, n := range s.nodes {
+		delete(c.nodes[n], s.name)
+		if len(c.nodes[n]) == 0 {
+			delete(c.nodes, n)
+		}
+	}
+}
+
+func (c *Controller) checkInitialLocked() {
+	if c.initial == nil || len(c.initial) > 0 || c.synced.Load() {
+		return
+	}
+	eps := 0
+	for _, s := range c.services {
+		eps += len(s.endpoints)
+	}
+	log.Infof("consul registry %s synced: %d services, %d endpoints in %v",
+		c.opts.ClusterID, len(c.services), eps, time.Since(c.started).Round(time.Millisecond))
+	c.synced.Store(true)
+}
+
+func (c *Controller) updateGaugesLocked() {
+	eps := 0
+	for _, s := range c.services {
+		eps += len(s.endpoints)
+	}
+	consulServices.Record(float64(len(c.services)))
+	consulEndpoints.Record(float64(eps))
+}
+
+// serviceFingerprint covers every service field the registry sets, so equal
+// fingerprints mean no service-level push is needed.
+func serviceFingerprint(s *model.Service) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s|%s|%s|%v|", s.Hostname, s.Attributes.Namespace, s.DefaultAddress, s.ServiceAccounts)
+	for _, p := range s.Ports {
+		fmt.Fprintf(&b, "%s:%d:%s,", p.Name, p.Port, p.Protocol)
+	}
+	return b.String()
+}
+
+// endpointsKey is a canonical form of an endpoint list for change detection.
+func endpointsKey(eps []*model.IstioEndpoint) string {
+	keys := make([]string, 0, len(eps))
+	for _, e := range eps {
+		lbl := make([]string, 0, len(e.Labels))
+		for k, v := range e.Labels {
+			lbl = append(lbl, k+"="+v)
+		}
+		sort.Strings(lbl)
+		keys = append(keys, fmt.Sprintf("%v|%d|%s|%d|%s|%s|%s|%d|%s|%v",
+			e.Addresses, e.EndpointPort, e.ServicePortName, e.LbWeight, e.TLSMode, e.ServiceAccount,
+			e.Locality.Label, e.HealthStatus, e.WorkloadName, lbl))
+	}
+	sort.Strings(keys)
+	return strings.Join(keys, "\n")
+}
+
+func addressesOf(insts []*instance) []string {
+	ips := sets.New[string]()
+	for _, i := range insts {
+		ips.Insert(i.address)
+	}
+	return sets.SortedList(ips)
+}
+
+func nodesOf(insts []*instance) []string {
+	n := sets.New[string]()
+	for _, i := range insts {
+		n.Insert(i.node)
+	}
+	return sets.SortedList(n)
+}
