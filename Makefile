@@ -1,0 +1,75 @@
+# pilot-consul: a Consul service registry compiled into Istio's pilot-discovery.
+SHELL := /usr/bin/env bash -o pipefail
+.SHELLFLAGS := -ec
+.DEFAULT_GOAL := help
+
+include VERSION
+HUB ?= localhost:5000/pilot-consul
+TAG ?= $(PILOT_CONSUL_VERSION)
+FUZZTIME ?= 60s
+KEEP ?=
+
+##@ General
+
+.PHONY: help
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*##"; printf "\nUsage:\n  make \033[36m<target>\033[0m\n"} /^[a-zA-Z_0-9-]+:.*?##/ { printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2 } /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) } ' $(MAKEFILE_LIST)
+
+##@ Main
+
+.PHONY: demo
+demo: build tools ## Run the local mesh demo (KEEP=1 leaves it up until Ctrl-C).
+	go run ./tests/cmd/demo $(if $(KEEP),-keep)
+
+.PHONY: test
+test: test-unit test-upstream test-integration ## Run every test (unit, upstream, integration).
+
+##@ Build
+
+.PHONY: build
+build: ## Build out/pilot-discovery (pinned Istio + patches/ + pilot/).
+	build/build.sh
+
+.PHONY: tools
+tools: ## Build/install the real servers tests use (Consul, kube-apiserver, etcd) into bin/.
+	build/tools.sh all
+
+.PHONY: docker
+docker: build ## Build the istiod image (needs a Docker daemon): HUB=... TAG=...
+	build/docker.sh build "$(HUB)/pilot:$(TAG)"
+
+.PHONY: docker-push
+docker-push: docker ## Push the istiod image: HUB=... TAG=...
+	build/docker.sh push "$(HUB)/pilot:$(TAG)"
+
+##@ Patch queue
+
+.PHONY: rebase
+rebase: ## Regenerate patches/ from the work tree after resolving conflicts.
+	build/rebase.sh
+
+.PHONY: verify-patches
+verify-patches: ## Check the queue: names, headers, parse, and that it applies to every listed Istio.
+	build/verify-patches.sh
+
+.PHONY: clean-work
+clean-work: ## Remove the patched Istio work tree (the next build starts from pristine).
+	rm -rf _work
+
+##@ Test
+
+.PHONY: test-unit
+test-unit: tools ## Unit and registry tests (real Consul agent) plus build-pipeline tests.
+	go test -count=1 ./pilot/... ./build/...
+
+.PHONY: test-upstream
+test-upstream: build ## Upstream Istio tests of every package the patches touch, in the patched tree.
+	build/test-upstream.sh
+
+.PHONY: test-integration
+test-integration: build tools ## End-to-end: patched istiod + Consul + kube-apiserver + gRPC xDS clients.
+	go test -count=1 -timeout 20m ./tests/...
+
+.PHONY: fuzz
+fuzz: ## Fuzz the Consul-to-Istio conversion for FUZZTIME (default 60s).
+	go test ./pilot/pkg/serviceregistry/consul -run '^$$' -fuzz FuzzConvert -fuzztime $(FUZZTIME)

@@ -1,0 +1,201 @@
+package consul
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"istio.io/istio/pilot/pkg/model"
+	"istio.io/istio/pkg/config/labels"
+	"istio.io/istio/pkg/config/protocol"
+)
+
+func testConverter() *converter {
+	return &converter{
+		domain: "consul", namespace: "consul", clusterID: "consul",
+		defaultProtocol: protocol.TCP, trustDomain: func() string { return "cluster.local" },
+	}
+}
+
+type reg struct {
+	id, node, nodeAddr, addr string
+	port                     int
+	tags                     []string
+	meta, nodeMeta           map[string]string
+	status                   string // aggregated check status; "" = no checks
+	kind                     api.ServiceKind
+	weights                  api.AgentWeights
+}
+
+func entry(r reg) *api.ServiceEntry {
+	if r.node == "" {
+		r.node = "n1"
+	}
+	if r.weights == (api.AgentWeights{}) {
+		r.weights = api.AgentWeights{Passing: 1, Warning: 1}
+	}
+	e := &api.ServiceEntry{
+		Node:    &api.Node{Node: r.node, Address: r.nodeAddr, Datacenter: "dc1", Meta: r.nodeMeta},
+		Service: &api.AgentService{ID: r.id, Service: "svc", Kind: r.kind, Address: r.addr, Port: r.port, Tags: r.tags, Meta: r.meta, Weights: r.weights},
+	}
+	switch r.status {
+	case "":
+	case "maintenance":
+		e.Checks = api.HealthChecks{{CheckID: api.ServiceMaintPrefix + r.id, Status: api.HealthCritical}}
+	default:
+		e.Checks = api.HealthChecks{{CheckID: "c-" + r.id, Status: r.status}}
+	}
+	return e
+}
+
+// TestMapping mirrors the README mapping table row by row.
+func TestMapping(t *testing.T) {
+	c := testConverter()
+	t.Run("hostname is <service>.service.<domain>, namespace configurable", func(t *testing.T) {
+		out := c.convert("web", []*api.ServiceEntry{entry(reg{id: "a", addr: "10.0.0.1", port: 80})})
+		require.NotNil(t, out.service)
+		assert.Equal(t, "web.service.consul", string(out.service.Hostname))
+		assert.Equal(t, "consul", out.service.Attributes.Namespace)
+		assert.Equal(t, Provider, out.service.Attributes.ServiceRegistry)
+		assert.Equal(t, model.ClientSideLB, out.service.Resolution)
+	})
+	t.Run("ports: one service, one port per registered port", func(t *testing.T) {
+		out := c.convert("web", []*api.ServiceEntry{
+			entry(reg{id: "a", addr: "10.0.0.1", port: 8080, meta: map[string]string{"protocol": "http"}}),
+			entry(reg{id: "b", addr: "10.0.0.1", port: 9090, meta: map[string]string{"protocol": "grpc"}}),
+		})
+		require.Len(t, out.service.Ports, 2)
+		assert.Equal(t, model.Port{Name: "http-8080", Port: 8080, Protocol: protocol.HTTP}, *out.service.Ports[0])
+		assert.Equal(t, model.Port{Name: "grpc-9090", Port: 9090, Protocol: protocol.GRPC}, *out.service.Ports[1])
+	})
+	t.Run("protocol: meta, else name prefix, else default", func(t *testing.T) {
+		for _, tc := range []struct {
+			name, meta string
+			want       protocol.Instance
+		}{
+			{"web", "HTTP2", protocol.HTTP2},
+			{"grpc-payments", "", protocol.GRPC},
+			{"http-api", "bogus", protocol.HTTP},
+			{"db", "", protocol.TCP},
+		} {
+			out := c.convert(tc.name, []*api.ServiceEntry{entry(reg{id: "a", addr: "10.0.0.1", port: 1, meta: map[string]string{"protocol": tc.meta}})})
+			assert.Equal(t, tc.want, out.service.Ports[0].Protocol, tc.name)
+		}
+	})
+	t.Run("conflicting protocols on one port: majority, then alphabetical, with a warning", func(t *testing.T) {
+		out := c.convert("web", []*api.ServiceEntry{
+			entry(reg{id: "a", addr: "10.0.0.1", port: 80, meta: map[string]string{"protocol": "http"}}),
+			entry(reg{id: "b", addr: "10.0.0.2", port: 80, meta: map[string]string{"protocol": "grpc"}}),
+		})
+		assert.Equal(t, protocol.GRPC, out.service.Ports[0].Protocol)
+		require.Len(t, out.warnings, 1)
+		assert.Contains(t, out.warnings[0], "different protocols on port 80")
+	})
+	t.Run("labels: key=value and key|value tags, then meta; invalid dropped", func(t *testing.T) {
+		out := c.convert("web", []*api.ServiceEntry{entry(reg{id: "a", addr: "10.0.0.1", port: 80,
+			tags: []string{"version=v1", "track|canary", "plain", "bad key=x"},
+			meta: map[string]string{"team": "pay", "version": "v2", "long": strings.Repeat("x", 64)}})})
+		require.Len(t, out.endpoints, 1)
+		assert.Equal(t, labels.Instance{"version": "v2", "track": "canary", "team": "pay"}, out.endpoints[0].Labels)
+	})
+	t.Run("address: service address, else node address; non-IP skipped", func(t *testing.T) {
+		out := c.convert("web", []*api.ServiceEntry{
+			entry(reg{id: "a", nodeAddr: "10.0.0.9", addr: "10.0.0.1", port: 80}),
+			entry(reg{id: "b", nodeAddr: "10.0.0.9", port: 80}),
+			entry(reg{id: "c", addr: "db.example.com", port: 80}),
+			entry(reg{id: "d", port: 80}),
+		})
+		require.Len(t, out.endpoints, 2)
+		assert.Equal(t, []string{"10.0.0.1"}, out.endpoints[0].Addresses)
+		assert.Equal(t, []string{"10.0.0.9"}, out.endpoints[1].Addresses)
+		require.Len(t, out.warnings, 2)
+		assert.Contains(t, out.warnings[0], `"c"`)
+		assert.Contains(t, out.warnings[0], "not an IP")
+		assert.Contains(t, out.warnings[1], "neither the service nor its node has an address")
+	})
+	t.Run("bad port skipped", func(t *testing.T) {
+		out := c.convert("web", []*api.ServiceEntry{entry(reg{id: "a", addr: "10.0.0.1", port: 0}), entry(reg{id: "b", addr: "10.0.0.1", port: 70000})})
+		assert.Empty(t, out.endpoints)
+		assert.Len(t, out.warnings, 2)
+	})
+	t.Run("invalid service names skipped", func(t *testing.T) {
+		for _, name := range []string{"Web", "web_api", "web.api", strings.Repeat("a", 64), ""} {
+			out := c.convert(name, []*api.ServiceEntry{entry(reg{id: "a", addr: "10.0.0.1", port: 80})})
+			assert.Nil(t, out.service, name)
+			assert.Len(t, out.warnings, 1, name)
+		}
+	})
+	t.Run("non-workload kinds skipped", func(t *testing.T) {
+		out := c.convert("web", []*api.ServiceEntry{entry(reg{id: "p", addr: "10.0.0.1", port: 80, kind: api.ServiceKindConnectProxy})})
+		assert.Empty(t, out.endpoints)
+		assert.Empty(t, out.warnings)
+	})
+	t.Run("locality: datacenter / zone / subzone", func(t *testing.T) {
+		out := c.convert("web", []*api.ServiceEntry{
+			entry(reg{id: "a", addr: "10.0.0.1", port: 80, meta: map[string]string{"zone": "z1", "subzone": "s1"}}),
+			entry(reg{id: "b", addr: "10.0.0.2", port: 80, nodeMeta: map[string]string{"zone": "z2"}}),
+		})
+		assert.Equal(t, "dc1/z1/s1", out.endpoints[0].Locality.Label)
+		assert.Equal(t, "dc1/z2", out.endpoints[1].Locality.Label)
+	})
+	t.Run("identity and TLS mode", func(t *testing.T) {
+		out := c.convert("web", []*api.ServiceEntry{
+			entry(reg{id: "a", addr: "10.0.0.1", port: 80, meta: map[string]string{"service-account": "web", "tls-mode": "istio"}}),
+			entry(reg{id: "b", addr: "10.0.0.2", port: 80}),
+		})
+		assert.Equal(t, "spiffe://cluster.local/ns/consul/sa/web", out.endpoints[0].ServiceAccount)
+		assert.Equal(t, model.IstioMutualTLSModeLabel, out.endpoints[0].TLSMode)
+		assert.Equal(t, "", out.endpoints[1].ServiceAccount)
+		assert.Equal(t, model.DisabledTLSModeLabel, out.endpoints[1].TLSMode)
+		assert.Equal(t, []string{"spiffe://cluster.local/ns/consul/sa/web"}, out.service.ServiceAccounts)
+	})
+}
+
+func TestHealthPolicy(t *testing.T) {
+	entries := []*api.ServiceEntry{
+		entry(reg{id: "pass", addr: "10.0.0.1", port: 80, status: api.HealthPassing, weights: api.AgentWeights{Passing: 5, Warning: 2}}),
+		entry(reg{id: "none", addr: "10.0.0.2", port: 80}),
+		entry(reg{id: "warn", addr: "10.0.0.3", port: 80, status: api.HealthWarning, weights: api.AgentWeights{Passing: 5, Warning: 2}}),
+		entry(reg{id: "crit", addr: "10.0.0.4", port: 80, status: api.HealthCritical}),
+		entry(reg{id: "maint", addr: "10.0.0.5", port: 80, status: "maintenance"}),
+	}
+	summary := func(c *converter) map[string]string {
+		out := map[string]string{}
+		for _, e := range c.convert("web", entries).endpoints {
+			out[e.WorkloadName] = map[model.HealthStatus]string{model.Healthy: "healthy", model.UnHealthy: "unhealthy"}[e.HealthStatus] +
+				"/" + strings.Repeat("w", int(e.LbWeight))
+		}
+		return out
+	}
+	c := testConverter()
+	assert.Equal(t, map[string]string{"pass": "healthy/wwwww", "none": "healthy/w"}, summary(c), "default: passing only")
+	c.includeWarning = true
+	assert.Equal(t, map[string]string{"pass": "healthy/wwwww", "none": "healthy/w", "warn": "healthy/ww"}, summary(c), "warning included")
+	c.sendUnhealthy = true
+	assert.Equal(t, map[string]string{"pass": "healthy/wwwww", "none": "healthy/w", "warn": "healthy/ww",
+		"crit": "unhealthy/w", "maint": "unhealthy/w"}, summary(c), "unhealthy sent, never healthy")
+	// Ports come from every registration, so a health flip never changes the service.
+	assert.Len(t, c.convert("web", entries).instances, 5)
+}
+
+func TestVIPs(t *testing.T) {
+	t.Run("stable whatever the order", func(t *testing.T) {
+		a, b := newVIPAllocator("240.241.0.0/16"), newVIPAllocator("240.241.0.0/16")
+		x1, y1 := a.allocate("x.service.consul"), a.allocate("y.service.consul")
+		y2, x2 := b.allocate("y.service.consul"), b.allocate("x.service.consul")
+		assert.Equal(t, x1, x2)
+		assert.Equal(t, y1, y2)
+		assert.NotEqual(t, x1, y1)
+	})
+	t.Run("collisions probe, full range gives none", func(t *testing.T) {
+		a := newVIPAllocator("240.241.0.0/30")
+		x, y := a.allocate("x"), a.allocate("y")
+		assert.ElementsMatch(t, []string{"240.241.0.1", "240.241.0.2"}, []string{x, y}, "network and broadcast addresses unused")
+		assert.Equal(t, "", a.allocate("z"), "range full")
+		a.release("x")
+		assert.Equal(t, x, a.allocate("z"))
+	})
+}

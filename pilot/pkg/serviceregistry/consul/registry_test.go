@@ -1,0 +1,256 @@
+package consul
+
+import (
+	"fmt"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"istio.io/istio/pilot/pkg/model"
+	"istio.io/istio/pilot/pkg/serviceregistry/util/xdsfake"
+	"istio.io/istio/pkg/config/host"
+	"istio.io/istio/pkg/test"
+
+	"github.com/pilot-consul/pilot-consul/tests/harness"
+)
+
+// fixture is a real Consul agent and a registry watching it.
+type fixture struct {
+	t      *testing.T
+	consul *harness.Consul
+	reg    *Controller
+	xds    *xdsfake.Updater
+}
+
+func newFixture(t *testing.T, edit func(*Args)) *fixture {
+	t.Helper()
+	c, err := harness.StartConsul(t)
+	require.NoError(t, err)
+	return startRegistry(t, c, edit)
+}
+
+func startRegistry(t *testing.T, c *harness.Consul, edit func(*Args)) *fixture {
+	t.Helper()
+	args := DefaultArgs()
+	args.ServerURL = c.URL()
+	args.WaitTime = 10 * time.Second
+	if edit != nil {
+		edit(&args)
+	}
+	require.NoError(t, args.Complete(func(string) string { return "" }))
+	xds := xdsfake.NewFakeXDS()
+	reg, err := New(args, Options{XDSUpdater: xds})
+	require.NoError(t, err)
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() { reg.Run(stop); close(done) }()
+	t.Cleanup(func() {
+		close(stop)
+		<-done // Run must return once stopped
+	})
+	return &fixture{t: t, consul: c, reg: reg, xds: xds}
+}
+
+func (f *fixture) register(r api.AgentServiceRegistration) {
+	f.t.Helper()
+	if r.Check == nil {
+		r.Check = &api.AgentServiceCheck{CheckID: "ttl-" + r.ID, TTL: "1h", Status: api.HealthPassing}
+	}
+	require.NoError(f.t, f.consul.Client.Agent().ServiceRegister(&r))
+}
+
+func (f *fixture) setHealth(id, status string) {
+	f.t.Helper()
+	require.NoError(f.t, f.consul.Client.Agent().UpdateTTL("ttl-"+id, "", status))
+}
+
+func (f *fixture) waitSynced() {
+	f.t.Helper()
+	require.Eventually(f.t, f.reg.HasSynced, 20*time.Second, 20*time.Millisecond, "registry never synced")
+}
+
+// endpoints the registry currently serves for a service, as "addr:port".
+func (f *fixture) endpoints(name string) []string {
+	f.reg.mu.RLock()
+	defer f.reg.mu.RUnlock()
+	s := f.reg.services[name]
+	if s == nil {
+		return nil
+	}
+	var out []string
+	for _, e := range s.endpoints {
+		out = append(out, fmt.Sprintf("%s:%d", e.Addresses[0], e.EndpointPort))
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (f *fixture) eventuallyEndpoints(name string, want ...string) {
+	f.t.Helper()
+	sort.Strings(want)
+	if want == nil {
+		want = []string{}
+	}
+	assert.Eventually(f.t, func() bool {
+		got := f.endpoints(name)
+		if got == nil {
+			got = []string{}
+		}
+		return assert.ObjectsAreEqual(want, got)
+	}, 10*time.Second, 10*time.Millisecond, "endpoints of %s: want %v, have %v", name, want, f.endpoints(name))
+}
+
+// waitEvent waits for an event of type typ for hostname, skipping others.
+func (f *fixture) waitEvent(typ, hostname string) xdsfake.Event {
+	f.t.Helper()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case e := <-f.xds.Events:
+			if e.Type == typ && e.ID == hostname {
+				return e
+			}
+		case <-deadline:
+			f.t.Fatalf("no %q event for %s", typ, hostname)
+		}
+	}
+}
+
+func TestHealthFlipIsAnEDSOnlyPush(t *testing.T) {
+	f := newFixture(t, nil)
+	f.register(api.AgentServiceRegistration{ID: "web-1", Name: "web", Address: "127.0.0.11", Port: 8080})
+	f.register(api.AgentServiceRegistration{ID: "web-2", Name: "web", Address: "127.0.0.12", Port: 8080})
+	f.waitSynced()
+	f.eventuallyEndpoints("web", "127.0.0.11:8080", "127.0.0.12:8080")
+	f.xds.Clear()
+
+	f.setHealth("web-2", api.HealthCritical)
+	ev := f.waitEvent("eds", "web.service.consul")
+	require.Len(t, ev.Endpoints, 1)
+	assert.Equal(t, []string{"127.0.0.11"}, ev.Endpoints[0].Addresses)
+	f.xds.AssertNoMatch(t, 300*time.Millisecond, xdsfake.EventMatcher{Type: "xds full"})
+
+	f.setHealth("web-2", api.HealthPassing)
+	ev = f.waitEvent("eds", "web.service.consul")
+	assert.Len(t, ev.Endpoints, 2)
+
+	f.setHealth("web-2", api.HealthWarning)
+	ev = f.waitEvent("eds", "web.service.consul")
+	assert.Len(t, ev.Endpoints, 1, "warning is not routed by default")
+}
+
+func TestWarningOptionAndWeights(t *testing.T) {
+	f := newFixture(t, func(a *Args) { a.IncludeWarning = true })
+	f.register(api.AgentServiceRegistration{ID: "api-1", Name: "api", Address: "127.0.0.21", Port: 80,
+		Weights: &api.AgentWeights{Passing: 7, Warning: 3}})
+	f.waitSynced()
+	f.eventuallyEndpoints("api", "127.0.0.21:80")
+	weight := func() uint32 {
+		f.reg.mu.RLock()
+		defer f.reg.mu.RUnlock()
+		return f.reg.services["api"].endpoints[0].LbWeight
+	}
+	assert.Equal(t, uint32(7), weight())
+	f.setHealth("api-1", api.HealthWarning)
+	assert.Eventually(t, func() bool { return len(f.endpoints("api")) == 1 && weight() == 3 }, 10*time.Second, 10*time.Millisecond)
+}
+
+func TestServiceLifecycle(t *testing.T) {
+	f := newFixture(t, nil)
+	f.register(api.AgentServiceRegistration{ID: "a-1", Name: "alpha", Address: "127.0.0.31", Port: 80})
+	f.waitSynced()
+	f.xds.Clear()
+
+	// A new service: a push scoped to that service.
+	f.register(api.AgentServiceRegistration{ID: "b-1", Name: "beta", Address: "127.0.0.32", Port: 80})
+	f.waitEvent("xds full", "beta.service.consul")
+	require.NotNil(t, f.reg.GetService("beta.service.consul"))
+
+	// A second registration on a new port adds a port.
+	f.register(api.AgentServiceRegistration{ID: "b-2", Name: "beta", Address: "127.0.0.32", Port: 9090,
+		Meta: map[string]string{"protocol": "grpc"}})
+	f.waitEvent("xds full", "beta.service.consul")
+	ports := f.reg.GetService("beta.service.consul").Ports
+	require.Len(t, ports, 2)
+	assert.Equal(t, "grpc-9090", ports[1].Name)
+
+	// Deregistering every instance deletes the service.
+	require.NoError(t, f.consul.Client.Agent().ServiceDeregister("b-1"))
+	require.NoError(t, f.consul.Client.Agent().ServiceDeregister("b-2"))
+	f.waitEvent("xds full", "beta.service.consul")
+	assert.Eventually(t, func() bool { return f.reg.GetService("beta.service.consul") == nil }, 10*time.Second, 10*time.Millisecond)
+	assert.NotNil(t, f.reg.GetService("alpha.service.consul"), "other services untouched")
+}
+
+func TestInstanceWithoutChecks(t *testing.T) {
+	f := newFixture(t, nil)
+	f.register(api.AgentServiceRegistration{ID: "c-1", Name: "gamma", Address: "127.0.0.41", Port: 80})
+	f.waitSynced()
+	// No check: only the catalog index moves, names and tags do not.
+	require.NoError(t, f.consul.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{
+		ID: "c-2", Name: "gamma", Address: "127.0.0.42", Port: 80}))
+	f.eventuallyEndpoints("gamma", "127.0.0.41:80", "127.0.0.42:80")
+}
+
+func TestKubernetesWins(t *testing.T) {
+	c, err := harness.StartConsul(t)
+	require.NoError(t, err)
+	args := DefaultArgs()
+	args.ServerURL = c.URL()
+	require.NoError(t, args.Complete(func(string) string { return "" }))
+	reg, err := New(args, Options{XDSUpdater: xdsfake.NewFakeXDS(),
+		KubernetesHas: func(h host.Name) bool { return h == "taken.service.consul" }})
+	require.NoError(t, err)
+	go reg.Run(test.NewStop(t))
+	for _, name := range []string{"taken", "free"} {
+		require.NoError(t, c.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: name, Name: name, Address: "127.0.0.5", Port: 80}))
+	}
+	assert.Eventually(t, func() bool { return reg.GetService("free.service.consul") != nil }, 10*time.Second, 10*time.Millisecond)
+	assert.Nil(t, reg.GetService("taken.service.consul"))
+	for _, s := range reg.Services() {
+		assert.NotEqual(t, host.Name("taken.service.consul"), s.Hostname)
+	}
+}
+
+func TestProxyLookups(t *testing.T) {
+	f := newFixture(t, nil)
+	f.register(api.AgentServiceRegistration{ID: "vm-1", Name: "vm", Address: "127.0.0.61", Port: 7070, Tags: []string{"version=v1"}})
+	f.waitSynced()
+	f.eventuallyEndpoints("vm", "127.0.0.61:7070")
+	p := &model.Proxy{IPAddresses: []string{"127.0.0.61"}}
+	targets := f.reg.GetProxyServiceTargets(p)
+	require.Len(t, targets, 1)
+	assert.Equal(t, host.Name("vm.service.consul"), targets[0].Service.Hostname)
+	assert.Equal(t, uint32(7070), targets[0].Port.TargetPort)
+	assert.Equal(t, "v1", f.reg.GetProxyWorkloadLabels(p)["version"])
+	assert.Empty(t, f.reg.GetProxyServiceTargets(&model.Proxy{IPAddresses: []string{"127.0.0.99"}}))
+}
+
+// TestOutageKeepsLastGoodStateThenResyncs: Consul stops (the registry keeps
+// serving what it had) and comes back as a fresh agent with lower indexes
+// and a different catalog (the registry resets its watch and converges).
+func TestOutageKeepsLastGoodStateThenResyncs(t *testing.T) {
+	f := newFixture(t, func(a *Args) { a.WaitTime = 2 * time.Second })
+	for i := range 3 {
+		f.register(api.AgentServiceRegistration{ID: fmt.Sprintf("s-%d", i), Name: "stay", Address: fmt.Sprintf("127.0.0.7%d", i), Port: 80})
+	}
+	f.register(api.AgentServiceRegistration{ID: "g-1", Name: "gone", Address: "127.0.0.80", Port: 80})
+	f.waitSynced()
+	f.eventuallyEndpoints("stay", "127.0.0.70:80", "127.0.0.71:80", "127.0.0.72:80")
+	f.eventuallyEndpoints("gone", "127.0.0.80:80")
+
+	f.consul.Stop()
+	require.Eventually(t, func() bool { return !f.reg.reachable.Load() }, 15*time.Second, 50*time.Millisecond)
+	assert.Len(t, f.endpoints("stay"), 3, "outage must not wipe endpoints")
+	assert.Len(t, f.endpoints("gone"), 1)
+
+	require.NoError(t, f.consul.Start()) // dev agent: empty catalog, indexes from 1
+	f.register(api.AgentServiceRegistration{ID: "s-0", Name: "stay", Address: "127.0.0.70", Port: 80})
+	f.register(api.AgentServiceRegistration{ID: "n-1", Name: "new", Address: "127.0.0.90", Port: 80})
+	f.eventuallyEndpoints("stay", "127.0.0.70:80")
+	f.eventuallyEndpoints("new", "127.0.0.90:80")
+	assert.Eventually(t, func() bool { return f.reg.GetService("gone.service.consul") == nil }, 10*time.Second, 10*time.Millisecond)
+}

@@ -1,0 +1,98 @@
+package harness
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+)
+
+// Env is what a harness needs from its caller: *testing.T, or the demo's own.
+type Env interface {
+	Cleanup(func())
+	Logf(format string, args ...any)
+	TempDir() string
+}
+
+// Consul is a real Consul dev agent (server + agent) on loopback ports.
+type Consul struct {
+	HTTPAddr string // 127.0.0.1:port
+	Client   *api.Client
+	proc     *Process
+	dir      string
+	args     []string
+	bin      string
+}
+
+// StartConsul starts a Consul dev agent; it is stopped at the env's cleanup.
+func StartConsul(env Env) (*Consul, error) {
+	bin, err := Binary("consul")
+	if err != nil {
+		return nil, err
+	}
+	ports, err := FreePorts(4)
+	if err != nil {
+		return nil, err
+	}
+	dir := env.TempDir()
+	c := &Consul{HTTPAddr: "127.0.0.1:" + strconv.Itoa(ports[0]), dir: dir, bin: bin}
+	c.args = []string{"agent", "-dev", "-node", "consul-" + strconv.Itoa(ports[0]),
+		"-bind", "127.0.0.1", "-client", "127.0.0.1", "-log-level", "warn",
+		"-http-port", strconv.Itoa(ports[0]), "-grpc-port", "-1", "-grpc-tls-port", "-1", "-dns-port", "-1",
+		"-server-port", strconv.Itoa(ports[1]), "-serf-lan-port", strconv.Itoa(ports[2]),
+		"-serf-wan-port", strconv.Itoa(ports[3])}
+	cfg := api.DefaultConfig()
+	cfg.Address = c.HTTPAddr
+	if c.Client, err = api.NewClient(cfg); err != nil {
+		return nil, fmt.Errorf("consul client: %w", err)
+	}
+	env.Cleanup(c.Stop)
+	if err := c.Start(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// URL is the agent's HTTP API URL.
+func (c *Consul) URL() string { return "http://" + c.HTTPAddr }
+
+// Start (re)starts the agent with an empty catalog and waits for a leader.
+func (c *Consul) Start() error {
+	p, err := Start(c.dir, "consul", c.bin, c.args, nil)
+	if err != nil {
+		return err
+	}
+	c.proc = p
+	err = p.WaitReady(60*time.Second, func(ctx context.Context) error {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.URL()+"/v1/status/leader", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		var b [64]byte
+		n, _ := resp.Body.Read(b[:])
+		if resp.StatusCode != http.StatusOK || n <= 2 || string(b[:n]) == `""` {
+			return fmt.Errorf("no leader yet (HTTP %d)", resp.StatusCode)
+		}
+		return nil
+	})
+	if err != nil {
+		p.Stop()
+		return fmt.Errorf("consul: %w", err)
+	}
+	return nil
+}
+
+// Stop stops the agent.
+func (c *Consul) Stop() {
+	if c.proc != nil {
+		c.proc.Stop()
+	}
+}
+
+// Log returns the agent's log.
+func (c *Consul) Log() string { return c.proc.Log() }
