@@ -1,11 +1,11 @@
 package harness
 
 import (
-	"bytes"
 	"context"
-	"errors"
+	"crypto/tls"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -148,7 +148,27 @@ func FreePorts(n int) ([]int, error) {
 	return ports, nil
 }
 
-// errNotReady is a readiness probe's generic failure.
-var errNotReady = errors.New("not ready")
+// httpOK is a readiness probe: GET url answers 200.
+func httpOK(url string, headers map[string]string) func(context.Context) error {
+	return func(ctx context.Context) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return err
+		}
+		for k, v := range headers {
+			req.Header.Set(k, v)
+		}
+		resp, err := insecureClient.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("GET %s: HTTP %d", url, resp.StatusCode)
+		}
+		return nil
+	}
+}
 
-func contains(b []byte, s string) bool { return bytes.Contains(b, []byte(s)) }
+// insecureClient talks to the test kube-apiserver's self-signed endpoint.
+var insecureClient = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}

@@ -1,0 +1,107 @@
+package harness
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"time"
+)
+
+// Istiod is the patched pilot-discovery from `make build`, running with
+// --registries=Kubernetes,Consul against a Kube and a Consul.
+type Istiod struct {
+	XDSAddr        string // plaintext xDS (gRPC), what proxyless clients dial
+	HTTPAddr       string // /ready, /debug/*
+	MonitoringAddr string // /metrics
+	Args           []string
+	proc           *Process
+	dir, bin       string
+}
+
+// StartIstiod starts istiod; extra args are appended (later flags win).
+func StartIstiod(env Env, kube *Kube, consulURL string, extra ...string) (*Istiod, error) {
+	bin, err := Binary("pilot-discovery")
+	if err != nil {
+		return nil, err
+	}
+	ports, err := FreePorts(6)
+	if err != nil {
+		return nil, err
+	}
+	addr := func(i int) string { return "127.0.0.1:" + strconv.Itoa(ports[i]) }
+	dir := env.TempDir()
+	i := &Istiod{XDSAddr: addr(0), HTTPAddr: addr(1), MonitoringAddr: addr(2), dir: dir, bin: bin}
+	i.Args = append([]string{"discovery",
+		"--registries=Kubernetes,Consul", "--kubeconfig", kube.Kubeconfig,
+		"--consulServerURL", consulURL,
+		"--grpcAddr", i.XDSAddr, "--httpAddr", i.HTTPAddr, "--monitoringAddr", i.MonitoringAddr,
+		"--secureGRPCAddr", addr(3), "--httpsAddr", addr(4), "--ctrlz_port", strconv.Itoa(ports[5]),
+		"--meshConfig", filepath.Join(dir, "no-mesh-config"), "--networksConfig", filepath.Join(dir, "no-networks"),
+		"--domain", "cluster.local", "--log_output_level", "default:info,consul:info",
+	}, extra...)
+	env.Cleanup(i.Stop)
+	if err := i.Start(); err != nil {
+		return nil, err
+	}
+	return i, nil
+}
+
+// Start (re)starts istiod and waits for /ready.
+func (i *Istiod) Start() error {
+	p, err := Start(i.dir, "istiod", i.bin, i.Args, []string{
+		"POD_NAMESPACE=istio-system", "POD_NAME=istiod-local", "REVISION=default",
+		// No injector or webhooks here: there is no kubelet and no pod.
+		"INJECTION_WEBHOOK_CONFIG_NAME=", "VALIDATION_WEBHOOK_CONFIG_NAME=",
+	})
+	if err != nil {
+		return err
+	}
+	i.proc = p
+	if err := p.WaitReady(120*time.Second, httpOK("http://"+i.HTTPAddr+"/ready", nil)); err != nil {
+		p.Stop()
+		return fmt.Errorf("istiod: %w", err)
+	}
+	return nil
+}
+
+// Stop stops istiod.
+func (i *Istiod) Stop() {
+	if i.proc != nil {
+		i.proc.Stop()
+	}
+}
+
+// Log returns istiod's output.
+func (i *Istiod) Log() string { return i.proc.Log() }
+
+// PID of the running istiod.
+func (i *Istiod) PID() int { return i.proc.PID() }
+
+// Debug GETs an istiod debug path, e.g. /debug/registryz.
+func (i *Istiod) Debug(path string) ([]byte, error) {
+	return get("http://" + i.HTTPAddr + path)
+}
+
+// Metrics returns istiod's Prometheus metrics text.
+func (i *Istiod) Metrics() ([]byte, error) {
+	return get("http://" + i.MonitoringAddr + "/metrics")
+}
+
+func get(url string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return b, fmt.Errorf("GET %s: HTTP %d", url, resp.StatusCode)
+	}
+	return b, err
+}

@@ -1,0 +1,205 @@
+package harness
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// Kube is a real Kubernetes API (etcd + kube-apiserver, no kubelet) with
+// Istio's CRDs and an istio-system namespace.
+type Kube struct {
+	Kubeconfig string
+	Config     *rest.Config
+	Client     kubernetes.Interface
+	Dynamic    dynamic.Interface
+}
+
+// StartKube starts etcd and kube-apiserver; both stop at the env's cleanup.
+func StartKube(env Env) (*Kube, error) {
+	etcdBin, err := Binary("etcd")
+	if err != nil {
+		return nil, err
+	}
+	apiBin, err := Binary("kube-apiserver")
+	if err != nil {
+		return nil, err
+	}
+	dir := env.TempDir()
+	ports, err := FreePorts(3)
+	if err != nil {
+		return nil, err
+	}
+	etcdURL := "http://127.0.0.1:" + strconv.Itoa(ports[0])
+	peerURL := "http://127.0.0.1:" + strconv.Itoa(ports[1])
+	etcd, err := Start(dir, "etcd", etcdBin, []string{
+		"--data-dir", filepath.Join(dir, "etcd"), "--name", "default",
+		"--listen-client-urls", etcdURL, "--advertise-client-urls", etcdURL,
+		"--listen-peer-urls", peerURL, "--initial-advertise-peer-urls", peerURL,
+		"--initial-cluster", "default=" + peerURL, "--log-level", "warn",
+	}, nil)
+	if err != nil {
+		return nil, err
+	}
+	env.Cleanup(etcd.Stop)
+	if err := etcd.WaitReady(30*time.Second, httpOK(etcdURL+"/health", nil)); err != nil {
+		return nil, fmt.Errorf("etcd: %w", err)
+	}
+
+	token := "pilot-consul-test-token"
+	if err := os.WriteFile(filepath.Join(dir, "tokens.csv"), []byte(token+",admin,admin,system:masters\n"), 0o600); err != nil {
+		return nil, err
+	}
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return nil, err
+	}
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)})
+	saKey := filepath.Join(dir, "sa.key")
+	if err := os.WriteFile(saKey, keyPEM, 0o600); err != nil {
+		return nil, err
+	}
+	api, err := Start(dir, "kube-apiserver", apiBin, []string{
+		"--etcd-servers", etcdURL, "--bind-address", "127.0.0.1", "--secure-port", strconv.Itoa(ports[2]),
+		"--cert-dir", filepath.Join(dir, "certs"), "--token-auth-file", filepath.Join(dir, "tokens.csv"),
+		"--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
+		"--service-account-key-file", saKey, "--service-account-signing-key-file", saKey,
+		"--authorization-mode", "RBAC", "--service-cluster-ip-range", "10.96.0.0/16",
+		"--disable-admission-plugins", "ServiceAccount", "--v", "0",
+	}, nil)
+	if err != nil {
+		return nil, err
+	}
+	env.Cleanup(api.Stop)
+	server := "https://127.0.0.1:" + strconv.Itoa(ports[2])
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	if err := os.WriteFile(kubeconfig, []byte(fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters: [{name: local, cluster: {server: %q, insecure-skip-tls-verify: true}}]
+users: [{name: admin, user: {token: %q}}]
+contexts: [{name: local, context: {cluster: local, user: admin}}]
+current-context: local
+`, server, token)), 0o600); err != nil {
+		return nil, err
+	}
+	if err := api.WaitReady(90*time.Second, httpOK(server+"/readyz", map[string]string{"Authorization": "Bearer " + token})); err != nil {
+		return nil, fmt.Errorf("kube-apiserver: %w", err)
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	cfg.QPS, cfg.Burst = 200, 400
+	k := &Kube{Kubeconfig: kubeconfig, Config: cfg}
+	if k.Client, err = kubernetes.NewForConfig(cfg); err != nil {
+		return nil, err
+	}
+	if k.Dynamic, err = dynamic.NewForConfig(cfg); err != nil {
+		return nil, err
+	}
+	if err := k.setup(); err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+func (k *Kube) setup() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := k.EnsureNamespace(ctx, "istio-system"); err != nil {
+		return err
+	}
+	crds, err := os.ReadFile(filepath.Join(Root(), "_work/istio/manifests/charts/base/files/crd-all.gen.yaml"))
+	if err != nil {
+		return fmt.Errorf("istio CRDs (run 'make build' to create the Istio work tree): %w", err)
+	}
+	if err := k.Apply(ctx, crds); err != nil {
+		return fmt.Errorf("apply istio CRDs: %w", err)
+	}
+	// Wait until the API serves the Istio kinds istiod watches.
+	for {
+		_, err := k.Client.Discovery().ServerResourcesForGroupVersion("networking.istio.io/v1")
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("istio CRDs never served: %w", err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// EnsureNamespace creates ns if missing.
+func (k *Kube) EnsureNamespace(ctx context.Context, ns string) error {
+	_, err := k.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create namespace %s: %w", ns, err)
+	}
+	return nil
+}
+
+// Apply server-side-applies every object in a multi-document YAML.
+func (k *Kube) Apply(ctx context.Context, yaml []byte) error {
+	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(yaml), 4096)
+	mapper := map[string]string{ // kind -> resource, for the kinds this project applies
+		"CustomResourceDefinition": "customresourcedefinitions", "DestinationRule": "destinationrules",
+		"VirtualService": "virtualservices", "ServiceEntry": "serviceentries", "WorkloadEntry": "workloadentries",
+		"Service": "services", "EndpointSlice": "endpointslices", "Namespace": "namespaces",
+		"ConfigMap": "configmaps", "Secret": "secrets", "PeerAuthentication": "peerauthentications",
+	}
+	for {
+		var obj unstructured.Unstructured
+		if err := dec.Decode(&obj.Object); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("decode yaml: %w", err)
+		}
+		if len(obj.Object) == 0 {
+			continue
+		}
+		gv, err := schema.ParseGroupVersion(obj.GetAPIVersion())
+		if err != nil {
+			return err
+		}
+		res, ok := mapper[obj.GetKind()]
+		if !ok {
+			return fmt.Errorf("apply: kind %s not supported by the harness", obj.GetKind())
+		}
+		data, err := obj.MarshalJSON()
+		if err != nil {
+			return err
+		}
+		var ri dynamic.ResourceInterface = k.Dynamic.Resource(gv.WithResource(res))
+		if ns := obj.GetNamespace(); ns != "" {
+			ri = k.Dynamic.Resource(gv.WithResource(res)).Namespace(ns)
+		}
+		force := true
+		if _, err := ri.Patch(ctx, obj.GetName(), "application/apply-patch+yaml", data,
+			metav1.PatchOptions{FieldManager: "pilot-consul-tests", Force: &force}); err != nil {
+			return fmt.Errorf("apply %s %s/%s: %w", obj.GetKind(), obj.GetNamespace(), obj.GetName(), err)
+		}
+	}
+}
