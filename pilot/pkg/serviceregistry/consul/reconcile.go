@@ -11,7 +11,6 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"istio.io/istio/pilot/pkg/model"
-	"istio.io/istio/pkg/config/schema/kind"
 	"istio.io/istio/pkg/util/sets"
 )
 
@@ -210,12 +209,10 @@ func (c *Controller) apply(name string, conv conversion, index uint64) {
 		}
 		c.opts.XDSUpdater.EDSCacheUpdate(shard, hostname, ns, next.endpoints)
 		c.opts.XDSUpdater.SvcUpdate(shard, hostname, ns, event)
+		// istiod's service handler turns this into one full push scoped to
+		// this service (ConfigsUpdated = {ServiceEntry hostname}), as for
+		// Kubernetes services.
 		c.handlers.NotifyServiceHandlers(prevSvc, next.service, event)
-		c.opts.XDSUpdater.ConfigUpdate(&model.PushRequest{
-			Full:           true,
-			ConfigsUpdated: sets.New(model.ConfigKey{Kind: kind.ServiceEntry, Name: hostname, Namespace: ns}),
-			Reason:         model.NewReasonStats(model.ServiceUpdate),
-		})
 	case endpointsChanged:
 		c.opts.XDSUpdater.EDSUpdate(shard, hostname, ns, next.endpoints)
 	default:
@@ -232,12 +229,9 @@ func (c *Controller) pushRemoved(s *serviceState) {
 	hostname, ns := string(s.service.Hostname), s.service.Attributes.Namespace
 	log.Infof("consul service %s is gone; removing %s", s.name, hostname)
 	c.opts.XDSUpdater.SvcUpdate(shard, hostname, ns, model.EventDelete)
-	c.handlers.NotifyServiceHandlers(s.service, nil, model.EventDelete)
-	c.opts.XDSUpdater.ConfigUpdate(&model.PushRequest{
-		Full:           true,
-		ConfigsUpdated: sets.New(model.ConfigKey{Kind: kind.ServiceEntry, Name: hostname, Namespace: ns}),
-		Reason:         model.NewReasonStats(model.ServiceUpdate),
-	})
+	// Istio's convention (kube controller, bootstrap handler): on delete,
+	// curr is the deleted service and prev is nil.
+	c.handlers.NotifyServiceHandlers(nil, s.service, model.EventDelete)
 }
 
 func (c *Controller) storeLocked(prev, next *serviceState) {

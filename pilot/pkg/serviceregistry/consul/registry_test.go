@@ -13,7 +13,9 @@ import (
 	"istio.io/istio/pilot/pkg/model"
 	"istio.io/istio/pilot/pkg/serviceregistry/util/xdsfake"
 	"istio.io/istio/pkg/config/host"
+	"istio.io/istio/pkg/config/schema/kind"
 	"istio.io/istio/pkg/test"
+	"istio.io/istio/pkg/util/sets"
 
 	"github.com/pilot-consul/pilot-consul/tests/harness"
 )
@@ -45,6 +47,7 @@ func startRegistry(t *testing.T, c *harness.Consul, edit func(*Args)) *fixture {
 	xds := xdsfake.NewFakeXDS()
 	reg, err := New(args, Options{XDSUpdater: xds})
 	require.NoError(t, err)
+	reg.AppendServiceHandler(bootstrapHandler(t, xds))
 	stop, done := make(chan struct{}), make(chan struct{})
 	go func() { reg.Run(stop); close(done) }()
 	t.Cleanup(func() {
@@ -52,6 +55,21 @@ func startRegistry(t *testing.T, c *harness.Consul, edit func(*Args)) *fixture {
 		<-done // Run must return once stopped
 	})
 	return &fixture{t: t, consul: c, reg: reg, xds: xds}
+}
+
+// bootstrapHandler does what istiod's bootstrap service handler does
+// (pilot/pkg/bootstrap/server.go initRegistryEventHandlers): a full push
+// scoped to the changed service. It reads curr, as istiod does, so a handler
+// call with a nil curr fails the test instead of crashing istiod in production.
+func bootstrapHandler(t *testing.T, xds model.XDSUpdater) model.ServiceHandler {
+	return func(prev, curr *model.Service, event model.Event) {
+		require.NotNil(t, curr, "service handler called with nil curr (%v)", event)
+		xds.ConfigUpdate(&model.PushRequest{
+			Full:           true,
+			ConfigsUpdated: sets.New(model.ConfigKey{Kind: kind.ServiceEntry, Name: string(curr.Hostname), Namespace: curr.Attributes.Namespace}),
+			Reason:         model.NewReasonStats(model.ServiceUpdate),
+		})
+	}
 }
 
 func (f *fixture) register(r api.AgentServiceRegistration) {
