@@ -8,6 +8,8 @@ out="$root/out"
 
 # shellcheck source=../VERSION
 source "$root/VERSION"
+# git apply resolves patch paths against the current directory's repo.
+cd "$root"
 
 # Git identity and dates are fixed so that applying the queue twice gives the
 # same commits, and regenerated patches differ only where the code does.
@@ -74,6 +76,7 @@ apply_queue() {
 	git -C "$tree" checkout -q -B patched pristine
 	git -C "$tree" reset -q --hard pristine
 	git -C "$tree" clean -q -fdx
+	seed_pinned_blobs
 	local p n=0 total
 	total=$(patch_files | wc -l)
 	while read -r p; do
@@ -88,11 +91,27 @@ apply_queue() {
 	log "applied $n patch(es) onto $(cat "$work/source")"
 }
 
+# seed_pinned_blobs stores, in the work repo, the files the patches touch as
+# they are in the pinned Istio (the base the patches were written against).
+# Their blob IDs are the ones in the patches' index lines, so git am --3way
+# can build the merge base and leave real conflict markers, even when the
+# source is a different Istio release.
+seed_pinned_blobs() {
+	local pinned f
+	pinned=$(istio_module_dir "$ISTIO_VERSION" 2>/dev/null) || return 0
+	for f in $(for p in $(patch_files); do git apply --numstat "$p" | cut -f3; done | sort -u); do
+		[[ -f "$pinned/$f" ]] && git -C "$tree" hash-object -w "$pinned/$f" >/dev/null
+	done
+	return 0
+}
+
 report_conflict() {
 	local p=$1 amlog=$2 n=$3 total=$4 files
 	files=$( {
 		git -C "$tree" diff --name-only --diff-filter=U 2>/dev/null
+		git -C "$tree" apply --check "$p" 2>&1 | sed -n 's/^error: patch failed: \(.*\):[0-9]*$/\1/p'
 		sed -n -e 's/^error: patch failed: \(.*\):[0-9]*$/\1/p' \
+			-e 's/^error: sha1 information is lacking or useless (\(.*\))\.$/\1/p' \
 			-e 's/^error: \(.*\): does not exist in index$/\1/p' \
 			-e 's/^CONFLICT ([^)]*): Merge conflict in \(.*\)$/\1/p' <<<"$amlog"
 	} | sort -u)

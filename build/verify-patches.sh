@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Checks the patch queue (STYLE.md: eks-distro / ungoogled-chromium):
+#  - every file in patches/ is a numbered NNNN-subject.patch, numbers unique
+#    and contiguous from 0001 (anything else would be silently unused);
+#  - each patch parses, changes something, and carries the header fields
+#    "What:", "Why not upstream:" and "Drop when:";
+#  - the queue applies, in order, to the pinned Istio and to every version in
+#    ISTIO_VERIFY_VERSIONS (apply-only: those do not build here).
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+errors=0
+bad() { echo "verify-patches: $*" >&2; errors=$((errors + 1)); }
+
+shopt -s nullglob
+expect=1
+for f in "$root"/patches/*; do
+	b=$(basename "$f")
+	if [[ ! $b =~ ^([0-9]{4})-[A-Za-z0-9._-]+\.patch$ ]]; then
+		bad "$b: not a numbered NNNN-subject.patch; the build would never apply it"
+		continue
+	fi
+	n=$((10#${BASH_REMATCH[1]}))
+	if [[ $n -ne $expect ]]; then
+		bad "$b: number $n out of sequence (expected $(printf %04d $expect)); duplicate or gap"
+	fi
+	expect=$((n + 1))
+	if ! git apply --stat "$f" >/dev/null 2>&1; then
+		bad "$b: does not parse as a patch"
+		continue
+	fi
+	if [[ -z "$(git apply --numstat "$f" 2>/dev/null)" ]]; then
+		bad "$b: changes nothing (unused)"
+	fi
+	for field in "What:" "Why not upstream:" "Drop when:"; do
+		sed '/^diff --git/,$d' "$f" | grep -q "^$field" || bad "$b: header lacks \"$field\""
+	done
+done
+[[ $expect -gt 1 ]] || bad "patches/ holds no patches"
+dups=$(for f in $(patch_files); do git patch-id --stable <"$f"; done | awk '{print $1}' | sort | uniq -d)
+[[ -z "$dups" ]] || bad "two patches make the same change (git patch-id $dups)"
+
+# apply_check SRC: apply the queue in order to a scratch copy of only the
+# files it touches (fast: no full-tree git repo needed).
+apply_check() {
+	local src=$1 label=$2 tmp f p
+	tmp=$(mktemp -d)
+	for p in $(patch_files); do
+		for f in $(git apply --numstat "$p" | cut -f3); do
+			if [[ -f "$src/$f" && ! -f "$tmp/$f" ]]; then
+				mkdir -p "$tmp/$(dirname "$f")"
+				cp "$src/$f" "$tmp/$f"
+				chmod u+w "$tmp/$f"
+			fi
+		done
+	done
+	local ok=1
+	for p in $(patch_files); do
+		if ! out=$(cd "$tmp" && git apply "$p" 2>&1); then
+			bad "$(basename "$p") does not apply to $label: $out"
+			ok=0
+			break
+		fi
+	done
+	rm -rf "$tmp"
+	[[ $ok -eq 0 ]] || echo "verify-patches: queue applies to $label" >&2
+}
+
+if [[ $errors -eq 0 ]]; then
+	for v in $ISTIO_VERSION $ISTIO_VERIFY_VERSIONS; do
+		apply_check "$(istio_module_dir "$v")" "istio.io/istio@$v"
+	done
+fi
+if [[ $errors -gt 0 ]]; then
+	echo "verify-patches: $errors problem(s)" >&2
+	exit 1
+fi
+echo "verify-patches: OK ($((expect - 1)) patches)" >&2
