@@ -2,6 +2,7 @@ package consul
 
 import (
 	"context"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -158,6 +159,8 @@ func (c *Controller) Run(stop <-chan struct{}) {
 	cancel()
 	c.queue.ShutDown()
 	wg.Wait()
+	// Idle keep-alive connections hold goroutines; a stopped registry leaves none.
+	c.transport.base.(*http.Transport).CloseIdleConnections()
 	log.Infof("consul registry %s stopped", c.opts.ClusterID)
 }
 

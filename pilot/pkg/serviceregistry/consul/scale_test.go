@@ -1,0 +1,78 @@
+package consul
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pilot-consul/pilot-consul/tests/harness"
+)
+
+// loadCatalog registers n services × 1 instance, each with a passing check,
+// through Consul's transaction API (128 operations per transaction).
+func loadCatalog(t *testing.T, c *api.Client, n int) {
+	t.Helper()
+	ops := api.TxnOps{{Node: &api.NodeTxnOp{Verb: api.NodeSet, Node: api.Node{Node: "bulk", Address: "127.0.1.1"}}}}
+	flush := func() {
+		ok, resp, _, err := c.Txn().Txn(ops, nil)
+		require.NoError(t, err)
+		require.True(t, ok, "txn errors: %v", resp.Errors)
+		ops = ops[:0]
+	}
+	for i := range n {
+		id := fmt.Sprintf("svc-%05d", i)
+		ops = append(ops,
+			&api.TxnOp{Service: &api.ServiceTxnOp{Verb: api.ServiceSet, Node: "bulk",
+				Service: api.AgentService{ID: id, Service: id, Port: 8000 + i%1000, Address: fmt.Sprintf("127.1.%d.%d", i/250, 1+i%250)}}},
+			&api.TxnOp{Check: &api.CheckTxnOp{Verb: api.CheckSet, Check: api.HealthCheck{Node: "bulk",
+				CheckID: "chk-" + id, Name: "chk", Status: api.HealthPassing, ServiceID: id}}})
+		if len(ops) >= 126 {
+			flush()
+		}
+	}
+	if len(ops) > 0 {
+		flush()
+	}
+}
+
+// TestTenThousandServicesWithinConnectionLimit: 10,000 services sync with at
+// most MaxConcurrentRequests+2 (= 18, far under Consul's 200) connections,
+// and a health flip afterwards costs two requests: the checks watch's
+// answer and one read of the flipped service.
+func TestTenThousandServicesWithinConnectionLimit(t *testing.T) {
+	if testing.Short() {
+		t.Skip("loads 10,000 services; skipped with -short")
+	}
+	const n = 10000
+	c, err := harness.StartConsul(t)
+	require.NoError(t, err)
+	loadCatalog(t, c.Client, n)
+
+	start := time.Now()
+	f := startRegistry(t, c, nil)
+	require.Eventually(t, f.reg.HasSynced, 120*time.Second, 10*time.Millisecond)
+	took := time.Since(start)
+	f.reg.mu.RLock()
+	services := len(f.reg.services)
+	f.reg.mu.RUnlock()
+	t.Logf("synced %d services in %v with %d requests, peak %d concurrent", services, took,
+		f.reg.transport.total.Load(), f.reg.transport.peak.Load())
+	assert.Equal(t, n+1, services, "every service (plus consul itself)")
+	assert.LessOrEqual(t, f.reg.transport.peak.Load(), int64(DefaultArgs().MaxConcurrentRequests+2))
+
+	// Let the post-sync reads settle, then flip one check.
+	time.Sleep(2 * time.Second)
+	before := f.reg.transport.total.Load()
+	_, _, _, err = c.Client.Txn().Txn(api.TxnOps{{Check: &api.CheckTxnOp{Verb: api.CheckSet, Check: api.HealthCheck{
+		Node: "bulk", CheckID: "chk-svc-04242", Name: "chk", Status: api.HealthCritical, ServiceID: "svc-04242"}}}}, nil)
+	require.NoError(t, err)
+	f.eventuallyEndpoints("svc-04242")
+	time.Sleep(500 * time.Millisecond) // any extra reads would show up here
+	used := f.reg.transport.total.Load() - before
+	t.Logf("one health flip cost %d Consul requests", used)
+	assert.LessOrEqual(t, used, int64(2))
+}
