@@ -1,0 +1,75 @@
+package consul
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"istio.io/istio/pilot/pkg/serviceregistry/util/xdsfake"
+)
+
+func parse(t *testing.T, args ...string) (*pflag.FlagSet, *Args) {
+	t.Helper()
+	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+	a := &Args{}
+	AddFlags(fs, a)
+	require.NoError(t, fs.Parse(args))
+	return fs, a
+}
+
+func TestTokenFlagPrintsRedacted(t *testing.T) {
+	fs, a := parse(t, "--consulToken=s3cr3t-token")
+	assert.Equal(t, "s3cr3t-token", string(a.Token))
+	// istiod's start-up dump is `FLAG: --name=%q` of flag.Value.
+	fs.VisitAll(func(f *pflag.Flag) {
+		assert.NotContains(t, f.Value.String(), "s3cr3t", "flag %s", f.Name)
+	})
+	assert.Equal(t, "<redacted>", fs.Lookup("consulToken").Value.String())
+}
+
+func TestOldFlagSpellingAndEnvFallbacks(t *testing.T) {
+	_, a := parse(t, "--consulserverURL=consul.old:8500")
+	env := map[string]string{"CONSUL_HTTP_ADDR": "ignored:1", "CONSUL_HTTP_TOKEN": "tok", "CONSUL_CACERT": "/ca.pem",
+		"CONSUL_HTTP_SSL": "true"}
+	require.NoError(t, a.Complete(func(k string) string { return env[k] }))
+	assert.Equal(t, "https://consul.old:8500", a.ServerURL, "flag wins over env; CONSUL_HTTP_SSL picks the scheme")
+	assert.Equal(t, "tok", string(a.Token))
+	assert.Equal(t, "/ca.pem", a.CAFile)
+
+	_, b := parse(t)
+	require.NoError(t, b.Complete(func(k string) string { return map[string]string{"CONSUL_HTTP_ADDR": "10.1.1.1:8500"}[k] }))
+	assert.Equal(t, "http://10.1.1.1:8500", b.ServerURL)
+}
+
+func TestCompleteRejectsBadSettings(t *testing.T) {
+	for _, args := range [][]string{
+		{"--consulConsistency=eventual"}, {"--consulVIPRange=nope"}, {"--consulMaxConcurrentRequests=0"},
+		{"--consulClientCert=/c.pem"},
+	} {
+		_, a := parse(t, args...)
+		err := a.Complete(func(string) string { return "" })
+		require.Error(t, err, args)
+		assert.True(t, strings.HasPrefix(err.Error(), "--consul"), "error names the flag: %v", err)
+	}
+}
+
+// An unreachable Consul must not hold istiod's readiness forever.
+func TestSyncTimeoutReleasesReadiness(t *testing.T) {
+	a := DefaultArgs()
+	a.ServerURL = "http://127.0.0.1:1" // nothing listens on port 1
+	a.SyncTimeout = time.Second
+	require.NoError(t, a.Complete(func(string) string { return "" }))
+	reg, err := New(a, Options{XDSUpdater: xdsfake.NewFakeXDS()})
+	require.NoError(t, err)
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() { reg.Run(stop); close(done) }()
+	defer func() { close(stop); <-done }()
+	assert.Never(t, reg.HasSynced, 500*time.Millisecond, 20*time.Millisecond, "not synced before the timeout")
+	assert.Eventually(t, reg.HasSynced, 3*time.Second, 20*time.Millisecond)
+	assert.Empty(t, reg.Services())
+	assert.False(t, reg.reachable.Load())
+}
