@@ -59,9 +59,10 @@ func StartConsul(env Env) (*Consul, error) {
 // URL is the agent's HTTP API URL.
 func (c *Consul) URL() string { return "http://" + c.HTTPAddr }
 
-// Start (re)starts the agent with an empty catalog and waits for a leader.
-func (c *Consul) Start() error {
-	p, err := Start(c.dir, "consul", c.bin, c.args, nil)
+// Start (re)starts the agent with an empty catalog and waits for a leader;
+// extra agent arguments apply to this start only (e.g. -hcl service definitions).
+func (c *Consul) Start(extra ...string) error {
+	p, err := Start(c.dir, "consul", c.bin, append(append([]string{}, c.args...), extra...), nil)
 	if err != nil {
 		return err
 	}

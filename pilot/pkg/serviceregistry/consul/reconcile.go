@@ -116,6 +116,19 @@ func (c *Controller) readChecks(q *api.QueryOptions) (uint64, error) {
 	return meta.LastIndex, nil
 }
 
+// indexReset handles a Consul whose indexes went backwards (snapshot
+// restore, a fresh agent): the per-service indexes of earlier reads mean
+// nothing any more, so they are dropped and every service is re-read.
+func (c *Controller) indexReset() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := time.Now()
+	clear(c.fetched)
+	for name := range c.catalog {
+		c.markDirtyLocked(name, now)
+	}
+}
+
 func (c *Controller) markDirtyLocked(name string, now time.Time) {
 	if _, ok := c.dirtyAt[name]; !ok {
 		c.dirtyAt[name] = now

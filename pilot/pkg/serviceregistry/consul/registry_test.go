@@ -256,19 +256,39 @@ func TestOutageKeepsLastGoodStateThenResyncs(t *testing.T) {
 		f.register(api.AgentServiceRegistration{ID: fmt.Sprintf("s-%d", i), Name: "stay", Address: fmt.Sprintf("127.0.0.7%d", i), Port: 80})
 	}
 	f.register(api.AgentServiceRegistration{ID: "g-1", Name: "gone", Address: "127.0.0.80", Port: 80})
+	f.register(api.AgentServiceRegistration{ID: "k-1", Name: "keep", Address: "127.0.0.85", Port: 80})
 	f.waitSynced()
 	f.eventuallyEndpoints("stay", "127.0.0.70:80", "127.0.0.71:80", "127.0.0.72:80")
 	f.eventuallyEndpoints("gone", "127.0.0.80:80")
+	// Push the old agent's indexes well above what the new one will reach.
+	// (Status changes, since the agent syncs output-only changes lazily.)
+	for i := range 60 {
+		f.setHealth("k-1", []string{api.HealthWarning, api.HealthPassing}[i%2])
+	}
+	require.Eventually(t, func() bool {
+		f.reg.mu.RLock()
+		defer f.reg.mu.RUnlock()
+		return f.reg.fetched["keep"] > 60
+	}, 10*time.Second, 10*time.Millisecond)
 
 	f.consul.Stop()
 	require.Eventually(t, func() bool { return !f.reg.reachable.Load() }, 15*time.Second, 50*time.Millisecond)
 	assert.Len(t, f.endpoints("stay"), 3, "outage must not wipe endpoints")
 	assert.Len(t, f.endpoints("gone"), 1)
 
-	require.NoError(t, f.consul.Start()) // dev agent: empty catalog, indexes from 1
+	// A fresh agent (indexes from 1) that defines "keep" in its own config, as a
+	// rebuilt Consul with agents re-registering would: "keep" never leaves the
+	// catalog, so only the index regression can tell the registry to re-read it.
+	require.NoError(t, f.consul.Start("-hcl", `service { id = "k-1" name = "keep" address = "127.0.0.85" port = 80
+		check { id = "ttl-k-1" ttl = "1h" status = "passing" } }`))
 	f.register(api.AgentServiceRegistration{ID: "s-0", Name: "stay", Address: "127.0.0.70", Port: 80})
 	f.register(api.AgentServiceRegistration{ID: "n-1", Name: "new", Address: "127.0.0.90", Port: 80})
 	f.eventuallyEndpoints("stay", "127.0.0.70:80")
 	f.eventuallyEndpoints("new", "127.0.0.90:80")
 	assert.Eventually(t, func() bool { return f.reg.GetService("gone.service.consul") == nil }, 10*time.Second, 10*time.Millisecond)
+
+	// A flip on the new agent, at an index below the old one, must be seen.
+	f.eventuallyEndpoints("keep", "127.0.0.85:80")
+	f.setHealth("k-1", api.HealthCritical)
+	f.eventuallyEndpoints("keep")
 }

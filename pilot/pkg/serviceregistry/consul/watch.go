@@ -59,8 +59,10 @@ func (c *Controller) blockingWatch(ctx context.Context, what string, query func(
 		case next < index:
 			// Consul restored a snapshot or a new leader has a lower index:
 			// start over, or the watch would wait for an index never reached.
-			log.Warnf("consul %s index went backwards (%d -> %d); resetting the watch", what, index, next)
+			log.Warnf("consul %s index went backwards (%d -> %d); resetting the watch and re-reading every service",
+				what, index, next)
 			index = 0
+			c.indexReset()
 		case next == 0:
 			index = 1 // Consul's rule: never block on index 0 after a read
 		default:
