@@ -12,6 +12,7 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
@@ -65,48 +66,45 @@ func ADSDump(xdsAddr, ns string, edsClusters ...string) (*Dump, error) {
 			}
 		}
 	}
-	d := &Dump{Clusters: map[string]*cluster.Cluster{}, Listeners: map[string]*listener.Listener{},
-		Endpoints: map[string]*endpoint.ClusterLoadAssignment{}}
-	resps, err := fetch(ClusterType, nil)
+	d := &Dump{}
+	if d.Clusters, err = fetchAll(fetch, ClusterType, nil, func(c *cluster.Cluster) string { return c.Name }); err != nil {
+		return nil, err
+	}
+	d.Endpoints = map[string]*endpoint.ClusterLoadAssignment{}
+	if len(edsClusters) > 0 {
+		if d.Endpoints, err = fetchAll(fetch, EndpointType, edsClusters,
+			func(e *endpoint.ClusterLoadAssignment) string { return e.ClusterName }); err != nil {
+			return nil, err
+		}
+	}
+	if d.Listeners, err = fetchAll(fetch, ListenerType, nil, func(l *listener.Listener) string { return l.Name }); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// fetchAll requests one resource type and decodes the answer, keyed by name.
+func fetchAll[T any, PT interface {
+	*T
+	proto.Message
+}](fetch func(string, []string) ([]*discovery.DiscoveryResponse, error), typeURL string, names []string,
+	key func(PT) string,
+) (map[string]PT, error) {
+	resps, err := fetch(typeURL, names)
 	if err != nil {
 		return nil, err
 	}
+	out := map[string]PT{}
 	for _, r := range resps {
 		for _, a := range r.Resources {
-			c := &cluster.Cluster{}
-			if err := a.UnmarshalTo(c); err != nil {
-				return nil, err
+			m := PT(new(T))
+			if err := a.UnmarshalTo(m); err != nil {
+				return nil, fmt.Errorf("decode %s: %w", typeURL, err)
 			}
-			d.Clusters[c.Name] = c
+			out[key(m)] = m
 		}
 	}
-	if len(edsClusters) > 0 {
-		if resps, err = fetch(EndpointType, edsClusters); err != nil {
-			return nil, err
-		}
-		for _, r := range resps {
-			for _, a := range r.Resources {
-				e := &endpoint.ClusterLoadAssignment{}
-				if err := a.UnmarshalTo(e); err != nil {
-					return nil, err
-				}
-				d.Endpoints[e.ClusterName] = e
-			}
-		}
-	}
-	if resps, err = fetch(ListenerType, nil); err != nil {
-		return nil, err
-	}
-	for _, r := range resps {
-		for _, a := range r.Resources {
-			l := &listener.Listener{}
-			if err := a.UnmarshalTo(l); err != nil {
-				return nil, err
-			}
-			d.Listeners[l.Name] = l
-		}
-	}
-	return d, nil
+	return out, nil
 }
 
 // EndpointAddrs lists "ip:port" of a ClusterLoadAssignment.

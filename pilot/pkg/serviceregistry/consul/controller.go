@@ -58,17 +58,17 @@ type Controller struct {
 	services map[string]*serviceState // by Consul name; only valid services
 	byHost   map[host.Name]*serviceState
 	byIP     map[string][]*serviceState
-	fetched  map[string]uint64        // per-service index of the last read
+	fetched  map[string]uint64              // per-service index of the last read
 	nodes    map[string]map[string]struct{} // node -> services with instances there
-	checks   map[checkKey]string      // (node, check) -> service name ("" for node checks)
-	dirtyAt  map[string]time.Time     // when a change to a service was first seen
+	checks   map[checkKey]string            // (node, check) -> service name ("" for node checks)
+	dirtyAt  map[string]time.Time           // when a change to a service was first seen
 	vips     *vipAllocator
 	bumps    bumpTracker
 
-	initial     map[string]struct{} // services still to read for the first sync
-	synced      atomic.Bool
-	started     time.Time
-	reachable   atomic.Bool
+	initial   map[string]struct{} // services still to read for the first sync
+	synced    atomic.Bool
+	started   time.Time
+	reachable atomic.Bool
 }
 
 type checkKey struct{ node, id string }
