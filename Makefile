@@ -19,7 +19,8 @@ help: ## Show this help.
 
 .PHONY: demo
 demo: build tools ## Run the local mesh demo (KEEP=1 leaves it up until Ctrl-C).
-	go run ./tests/cmd/demo $(if $(KEEP),-keep)
+	go build -o bin/demo ./tests/cmd/demo
+	bin/demo $(if $(KEEP),-keep)
 
 .PHONY: test
 test: test-unit test-upstream test-integration ## Run every test (unit, upstream, integration).

@@ -33,6 +33,7 @@ func NewProcessEnv(name string) (*ProcessEnv, error) {
 		s := <-sigs
 		fmt.Fprintf(os.Stderr, "\n%v: stopping everything started here...\n", s)
 		e.Close()
+		fmt.Fprintln(os.Stderr, "stopped.")
 		os.Exit(130)
 	}()
 	return e, nil

@@ -23,6 +23,14 @@ func TestBasicCallReachesConsulInstance(t *testing.T) {
 	s := newService(t, "basic", 1, grpcMeta, nil)
 	c := dial(t, s.target())
 	eventuallyServedBy(t, c, s.id(0))
+
+	// The registry's metrics are exported on istiod's monitoring port.
+	m, err := mesh.Istiod.Metrics()
+	require.NoError(t, err)
+	for _, want := range []string{"pilot_consul_reachable 1", "pilot_consul_services ", "pilot_consul_endpoints ",
+		"pilot_consul_requests_total ", "pilot_consul_change_to_push_seconds_bucket", "pilot_consul_last_sync_timestamp_seconds "} {
+		assert.Contains(t, string(m), want)
+	}
 }
 
 // Case 2: a critical instance stops receiving calls and comes back when passing.

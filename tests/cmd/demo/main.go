@@ -9,10 +9,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/signal"
 	"sort"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -119,18 +117,17 @@ func run(env *harness.ProcessEnv, keep bool) error {
 
 	if keep {
 		fmt.Printf(`
-The local mesh stays up until Ctrl-C. Try:
+The local mesh stays up; Ctrl-C stops all of it. Try:
   curl -s http://%[1]s/v1/catalog/services                      # Consul catalog
   curl -s http://%[2]s/debug/registryz | grep -o '"hostname":"[^"]*consul"'   # istiod's services
   curl -s http://%[2]s/debug/endpointShardz | head -c 2000         # endpoints per registry shard
   curl -s http://%[3]s/metrics | grep pilot_consul_                  # registry metrics
-  consul (bin/consul) -http-addr=%[1]s services register -name=x -address=127.0.0.40 -port=80
+  bin/consul services register -http-addr=%[1]s -name=x -address=127.0.0.40 -port=80   # watch it appear
   KUBECONFIG=%[4]s kubectl get crd | head                           # the Kubernetes API
 Logs of every component: %[5]s
 `, m.Consul.HTTPAddr, m.Istiod.HTTPAddr, m.Istiod.MonitoringAddr, m.Kube.Kubeconfig, env.Root())
-		sig := make(chan os.Signal, 1)
-		signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-		<-sig
+		// Ctrl-C reaches the env's handler, which stops everything and exits.
+		select {}
 	}
 	return nil
 }
