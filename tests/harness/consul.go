@@ -19,8 +19,11 @@ type Env interface {
 
 // Consul is a real Consul dev agent (server + agent) on loopback ports.
 type Consul struct {
-	HTTPAddr string // 127.0.0.1:port
-	Client   *api.Client
+	HTTPAddr    string // 127.0.0.1:port
+	SerfWANAddr string // for joining another datacenter
+	Client      *api.Client
+	// Token, when set, is used by Client and by readiness checks (ACL agents).
+	Token string
 	proc     *Process
 	dir      string
 	args     []string
@@ -28,7 +31,9 @@ type Consul struct {
 }
 
 // StartConsul starts a Consul dev agent; it is stopped at the env's cleanup.
-func StartConsul(env Env) (*Consul, error) {
+// Extra agent arguments (e.g. "-datacenter", "dc2", or "-hcl", "acl { ... }")
+// apply to every start.
+func StartConsul(env Env, extra ...string) (*Consul, error) {
 	bin, err := Binary("consul")
 	if err != nil {
 		return nil, err
@@ -44,6 +49,8 @@ func StartConsul(env Env) (*Consul, error) {
 		"-http-port", strconv.Itoa(ports[0]), "-grpc-port", "-1", "-grpc-tls-port", "-1", "-dns-port", "-1",
 		"-server-port", strconv.Itoa(ports[1]), "-serf-lan-port", strconv.Itoa(ports[2]),
 		"-serf-wan-port", strconv.Itoa(ports[3])}
+	c.args = append(c.args, extra...)
+	c.SerfWANAddr = "127.0.0.1:" + strconv.Itoa(ports[3])
 	cfg := api.DefaultConfig()
 	cfg.Address = c.HTTPAddr
 	if c.Client, err = api.NewClient(cfg); err != nil {

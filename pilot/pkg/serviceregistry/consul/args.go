@@ -18,7 +18,9 @@ import (
 // when the flag is not set, so istiod reads Consul settings the way the consul
 // CLI does.
 type Args struct {
-	// ServerURL is the Consul HTTP API address, e.g. http://127.0.0.1:8500.
+	// ServerURL is the Consul HTTP API address, e.g. http://127.0.0.1:8500;
+	// a comma-separated list ([name=]url,...) watches several Consul clusters,
+	// each as its own registry.
 	ServerURL string
 	// Token is an ACL token. Printed redacted.
 	Token secret
@@ -28,8 +30,11 @@ type Args struct {
 	CAFile, CertFile, KeyFile, TLSServerName string
 	// TLSSkipVerify disables certificate verification (testing only).
 	TLSSkipVerify bool
-	// Datacenter to read; empty means the agent's own.
+	// Datacenter to read, or a comma-separated list; the first is the local
+	// one (short hostnames). Empty means the agent's own.
 	Datacenter string
+	// EnterpriseNamespace and Partition scope every request (Consul Enterprise).
+	EnterpriseNamespace, Partition string
 	// Consistency is "stale" (default), "default" or "consistent".
 	Consistency string
 
@@ -74,7 +79,8 @@ func DefaultArgs() Args {
 func AddFlags(fs *pflag.FlagSet, a *Args) {
 	*a = DefaultArgs()
 	fs.StringVar(&a.ServerURL, "consulServerURL", "",
-		"URL of the Consul HTTP API for the Consul registry (env CONSUL_HTTP_ADDR; default http://127.0.0.1:8500)")
+		"URL of the Consul HTTP API (env CONSUL_HTTP_ADDR; default http://127.0.0.1:8500); "+
+			"a comma-separated list [name=]url,... watches several Consul clusters, each its own registry")
 	// The pre-1.8 spelling, so manifests written for Istio's old adapter keep working.
 	fs.StringVar(&a.ServerURL, "consulserverURL", "", "Deprecated spelling of --consulServerURL")
 	_ = fs.MarkHidden("consulserverURL")
@@ -88,7 +94,12 @@ func AddFlags(fs *pflag.FlagSet, a *Args) {
 		"Server name to verify Consul's certificate against (env CONSUL_TLS_SERVER_NAME)")
 	fs.BoolVar(&a.TLSSkipVerify, "consulTLSSkipVerify", false,
 		"Do not verify Consul's certificate; testing only (env CONSUL_HTTP_SSL_VERIFY=false)")
-	fs.StringVar(&a.Datacenter, "consulDatacenter", "", "Consul datacenter to read; default the agent's own")
+	fs.StringVar(&a.Datacenter, "consulDatacenter", "",
+		"Consul datacenter(s) to read, comma-separated; the first keeps short hostnames, others get "+
+			"<service>.service.<dc>.<domain>. Default: the agent's own")
+	fs.StringVar(&a.EnterpriseNamespace, "consulEnterpriseNamespace", "",
+		"Consul Enterprise namespace to read (env CONSUL_NAMESPACE)")
+	fs.StringVar(&a.Partition, "consulPartition", "", "Consul Enterprise admin partition to read (env CONSUL_PARTITION)")
 	fs.StringVar(&a.Consistency, "consulConsistency", a.Consistency,
 		"Consul read consistency: stale (any server answers), default (leader), consistent")
 	fs.StringVar(&a.Domain, "consulDomain", a.Domain, "Domain of Consul hostnames: <service>.service.<domain>")
@@ -129,16 +140,30 @@ func (a *Args) Complete(getenv func(string) string) error {
 	if strings.EqualFold(getenv("CONSUL_HTTP_SSL_VERIFY"), "false") {
 		a.TLSSkipVerify = true
 	}
+	fromEnv(&a.EnterpriseNamespace, "CONSUL_NAMESPACE")
+	fromEnv(&a.Partition, "CONSUL_PARTITION")
 	if a.ServerURL == "" {
 		a.ServerURL = "http://127.0.0.1:8500"
 	}
-	if !strings.Contains(a.ServerURL, "://") {
-		scheme := "http"
-		if strings.EqualFold(getenv("CONSUL_HTTP_SSL"), "true") {
-			scheme = "https"
-		}
-		a.ServerURL = scheme + "://" + a.ServerURL
+	scheme := "http"
+	if strings.EqualFold(getenv("CONSUL_HTTP_SSL"), "true") {
+		scheme = "https"
 	}
+	var urls []string
+	for _, u := range strings.Split(a.ServerURL, ",") {
+		name, addr := splitName(strings.TrimSpace(u))
+		if addr == "" {
+			return fmt.Errorf("--consulServerURL=%q: empty address", a.ServerURL)
+		}
+		if !strings.Contains(addr, "://") {
+			addr = scheme + "://" + addr
+		}
+		if name != "" {
+			addr = name + "=" + addr
+		}
+		urls = append(urls, addr)
+	}
+	a.ServerURL = strings.Join(urls, ",")
 	switch a.Consistency {
 	case "stale", "default", "consistent":
 	default:
@@ -154,6 +179,14 @@ func (a *Args) Complete(getenv func(string) string) error {
 		return fmt.Errorf("--consulClientCert and --consulClientKey must be set together")
 	}
 	return nil
+}
+
+// splitName splits "name=url" (a Consul cluster's registry name) from a URL.
+func splitName(s string) (name, url string) {
+	if n, u, ok := strings.Cut(s, "="); ok && !strings.ContainsAny(n, ":/") {
+		return n, u
+	}
+	return "", s
 }
 
 // secret is a string flag value that never prints itself: istiod logs every

@@ -2,6 +2,7 @@ package consul
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -36,6 +37,8 @@ type Options struct {
 	// KubernetesHas reports whether a Kubernetes registry serves a hostname;
 	// such a hostname is never served from Consul (Kubernetes wins).
 	KubernetesHas func(host.Name) bool
+	// RemoteDatacenter puts Args.Datacenter into hostnames (a non-local DC).
+	RemoteDatacenter bool
 }
 
 // Controller is the Consul registry: it watches the catalog and its health
@@ -69,6 +72,7 @@ type Controller struct {
 	synced    atomic.Bool
 	started   time.Time
 	reachable atomic.Bool
+	lastErr   atomic.Pointer[error]
 }
 
 type checkKey struct{ node, id string }
@@ -99,6 +103,10 @@ func New(args Args, opts Options) (*Controller, error) {
 	if opts.ClusterID == "" {
 		opts.ClusterID = "consul"
 	}
+	var remoteDC string
+	if opts.RemoteDatacenter {
+		remoteDC = args.Datacenter
+	}
 	c := &Controller{
 		args:      args,
 		opts:      opts,
@@ -106,6 +114,8 @@ func New(args Args, opts Options) (*Controller, error) {
 		transport: t,
 		conv: converter{
 			domain:          args.Domain,
+			entNamespace:    args.EnterpriseNamespace,
+			partition:       args.Partition,
 			namespace:       args.Namespace,
 			clusterID:       opts.ClusterID,
 			includeWarning:  args.IncludeWarning,
@@ -113,6 +123,7 @@ func New(args Args, opts Options) (*Controller, error) {
 			defaultProtocol: protocol.Parse(args.DefaultProtocol),
 			defaultSA:       args.DefaultServiceAccount,
 			trustDomain:     opts.TrustDomain,
+			remoteDC:        remoteDC,
 		},
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
 			workqueue.NewTypedItemExponentialFailureRateLimiter[string](backoffMin, backoffMax),
@@ -181,16 +192,27 @@ func (c *Controller) syncTimeout(ctx context.Context) {
 	c.synced.Store(true)
 }
 
+// LastError is the error of the latest failed Consul read, nil after a
+// successful one. Messages never contain the ACL token.
+func (c *Controller) LastError() error {
+	if e := c.lastErr.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
+
 func (c *Controller) readFailed(what string, err error, retry time.Duration) {
+	err = fmt.Errorf("consul %s read from %s: %w", what, c.args.ServerURL, err)
+	c.lastErr.Store(&err)
 	consulWatchErrors.With(watchLabel.Value(what)).Increment()
 	if c.reachable.Swap(false) || !c.synced.Load() {
 		consulReachable.Record(0)
 	}
-	log.Warnf("consul %s read from %s failed, keeping the last good state; will retry in %v: %v",
-		what, c.args.ServerURL, retry.Round(time.Millisecond), err)
+	log.Warnf("%v; keeping the last good state, will retry in %v", err, retry.Round(time.Millisecond))
 }
 
 func (c *Controller) readSucceeded() {
+	c.lastErr.Store(nil)
 	consulLastSync.Record(float64(time.Now().Unix()))
 	if !c.reachable.Swap(true) {
 		consulReachable.Record(1)

@@ -32,6 +32,9 @@ const (
 // pure: same input, same output, so the mapping table in README is testable.
 type converter struct {
 	domain          string
+	remoteDC        string // set for a non-local datacenter: part of hostnames
+	entNamespace    string
+	partition       string
 	namespace       string
 	clusterID       cluster.ID
 	includeWarning  bool
@@ -61,8 +64,24 @@ type instance struct {
 	labels  labels.Instance
 }
 
+// hostname follows Consul DNS: <service>.service[.<ns>.ns][.<partition>.ap]
+// [.<dc>[.dc]].<domain>; the datacenter only for non-local datacenters, with
+// the ".dc" label when a namespace or partition is present (as Consul does).
 func (c *converter) hostname(name string) host.Name {
-	return host.Name(name + ".service." + c.domain)
+	h := name + ".service"
+	if c.entNamespace != "" {
+		h += "." + c.entNamespace + ".ns"
+	}
+	if c.partition != "" {
+		h += "." + c.partition + ".ap"
+	}
+	if c.remoteDC != "" {
+		h += "." + c.remoteDC
+		if c.entNamespace != "" || c.partition != "" {
+			h += ".dc"
+		}
+	}
+	return host.Name(h + "." + c.domain)
 }
 
 func (c *converter) convert(name string, entries []*api.ServiceEntry) conversion {

@@ -6,7 +6,6 @@ import (
 	"istio.io/istio/pilot/pkg/model"
 	"istio.io/istio/pilot/pkg/serviceregistry"
 	"istio.io/istio/pilot/pkg/serviceregistry/provider"
-	"istio.io/istio/pkg/cluster"
 	"istio.io/istio/pkg/config/host"
 	"istio.io/istio/pkg/config/mesh"
 )
@@ -17,14 +16,14 @@ type registryLister interface {
 	GetRegistries() []serviceregistry.Instance
 }
 
-// NewForIstiod builds the registry from istiod's flags; it is the single call
-// the bootstrap patch makes, so the patch stays one line of wiring.
-func NewForIstiod(args *Args, xds model.XDSUpdater, meshHolder mesh.Holder, others registryLister) (*Controller, error) {
+// NewForIstiod builds the registries istiod runs from its flags: one per
+// Consul endpoint and datacenter. It is the single call the bootstrap patch
+// makes, so the patch stays a few lines of wiring.
+func NewForIstiod(args *Args, xds model.XDSUpdater, meshHolder mesh.Holder, others registryLister) ([]serviceregistry.Instance, error) {
 	if err := args.Complete(nil); err != nil {
 		return nil, fmt.Errorf("consul registry flags: %w", err)
 	}
-	return New(*args, Options{
-		ClusterID:  cluster.ID("consul"),
+	opts := Options{
 		XDSUpdater: xds,
 		TrustDomain: func() string {
 			if m := meshHolder.Mesh(); m != nil && m.TrustDomain != "" {
@@ -40,5 +39,23 @@ func NewForIstiod(args *Args, xds model.XDSUpdater, meshHolder mesh.Holder, othe
 			}
 			return false
 		},
-	})
+	}
+	return NewRegistries(*args, opts)
+}
+
+// NewRegistries builds one registry per target of completed args.
+func NewRegistries(args Args, opts Options) ([]serviceregistry.Instance, error) {
+	var out []serviceregistry.Instance
+	for _, t := range args.targets() {
+		a := args
+		a.ServerURL, a.Datacenter = t.url, t.datacenter
+		o := opts
+		o.ClusterID, o.RemoteDatacenter = t.clusterID, !t.local
+		r, err := New(a, o)
+		if err != nil {
+			return nil, fmt.Errorf("consul registry %s: %w", t.clusterID, err)
+		}
+		out = append(out, r)
+	}
+	return out, nil
 }

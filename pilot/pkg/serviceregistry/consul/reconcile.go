@@ -2,6 +2,7 @@ package consul
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -19,6 +20,9 @@ import (
 func (c *Controller) readCatalog(q *api.QueryOptions) (uint64, error) {
 	listing, meta, err := c.client.Catalog().Services(q)
 	if err != nil {
+		return 0, fmt.Errorf("list services: %w", err)
+	}
+	if err := aclFiltered(meta, len(listing), "service_prefix and node_prefix"); err != nil {
 		return 0, fmt.Errorf("list services: %w", err)
 	}
 	now := time.Now()
@@ -73,6 +77,9 @@ func (c *Controller) readChecks(q *api.QueryOptions) (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("list health checks: %w", err)
 	}
+	if meta.ResultsFilteredByACLs && len(checks) == 0 {
+		return 0, fmt.Errorf("list health checks: %w: the token needs read on service_prefix and node_prefix", errACLFiltered)
+	}
 	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -116,6 +123,25 @@ func (c *Controller) readChecks(q *api.QueryOptions) (uint64, error) {
 	return meta.LastIndex, nil
 }
 
+// errACLFiltered: Consul answered, but ACLs hid everything.
+var errACLFiltered = errors.New("consul ACLs filtered out every result")
+
+// aclFiltered turns an answer that ACLs emptied into an error: with
+// default_policy=deny, a missing or weak token gets 200 and nothing, and
+// applying that would wipe every Consul service from the mesh.
+// Consul flags filtering for real tokens; for the anonymous token it only
+// says default_policy=deny. An empty answer under either is taken as missing
+// permissions (a Consul catalog always lists at least the "consul" service).
+func aclFiltered(meta *api.QueryMeta, n int, needs string) error {
+	if meta == nil || n > 0 {
+		return nil
+	}
+	if meta.ResultsFilteredByACLs || meta.DefaultACLPolicy == "deny" {
+		return fmt.Errorf("%w: the token (or anonymous, if none is set) needs read on %s", errACLFiltered, needs)
+	}
+	return nil
+}
+
 // indexReset handles a Consul whose indexes went backwards (snapshot
 // restore, a fresh agent): the per-service indexes of earlier reads mean
 // nothing any more, so they are dropped and every service is re-read.
@@ -143,7 +169,17 @@ func (c *Controller) processNext(ctx context.Context) bool {
 		return false
 	}
 	defer c.queue.Done(name)
+	c.mu.RLock()
+	_, listed := c.catalog[name]
+	c.mu.RUnlock()
+	if !listed {
+		c.queue.Forget(name) // deregistered meanwhile: nothing to read or retry
+		return true
+	}
 	entries, meta, err := c.client.Health().Service(name, "", false, c.queryOptions(ctx))
+	if err == nil {
+		err = aclFiltered(meta, len(entries), "service \""+name+"\" and node_prefix")
+	}
 	if err != nil {
 		if ctx.Err() == nil {
 			d := c.queue.NumRequeues(name)

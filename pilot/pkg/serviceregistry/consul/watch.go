@@ -73,7 +73,7 @@ func (c *Controller) blockingWatch(ctx context.Context, what string, query func(
 
 // queryOptions are the read options every request carries.
 func (c *Controller) queryOptions(ctx context.Context) *api.QueryOptions {
-	q := &api.QueryOptions{}
+	q := &api.QueryOptions{Namespace: c.args.EnterpriseNamespace, Partition: c.args.Partition}
 	switch c.args.Consistency {
 	case "stale":
 		q.AllowStale = true

@@ -1,0 +1,283 @@
+package consul
+
+import (
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"istio.io/istio/pilot/pkg/model"
+	"istio.io/istio/pilot/pkg/serviceregistry/util/xdsfake"
+	"istio.io/istio/pkg/config/host"
+
+	"github.com/pilot-consul/pilot-consul/tests/harness"
+)
+
+const rootToken = "7b1b0f1e-0000-4000-8000-000000000001"
+
+func rootClient(t *testing.T, c *harness.Consul) *api.Client {
+	cl, err := api.NewClient(&api.Config{Address: c.HTTPAddr, Token: rootToken})
+	require.NoError(t, err)
+	return cl
+}
+
+func lastError(reg *Controller) string {
+	if err := reg.LastError(); err != nil {
+		return err.Error()
+	}
+	return ""
+}
+
+// Consul with acl { enabled = true, default_policy = "deny" } and a
+// read-only token (service_prefix / node_prefix read), as operators run it.
+func TestACLTokens(t *testing.T) {
+	c, err := harness.StartConsul(t, "-hcl", `acl { enabled = true
+		default_policy = "deny"
+		tokens { initial_management = "`+rootToken+`" agent = "`+rootToken+`" } }`)
+	require.NoError(t, err)
+	root := rootClient(t, c)
+	reg := func(id, name, addr string) {
+		require.NoError(t, root.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: id, Name: name, Address: addr, Port: 80}))
+	}
+	reg("web-1", "web", "127.0.0.11")
+	_, _, err = root.ACL().PolicyCreate(&api.ACLPolicy{Name: "istiod-read",
+		Rules: `service_prefix "" { policy = "read" } node_prefix "" { policy = "read" }`}, nil)
+	require.NoError(t, err)
+	tok, _, err := root.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{Name: "istiod-read"}}}, nil)
+	require.NoError(t, err)
+	readOnly := tok.SecretID
+	wrong := "00000000-0000-4000-8000-00000000dead"
+
+	t.Run("no token: a clear error, never synced, nothing served", func(t *testing.T) {
+		f := startRegistry(t, c, func(a *Args) { a.SyncTimeout = time.Hour })
+		require.Eventually(t, func() bool { return lastError(f.reg) != "" }, 10*time.Second, 20*time.Millisecond)
+		assert.Contains(t, lastError(f.reg), "ACLs filtered out every result")
+		assert.Contains(t, lastError(f.reg), "needs read on service_prefix and node_prefix")
+		assert.False(t, f.reg.HasSynced())
+		assert.Empty(t, f.reg.Services())
+	})
+	t.Run("wrong token: ACL not found", func(t *testing.T) {
+		f := startRegistry(t, c, func(a *Args) { a.Token = secret(wrong); a.SyncTimeout = time.Hour })
+		require.Eventually(t, func() bool { return lastError(f.reg) != "" }, 10*time.Second, 20*time.Millisecond)
+		assert.Contains(t, lastError(f.reg), "ACL not found")
+		assert.NotContains(t, lastError(f.reg), wrong, "the token never appears in errors")
+	})
+	t.Run("token file: syncs, survives a bad rotation with its last good state, recovers", func(t *testing.T) {
+		file := filepath.Join(t.TempDir(), "token")
+		require.NoError(t, os.WriteFile(file, []byte(readOnly+"\n"), 0o600))
+		f := startRegistry(t, c, func(a *Args) { a.TokenFile = file; a.WaitTime = time.Second })
+		f.waitSynced()
+		f.eventuallyEndpoints("web", "127.0.0.11:80")
+
+		require.NoError(t, os.WriteFile(file, []byte(wrong), 0o600))
+		require.Eventually(t, func() bool { return !f.reg.reachable.Load() }, 10*time.Second, 20*time.Millisecond)
+		assert.Contains(t, lastError(f.reg), "ACL not found")
+		assert.Equal(t, []string{"127.0.0.11:80"}, f.endpoints("web"), "a bad token must not wipe endpoints")
+
+		reg("api-1", "api", "127.0.0.12")
+		require.NoError(t, os.WriteFile(file, []byte(readOnly), 0o600))
+		f.eventuallyEndpoints("api", "127.0.0.12:80")
+		assert.Empty(t, lastError(f.reg))
+	})
+}
+
+// HTTPS to Consul with CA verification, server-name override and Consul's
+// verify_incoming (client certificate required).
+func TestTLS(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := harness.NewCA(dir, "consul")
+	require.NoError(t, err)
+	srvCert, srvKey, err := ca.Issue("server", []string{"server.dc1.consul"}, nil) // no IP SAN on purpose
+	require.NoError(t, err)
+	cliCert, cliKey, err := ca.Issue("istiod", []string{"istiod"}, nil)
+	require.NoError(t, err)
+	other, err := harness.NewCA(dir, "other")
+	require.NoError(t, err)
+	ports, err := harness.FreePorts(1)
+	require.NoError(t, err)
+	c, err := harness.StartConsul(t, "-hcl", `ports { https = `+strconv.Itoa(ports[0])+` }
+		tls { defaults { ca_file = "`+ca.CertFile+`" cert_file = "`+srvCert+`" key_file = "`+srvKey+`" }
+		      https { verify_incoming = true } }`)
+	require.NoError(t, err)
+	require.NoError(t, c.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "web-1", Name: "web", Address: "127.0.0.11", Port: 80}))
+	https := "https://127.0.0.1:" + strconv.Itoa(ports[0])
+
+	for _, tc := range []struct {
+		name    string
+		edit    func(*Args)
+		wantErr string
+	}{
+		{"right CA, client cert, server name: syncs", func(a *Args) {
+			a.CAFile, a.CertFile, a.KeyFile, a.TLSServerName = ca.CertFile, cliCert, cliKey, "server.dc1.consul"
+		}, ""},
+		{"wrong CA", func(a *Args) {
+			a.CAFile, a.CertFile, a.KeyFile, a.TLSServerName = other.CertFile, cliCert, cliKey, "server.dc1.consul"
+		}, "certificate signed by unknown authority"},
+		{"no client certificate while Consul verifies incoming", func(a *Args) {
+			a.CAFile, a.TLSServerName = ca.CertFile, "server.dc1.consul"
+		}, "certificate required"},
+		{"no server-name override: name mismatch", func(a *Args) {
+			a.CAFile, a.CertFile, a.KeyFile = ca.CertFile, cliCert, cliKey
+		}, "x509: cannot validate certificate for 127.0.0.1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := startRegistry(t, c, func(a *Args) {
+				a.ServerURL, a.SyncTimeout = https, time.Hour
+				tc.edit(a)
+			})
+			if tc.wantErr == "" {
+				f.waitSynced()
+				f.eventuallyEndpoints("web", "127.0.0.11:80")
+				return
+			}
+			require.Eventually(t, func() bool { return lastError(f.reg) != "" }, 10*time.Second, 20*time.Millisecond)
+			assert.Contains(t, lastError(f.reg), tc.wantErr)
+			assert.False(t, f.reg.HasSynced())
+		})
+	}
+}
+
+// runAll starts registries and stops them at cleanup.
+func runAll(t *testing.T, regs []*Controller) {
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, r := range regs {
+		wg.Go(func() { r.Run(stop) })
+	}
+	t.Cleanup(func() { close(stop); wg.Wait() })
+}
+
+func newRegistries(t *testing.T, edit func(*Args)) []*Controller {
+	args := DefaultArgs()
+	args.WaitTime = 2 * time.Second
+	edit(&args)
+	require.NoError(t, args.Complete(func(string) string { return "" }))
+	insts, err := NewRegistries(args, Options{XDSUpdater: xdsfake.NewFakeXDS()})
+	require.NoError(t, err)
+	regs := make([]*Controller, len(insts))
+	for i, r := range insts {
+		regs[i] = r.(*Controller)
+	}
+	runAll(t, regs)
+	return regs
+}
+
+func endpointsOf(r *Controller, h host.Name) []*model.IstioEndpoint {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if s := r.byHost[h]; s != nil {
+		return s.endpoints
+	}
+	return nil
+}
+
+// Two real Consul servers, WAN-joined: dc1 keeps short hostnames, dc2's
+// services are <svc>.service.dc2.consul, and the locality region is the DC.
+func TestDatacenters(t *testing.T) {
+	dc1, err := harness.StartConsul(t)
+	require.NoError(t, err)
+	dc2, err := harness.StartConsul(t, "-datacenter", "dc2")
+	require.NoError(t, err)
+	err = dc1.Client.Agent().Join(dc2.SerfWANAddr, true)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		dcs, err := dc1.Client.Catalog().Datacenters()
+		return err == nil && len(dcs) == 2
+	}, 30*time.Second, 100*time.Millisecond, "WAN join")
+	require.NoError(t, dc1.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "w1", Name: "web", Address: "127.0.0.21", Port: 80}))
+	require.NoError(t, dc2.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "w2", Name: "web", Address: "127.0.0.22", Port: 80}))
+
+	regs := newRegistries(t, func(a *Args) { a.ServerURL, a.Datacenter = dc1.URL(), "dc1,dc2" })
+	require.Len(t, regs, 2)
+	assert.Equal(t, "consul", string(regs[0].Cluster()))
+	assert.Equal(t, "consul-dc2", string(regs[1].Cluster()))
+	for _, tc := range []struct {
+		reg        *Controller
+		host, addr string
+		dc         string
+	}{{regs[0], "web.service.consul", "127.0.0.21", "dc1"}, {regs[1], "web.service.dc2.consul", "127.0.0.22", "dc2"}} {
+		require.Eventually(t, func() bool { return len(endpointsOf(tc.reg, host.Name(tc.host))) == 1 }, 20*time.Second, 20*time.Millisecond, tc.host)
+		ep := endpointsOf(tc.reg, host.Name(tc.host))[0]
+		assert.Equal(t, tc.addr, ep.Addresses[0])
+		assert.Equal(t, tc.dc, ep.Locality.Label)
+	}
+}
+
+// Two independent Consul clusters are two registries with their own shards:
+// one going down leaves the other untouched (and keeps its own last state).
+func TestSeveralConsulClusters(t *testing.T) {
+	east, err := harness.StartConsul(t)
+	require.NoError(t, err)
+	west, err := harness.StartConsul(t)
+	require.NoError(t, err)
+	require.NoError(t, east.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "e", Name: "web", Address: "127.0.0.31", Port: 80}))
+	require.NoError(t, west.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "w", Name: "web", Address: "127.0.0.32", Port: 80}))
+
+	regs := newRegistries(t, func(a *Args) { a.ServerURL = "east=" + east.URL() + ",west=" + west.URL() })
+	require.Len(t, regs, 2)
+	assert.NotEqual(t, model.ShardKeyFromRegistry(regs[0]), model.ShardKeyFromRegistry(regs[1]))
+	assert.Equal(t, "east", string(regs[0].Cluster()))
+	for i, addr := range []string{"127.0.0.31", "127.0.0.32"} {
+		require.Eventually(t, func() bool {
+			eps := endpointsOf(regs[i], "web.service.consul")
+			return len(eps) == 1 && eps[0].Addresses[0] == addr
+		}, 20*time.Second, 20*time.Millisecond)
+	}
+	west.Stop()
+	require.Eventually(t, func() bool { return !regs[1].reachable.Load() }, 20*time.Second, 20*time.Millisecond)
+	assert.Len(t, endpointsOf(regs[1], "web.service.consul"), 1, "west keeps its last good state")
+	assert.Len(t, endpointsOf(regs[0], "web.service.consul"), 1, "east untouched")
+	assert.NoError(t, regs[0].LastError())
+}
+
+// Consul Enterprise namespace and partition go on every request (open-source
+// Consul rejects them, so a recording proxy strips them before forwarding)
+// and into hostnames, per Consul's DNS form.
+func TestEnterpriseScoping(t *testing.T) {
+	c, err := harness.StartConsul(t)
+	require.NoError(t, err)
+	require.NoError(t, c.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "w", Name: "web", Address: "127.0.0.41", Port: 80}))
+	backend, _ := url.Parse(c.URL())
+	proxy := httputil.NewSingleHostReverseProxy(backend)
+	var mu sync.Mutex
+	var seen []url.Values
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	srv := &httptest.Server{Listener: l, Config: &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen = append(seen, r.URL.Query())
+		mu.Unlock()
+		q := r.URL.Query()
+		q.Del("ns")
+		q.Del("partition")
+		r.URL.RawQuery = q.Encode()
+		proxy.ServeHTTP(w, r)
+	})}}
+	srv.Start()
+	t.Cleanup(srv.Close)
+
+	regs := newRegistries(t, func(a *Args) {
+		a.ServerURL, a.EnterpriseNamespace, a.Partition, a.Datacenter = srv.URL, "team-a", "part-1", "dc1,dc9"
+	})
+	require.Eventually(t, func() bool { return regs[0].GetService("web.service.team-a.ns.part-1.ap.consul") != nil },
+		20*time.Second, 20*time.Millisecond)
+	assert.Equal(t, host.Name("web.service.team-a.ns.part-1.ap.dc9.dc.consul"), regs[1].conv.hostname("web"))
+	mu.Lock()
+	defer mu.Unlock()
+	require.NotEmpty(t, seen)
+	for _, q := range seen {
+		assert.Equal(t, "team-a", q.Get("ns"))
+		assert.Equal(t, "part-1", q.Get("partition"))
+	}
+}
