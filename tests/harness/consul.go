@@ -24,10 +24,10 @@ type Consul struct {
 	Client      *api.Client
 	// Token, when set, is used by Client and by readiness checks (ACL agents).
 	Token string
-	proc     *Process
-	dir      string
-	args     []string
-	bin      string
+	proc  *Process
+	dir   string
+	args  []string
+	bin   string
 }
 
 // StartConsul starts a Consul dev agent; it is stopped at the env's cleanup.

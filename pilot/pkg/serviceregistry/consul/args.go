@@ -4,6 +4,7 @@
 package consul
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -189,17 +190,28 @@ func splitName(s string) (name, url string) {
 	return "", s
 }
 
-// secret is a string flag value that never prints itself: istiod logs every
-// flag at start-up ("FLAG: --x=..."), and ACL tokens must not reach logs.
+// secret is a string flag value that never prints itself, in any form:
+// istiod logs every flag at start-up ("FLAG: --x=...") and dumps its args as
+// YAML (through JSON), and ACL tokens must reach neither.
 type secret string
 
-func (s *secret) String() string {
-	if s == nil || *s == "" {
+const redacted = "<redacted>"
+
+func (s secret) String() string {
+	if s == "" {
 		return ""
 	}
-	return "<redacted>"
+	return redacted
 }
 
+// GoString covers %#v.
+func (s secret) GoString() string { return s.String() }
+
+// MarshalJSON covers JSON and YAML dumps of Args.
+func (s secret) MarshalJSON() ([]byte, error) { return json.Marshal(s.String()) }
+
+// Set implements pflag.Value.
 func (s *secret) Set(v string) error { *s = secret(v); return nil }
 
-func (s *secret) Type() string { return "string" }
+// Type implements pflag.Value.
+func (s secret) Type() string { return "string" }

@@ -1,6 +1,8 @@
 package consul
 
 import (
+	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -29,6 +31,13 @@ func TestTokenFlagPrintsRedacted(t *testing.T) {
 		assert.NotContains(t, f.Value.String(), "s3cr3t", "flag %s", f.Name)
 	})
 	assert.Equal(t, "<redacted>", fs.Lookup("consulToken").Value.String())
+	// istiod also dumps its args (YAML through JSON) and may print them.
+	j, err := json.Marshal(a)
+	require.NoError(t, err)
+	assert.NotContains(t, string(j), "s3cr3t")
+	for _, format := range []string{"%v", "%+v", "%#v", "%s"} {
+		assert.NotContains(t, fmt.Sprintf(format, *a), "s3cr3t", format)
+	}
 }
 
 func TestOldFlagSpellingAndEnvFallbacks(t *testing.T) {
