@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -28,6 +30,15 @@ type Consul struct {
 	dir   string
 	args  []string
 	bin   string
+}
+
+// StartConsulServer starts a single-node Consul server with a data directory
+// (not a dev agent), so a restart keeps its catalog and Raft indexes — and
+// WipeData simulates a rebuilt cluster.
+func StartConsulServer(env Env, extra ...string) (*Consul, error) {
+	dir := env.TempDir()
+	return StartConsul(env, append([]string{"-dev=false", "-server", "-bootstrap-expect", "1",
+		"-data-dir", filepath.Join(dir, "data"), "-ui=false"}, extra...)...)
 }
 
 // StartConsul starts a Consul dev agent; it is stopped at the env's cleanup.
@@ -93,6 +104,23 @@ func (c *Consul) Start(extra ...string) error {
 		return fmt.Errorf("consul: %w", err)
 	}
 	return nil
+}
+
+// Kill ends the agent at once, like a crash.
+func (c *Consul) Kill() {
+	if c.proc != nil {
+		c.proc.Kill()
+	}
+}
+
+// WipeData deletes a stopped server's data directory (StartConsulServer).
+func (c *Consul) WipeData() error {
+	for i, a := range c.args {
+		if a == "-data-dir" && i+1 < len(c.args) {
+			return os.RemoveAll(c.args[i+1])
+		}
+	}
+	return fmt.Errorf("consul: not started with a data directory")
 }
 
 // Stop stops the agent.

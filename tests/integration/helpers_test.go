@@ -15,9 +15,10 @@ import (
 
 // service is a Consul service whose instances are real local gRPC servers.
 type service struct {
-	t    *testing.T
-	name string
-	port int
+	t      *testing.T
+	consul *api.Client
+	name   string
+	port   int
 }
 
 // ip returns a distinct loopback address per test and instance.
@@ -33,13 +34,19 @@ func ip(t *testing.T, i int) string {
 // shared port, registered in Consul with passing TTL checks.
 func newService(t *testing.T, name string, n int, meta map[string]string, tags func(i int) []string) *service {
 	t.Helper()
+	return newServiceOn(t, mesh.Consul.Client, name, n, meta, tags)
+}
+
+// newServiceOn is newService on a given Consul.
+func newServiceOn(t *testing.T, consul *api.Client, name string, n int, meta map[string]string, tags func(i int) []string) *service {
+	t.Helper()
 	ips := make([]string, n+4)
 	for i := range ips {
 		ips[i] = ip(t, i)
 	}
 	port, err := harness.FreePortOn(ips...)
 	require.NoError(t, err)
-	s := &service{t: t, name: name, port: port}
+	s := &service{t: t, consul: consul, name: name, port: port}
 	for i := range n {
 		var tg []string
 		if tags != nil {
@@ -57,16 +64,22 @@ func (s *service) add(i int, meta map[string]string, tags []string) {
 	s.t.Helper()
 	_, err := harness.StartWorkload(s.t, s.id(i), ip(s.t, i), s.port)
 	require.NoError(s.t, err)
-	require.NoError(s.t, mesh.Consul.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{
+	s.register(i, meta, tags)
+	s.t.Cleanup(func() { _ = s.consul.Agent().ServiceDeregister(s.id(i)) })
+}
+
+// register (re-)registers instance i in Consul (its server keeps running).
+func (s *service) register(i int, meta map[string]string, tags []string) {
+	s.t.Helper()
+	require.NoError(s.t, s.consul.Agent().ServiceRegister(&api.AgentServiceRegistration{
 		ID: s.id(i), Name: s.name, Address: ip(s.t, i), Port: s.port, Meta: meta, Tags: tags,
 		Check: &api.AgentServiceCheck{CheckID: "ttl-" + s.id(i), TTL: "1h", Status: api.HealthPassing},
 	}))
-	s.t.Cleanup(func() { _ = mesh.Consul.Client.Agent().ServiceDeregister(s.id(i)) })
 }
 
 func (s *service) setHealth(i int, status string) {
 	s.t.Helper()
-	require.NoError(s.t, mesh.Consul.Client.Agent().UpdateTTL("ttl-"+s.id(i), "", status))
+	require.NoError(s.t, s.consul.Agent().UpdateTTL("ttl-"+s.id(i), "", status))
 }
 
 func (s *service) target() string { return fmt.Sprintf("%s.service.consul:%d", s.name, s.port) }

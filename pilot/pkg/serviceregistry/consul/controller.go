@@ -73,6 +73,7 @@ type Controller struct {
 	started   time.Time
 	reachable atomic.Bool
 	lastErr   atomic.Pointer[error]
+	lastWarn  atomic.Value // time.Time of the last outage warning
 }
 
 type checkKey struct{ node, id string }
@@ -138,6 +139,7 @@ func New(args Args, opts Options) (*Controller, error) {
 		dirtyAt:  map[string]time.Time{},
 		vips:     newVIPAllocator(args.VIPRange),
 	}
+	c.lastWarn.Store(time.Time{})
 	return c, nil
 }
 
@@ -175,6 +177,9 @@ func (c *Controller) Run(stop <-chan struct{}) {
 	log.Infof("consul registry %s stopped", c.opts.ClusterID)
 }
 
+// warnEvery is how often an ongoing Consul outage is logged at warn level.
+const warnEvery = 30 * time.Second
+
 // HasSynced is true once every service of the first catalog listing has been
 // read, or once SyncTimeout has passed (so an unreachable Consul cannot keep
 // istiod unready forever).
@@ -208,11 +213,21 @@ func (c *Controller) readFailed(what string, err error, retry time.Duration) {
 	if c.reachable.Swap(false) || !c.synced.Load() {
 		consulReachable.Record(0)
 	}
-	log.Warnf("%v; keeping the last good state, will retry in %v", err, retry.Round(time.Millisecond))
+	// Warn at the start of an outage and every warnEvery during it; the retries
+	// in between (up to one a second) only at debug level.
+	if now := time.Now(); now.Sub(c.lastWarn.Load().(time.Time)) >= warnEvery {
+		c.lastWarn.Store(now)
+		log.Warnf("%v; keeping the last good state, will retry in %v", err, retry.Round(time.Millisecond))
+	} else {
+		log.Debugf("%v; will retry in %v", err, retry.Round(time.Millisecond))
+	}
 }
 
 func (c *Controller) readSucceeded() {
-	c.lastErr.Store(nil)
+	if c.lastErr.Swap(nil) != nil {
+		c.lastWarn.Store(time.Time{})
+		log.Infof("consul registry %s: reads from %s succeed again", c.opts.ClusterID, c.args.ServerURL)
+	}
 	consulLastSync.Record(float64(time.Now().Unix()))
 	if !c.reachable.Swap(true) {
 		consulReachable.Record(1)

@@ -8,10 +8,12 @@ import (
 	"github.com/hashicorp/consul/api"
 )
 
-// Backoff bounds for failed Consul reads.
+// Backoff bounds for failed Consul reads. The cap is low on purpose: a
+// failing read costs Consul one small request, and istiod must converge
+// within a couple of seconds of Consul coming back after an outage.
 const (
-	backoffMin = 250 * time.Millisecond
-	backoffMax = 30 * time.Second
+	backoffMin = 100 * time.Millisecond
+	backoffMax = time.Second
 )
 
 // backoff is exponential with full jitter: a fleet of istiods restarting
@@ -37,15 +39,22 @@ func (b *backoff) reset() { b.next = 0 }
 func (c *Controller) blockingWatch(ctx context.Context, what string, query func(*api.QueryOptions) (uint64, error)) {
 	var index uint64
 	var bo backoff
+	failed := false
 	for ctx.Err() == nil {
 		q := c.queryOptions(ctx)
-		q.WaitIndex = index
+		// After a failure, read without blocking: the Consul that answers may
+		// be a rebuilt one whose index is below ours, and a blocking query on
+		// our index would hang there until the wait time runs out.
+		if !failed {
+			q.WaitIndex = index
+		}
 		q.WaitTime = c.args.WaitTime
 		next, err := query(q)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
+			failed = true
 			d := bo.fail()
 			c.readFailed(what, err, d)
 			if !sleep(ctx, d) {
@@ -53,6 +62,7 @@ func (c *Controller) blockingWatch(ctx context.Context, what string, query func(
 			}
 			continue
 		}
+		failed = false
 		bo.reset()
 		c.readSucceeded()
 		switch {
