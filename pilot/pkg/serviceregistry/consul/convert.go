@@ -180,6 +180,9 @@ func (c *converter) instanceOf(name string, e *api.ServiceEntry) (*instance, pro
 		return nil, "", fmt.Sprintf("%s skipped: address %q is not an IP address "+
 			"(Consul hostnames are not resolved; register an IP)", id, addr)
 	}
+	if ip.Zone() != "" {
+		return nil, "", fmt.Sprintf("%s skipped: address %q is scoped to a network interface", id, addr)
+	}
 	if s.Port < 1 || s.Port > 65535 {
 		return nil, "", fmt.Sprintf("%s skipped: port %d is out of range 1-65535", id, s.Port)
 	}

@@ -107,11 +107,13 @@ func TestMapping(t *testing.T) {
 			entry(reg{id: "b", nodeAddr: "10.0.0.9", port: 80}),
 			entry(reg{id: "c", addr: "db.example.com", port: 80}),
 			entry(reg{id: "d", port: 80}),
+			entry(reg{id: "e", addr: "fe80::1%eth0", port: 80}),
 		})
 		require.Len(t, out.endpoints, 2)
 		assert.Equal(t, []string{"10.0.0.1"}, out.endpoints[0].Addresses)
 		assert.Equal(t, []string{"10.0.0.9"}, out.endpoints[1].Addresses)
-		require.Len(t, out.warnings, 2)
+		require.Len(t, out.warnings, 3)
+		assert.Contains(t, out.warnings[2], "scoped to a network interface")
 		assert.Contains(t, out.warnings[0], `"c"`)
 		assert.Contains(t, out.warnings[0], "not an IP")
 		assert.Contains(t, out.warnings[1], "neither the service nor its node has an address")

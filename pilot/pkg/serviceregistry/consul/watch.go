@@ -13,7 +13,7 @@ import (
 // within a couple of seconds of Consul coming back after an outage.
 const (
 	backoffMin = 100 * time.Millisecond
-	backoffMax = time.Second
+	backoffMax = 500 * time.Millisecond
 )
 
 // backoff is exponential with full jitter: a fleet of istiods restarting
