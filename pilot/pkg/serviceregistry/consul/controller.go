@@ -206,16 +206,17 @@ func (c *Controller) LastError() error {
 	return nil
 }
 
-func (c *Controller) readFailed(what string, err error, retry time.Duration) {
+// readFailed records a failed read. first says it is the first failure of
+// this reader's streak: that one is always a warning, later ones are warnings
+// at most every warnEvery (debug otherwise), so an outage is loud but not spam.
+func (c *Controller) readFailed(what string, err error, retry time.Duration, first bool) {
 	err = fmt.Errorf("consul %s read from %s: %w", what, c.args.ServerURL, err)
 	c.lastErr.Store(&err)
 	consulWatchErrors.With(watchLabel.Value(what)).Increment()
 	if c.reachable.Swap(false) || !c.synced.Load() {
 		consulReachable.Record(0)
 	}
-	// Warn at the start of an outage and every warnEvery during it; the retries
-	// in between (up to one a second) only at debug level.
-	if now := time.Now(); now.Sub(c.lastWarn.Load().(time.Time)) >= warnEvery {
+	if now := time.Now(); first || now.Sub(c.lastWarn.Load().(time.Time)) >= warnEvery {
 		c.lastWarn.Store(now)
 		log.Warnf("%v; keeping the last good state, will retry in %v", err, retry.Round(time.Millisecond))
 	} else {
@@ -225,7 +226,6 @@ func (c *Controller) readFailed(what string, err error, retry time.Duration) {
 
 func (c *Controller) readSucceeded() {
 	if c.lastErr.Swap(nil) != nil {
-		c.lastWarn.Store(time.Time{})
 		log.Infof("consul registry %s: reads from %s succeed again", c.opts.ClusterID, c.args.ServerURL)
 	}
 	consulLastSync.Record(float64(time.Now().Unix()))

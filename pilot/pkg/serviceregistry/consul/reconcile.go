@@ -183,7 +183,7 @@ func (c *Controller) processNext(ctx context.Context) bool {
 	if err != nil {
 		if ctx.Err() == nil {
 			d := c.queue.NumRequeues(name)
-			c.readFailed("service "+name, err, backoffMin<<min(d, 7))
+			c.readFailed("service "+name, err, min(backoffMin<<d, backoffMax), d == 0)
 			c.queue.AddRateLimited(name)
 		}
 		return true

@@ -54,9 +54,9 @@ func (c *Controller) blockingWatch(ctx context.Context, what string, query func(
 			if ctx.Err() != nil {
 				return
 			}
-			failed = true
 			d := bo.fail()
-			c.readFailed(what, err, d)
+			c.readFailed(what, err, d, !failed)
+			failed = true
 			if !sleep(ctx, d) {
 				return
 			}
