@@ -15,7 +15,7 @@ type bumpTracker struct {
 	pending []uint64 // catalog indexes not yet explained
 }
 
-func (b *bumpTracker) add(index uint64, _ time.Time) {
+func (b *bumpTracker) add(index uint64) {
 	b.pending = append(b.pending, index)
 }
 

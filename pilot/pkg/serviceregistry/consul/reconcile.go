@@ -59,7 +59,7 @@ func (c *Controller) readCatalog(q *api.QueryOptions) (uint64, error) {
 		// The catalog changed but not its names or tags: an instance was
 		// (de)registered. If it has checks, readChecks sees it; if not, only a
 		// full re-read finds it. bumps decides which, shortly.
-		c.bumps.add(meta.LastIndex, now)
+		c.bumps.add(meta.LastIndex)
 		time.AfterFunc(bumpGrace, c.resolveBumps)
 	}
 	c.mu.Unlock()
