@@ -24,12 +24,10 @@ type Consul struct {
 	HTTPAddr    string // 127.0.0.1:port
 	SerfWANAddr string // for joining another datacenter
 	Client      *api.Client
-	// Token, when set, is used by Client and by readiness checks (ACL agents).
-	Token string
-	proc  *Process
-	dir   string
-	args  []string
-	bin   string
+	proc        *Process
+	dir         string
+	args        []string
+	bin         string
 }
 
 // StartConsulServer starts a single-node Consul server with a data directory
