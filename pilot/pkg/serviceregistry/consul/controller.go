@@ -56,17 +56,18 @@ type Controller struct {
 	// reads one service twice at once, and backs off per service on errors.
 	queue workqueue.TypedRateLimitingInterface[string]
 
-	mu       sync.RWMutex
-	catalog  map[string][]string      // last catalog listing: name -> tags
-	services map[string]*serviceState // by Consul name; only valid services
-	byHost   map[host.Name]*serviceState
-	byIP     map[string][]*serviceState
-	fetched  map[string]uint64              // per-service index of the last read
-	nodes    map[string]map[string]struct{} // node -> services with instances there
-	checks   map[checkKey]string            // (node, check) -> service name ("" for node checks)
-	dirtyAt  map[string]time.Time           // when a change to a service was first seen
-	vips     *vipAllocator
-	bumps    bumpTracker
+	mu           sync.RWMutex
+	catalog      map[string][]string      // last catalog listing: name -> tags
+	catalogIndex uint64                   // Consul index of that listing
+	services     map[string]*serviceState // by Consul name; only valid services
+	byHost       map[host.Name]*serviceState
+	byIP         map[string][]*serviceState
+	fetched      map[string]uint64              // per-service index of the last read
+	nodes        map[string]map[string]struct{} // node -> services with instances there
+	checks       map[checkKey]string            // (node, check) -> service name ("" for node checks)
+	dirtyAt      map[string]time.Time           // when a change to a service was first seen
+	vips         *vipAllocator
+	bumps        bumpTracker
 
 	initial   map[string]struct{} // services still to read for the first sync
 	synced    atomic.Bool

@@ -55,13 +55,15 @@ func (c *Controller) readCatalog(q *api.QueryOptions) (uint64, error) {
 			c.initial[name] = struct{}{}
 		}
 		c.checkInitialLocked()
-	} else if !changed {
-		// The catalog changed but not its names or tags: an instance was
+	} else if !changed && meta.LastIndex > c.catalogIndex {
+		// The catalog index moved but not its names or tags: an instance was
 		// (de)registered. If it has checks, readChecks sees it; if not, only a
-		// full re-read finds it. bumps decides which, shortly.
+		// full re-read finds it. bumps decides which, shortly. (An unmoved index
+		// is a blocking-query timeout or a retry: nothing happened.)
 		c.bumps.add(meta.LastIndex)
 		time.AfterFunc(bumpGrace, c.resolveBumps)
 	}
+	c.catalogIndex = meta.LastIndex
 	c.mu.Unlock()
 	for _, s := range removed {
 		c.pushRemoved(s)

@@ -292,3 +292,21 @@ func TestOutageKeepsLastGoodStateThenResyncs(t *testing.T) {
 	f.setHealth("k-1", api.HealthCritical)
 	f.eventuallyEndpoints("keep")
 }
+
+// An idle catalog costs only the two watches: a blocking query that times out
+// (same index, same content) is no change and must not re-read services.
+func TestIdleCatalogCostsOnlyTheWatches(t *testing.T) {
+	f := newFixture(t, func(a *Args) { a.WaitTime = time.Second })
+	for i := range 20 {
+		f.register(api.AgentServiceRegistration{ID: fmt.Sprintf("idle-%d", i), Name: fmt.Sprintf("idle-%d", i),
+			Address: "127.0.0.50", Port: 80})
+	}
+	f.waitSynced()
+	require.Eventually(t, func() bool { return len(f.reg.Services()) == 21 }, 10*time.Second, 10*time.Millisecond)
+	time.Sleep(1500 * time.Millisecond) // let the registration reads settle
+	before := f.reg.transport.total.Load()
+	time.Sleep(4 * time.Second) // ~4 blocking-query timeouts per watch
+	used := f.reg.transport.total.Load() - before
+	t.Logf("%d Consul requests in 4 idle seconds", used)
+	assert.Less(t, used, int64(16), "only watch timeouts, no per-service re-reads")
+}
