@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -54,7 +55,7 @@ func StartConsul(env Env, extra ...string) (*Consul, error) {
 	dir := env.TempDir()
 	c := &Consul{HTTPAddr: "127.0.0.1:" + strconv.Itoa(ports[0]), dir: dir, bin: bin}
 	c.args = []string{"agent", "-dev", "-node", "consul-" + strconv.Itoa(ports[0]),
-		"-bind", "127.0.0.1", "-client", "127.0.0.1", "-log-level", "warn",
+		"-bind", "127.0.0.1", "-client", "127.0.0.1", "-log-level", "info",
 		"-http-port", strconv.Itoa(ports[0]), "-grpc-port", "-1", "-grpc-tls-port", "-1", "-dns-port", "-1",
 		"-server-port", strconv.Itoa(ports[1]), "-serf-lan-port", strconv.Itoa(ports[2]),
 		"-serf-wan-port", strconv.Itoa(ports[3])}
@@ -78,12 +79,22 @@ func (c *Consul) URL() string { return "http://" + c.HTTPAddr }
 // Start (re)starts the agent with an empty catalog and waits for a leader;
 // extra agent arguments apply to this start only (e.g. -hcl service definitions).
 func (c *Consul) Start(extra ...string) error {
+	logged := 0
+	if c.proc != nil {
+		logged = len(c.proc.Log()) // a restart appends to the same log
+	}
 	p, err := Start(c.dir, "consul", c.bin, append(append([]string{}, c.args...), extra...), nil)
 	if err != nil {
 		return err
 	}
 	c.proc = p
 	err = p.WaitReady(60*time.Second, func(ctx context.Context) error {
+		// A leader is not enough: until the agent's first anti-entropy sync,
+		// services registered with it stay out of the catalog (for a retry
+		// interval of tens of seconds if that sync failed early).
+		if out := p.Log(); len(out) < logged || !strings.Contains(out[logged:], "agent: Synced node info") {
+			return fmt.Errorf("agent has not synced with the catalog yet")
+		}
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.URL()+"/v1/status/leader", nil)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
