@@ -8,6 +8,7 @@ HUB ?= localhost:5000/pilot-consul
 TAG ?= $(PILOT_CONSUL_VERSION)
 FUZZTIME ?= 60s
 KEEP ?=
+BENCH_ARGS ?=
 
 ##@ General
 
@@ -24,6 +25,11 @@ demo: build tools ## Run the local mesh demo (KEEP=1 leaves it up until Ctrl-C).
 
 .PHONY: test
 test: test-unit test-upstream test-integration ## Run every test (unit, upstream, integration).
+
+.PHONY: bench
+bench: build tools ## Benchmark Route A (our registry) vs Route B (ServiceEntry/WorkloadEntry) into results/ (BENCH_ARGS=...).
+	go build -o bin/bench ./tests/cmd/bench
+	bin/bench -out results $(BENCH_ARGS)
 
 ##@ Build
 

@@ -39,6 +39,15 @@ func NewProcessEnv(name string) (*ProcessEnv, error) {
 	return e, nil
 }
 
+// Child is an env under e's directory with its own cleanups, for a part of a
+// run that ends before the rest (one benchmark scale). Close it when that
+// part ends; e closes it too if it is still open then.
+func (e *ProcessEnv) Child() *ProcessEnv {
+	c := &ProcessEnv{root: e.TempDir(), Quiet: e.Quiet}
+	e.Cleanup(c.Close)
+	return c
+}
+
 // Cleanup implements Env.
 func (e *ProcessEnv) Cleanup(f func()) {
 	e.mu.Lock()

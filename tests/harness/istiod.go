@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -17,12 +18,26 @@ type Istiod struct {
 	HTTPAddr       string // /ready, /debug/*
 	MonitoringAddr string // /metrics
 	Args           []string
+	ReadyTimeout   time.Duration // for Start; 120 s if zero
 	proc           *Process
 	dir, bin       string
 }
 
 // StartIstiod starts istiod; extra args are appended (later flags win).
 func StartIstiod(env Env, kube *Kube, consulURL string, extra ...string) (*Istiod, error) {
+	i, err := NewIstiod(env, kube, consulURL, extra...)
+	if err != nil {
+		return nil, err
+	}
+	if err := i.Start(); err != nil {
+		return nil, err
+	}
+	return i, nil
+}
+
+// NewIstiod prepares istiod without starting it (see Start); it is stopped
+// at the env's cleanup.
+func NewIstiod(env Env, kube *Kube, consulURL string, extra ...string) (*Istiod, error) {
 	bin, err := Binary("pilot-discovery")
 	if err != nil {
 		return nil, err
@@ -34,18 +49,21 @@ func StartIstiod(env Env, kube *Kube, consulURL string, extra ...string) (*Istio
 	addr := func(i int) string { return "127.0.0.1:" + strconv.Itoa(ports[i]) }
 	dir := env.TempDir()
 	i := &Istiod{XDSAddr: addr(0), HTTPAddr: addr(1), MonitoringAddr: addr(2), dir: dir, bin: bin}
-	i.Args = append([]string{"discovery",
-		"--registries=Kubernetes,Consul", "--kubeconfig", kube.Kubeconfig,
-		"--consulServerURL", consulURL,
+	// pflag appends repeated list flags, so an explicit --registries in extra
+	// replaces ours rather than following it.
+	registries := []string{"--registries=Kubernetes,Consul", "--consulServerURL", consulURL}
+	for _, a := range extra {
+		if strings.HasPrefix(a, "--registries") {
+			registries = nil
+		}
+	}
+	i.Args = append(append([]string{"discovery"}, registries...), "--kubeconfig", kube.Kubeconfig,
 		"--grpcAddr", i.XDSAddr, "--httpAddr", i.HTTPAddr, "--monitoringAddr", i.MonitoringAddr,
 		"--secureGRPCAddr", addr(3), "--httpsAddr", addr(4), "--ctrlz_port", strconv.Itoa(ports[5]),
 		"--meshConfig", filepath.Join(dir, "no-mesh-config"), "--networksConfig", filepath.Join(dir, "no-networks"),
-		"--domain", "cluster.local", "--log_output_level", "default:info,consul:info",
-	}, extra...)
+		"--domain", "cluster.local", "--log_output_level", "default:info,consul:info")
+	i.Args = append(i.Args, extra...)
 	env.Cleanup(i.Stop)
-	if err := i.Start(); err != nil {
-		return nil, err
-	}
 	return i, nil
 }
 
@@ -60,7 +78,11 @@ func (i *Istiod) Start() error {
 		return err
 	}
 	i.proc = p
-	if err := p.WaitReady(120*time.Second, httpOK("http://"+i.HTTPAddr+"/ready", nil)); err != nil {
+	timeout := i.ReadyTimeout
+	if timeout == 0 {
+		timeout = 120 * time.Second
+	}
+	if err := p.WaitReady(timeout, httpOK("http://"+i.HTTPAddr+"/ready", nil)); err != nil {
 		p.Stop()
 		return fmt.Errorf("istiod: %w", err)
 	}

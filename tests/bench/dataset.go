@@ -1,0 +1,82 @@
+// Package bench measures the patched istiod serving Consul services two ways,
+// on the same data, machine and istiod binary: Route A is our Consul
+// registry; Route B is what ServiceEntry-writing bridges produce (one
+// ServiceEntry per service, one WorkloadEntry per instance) read from a real
+// kube-apiserver. tests/cmd/bench drives it (`make bench`).
+package bench
+
+import (
+	"fmt"
+	"net/netip"
+)
+
+// Port every benchmark service listens on. One shared HTTP port keeps the
+// sidecar's listener count equal in both routes (one 0.0.0.0_8080 listener
+// with a virtual host per service).
+const Port = 8080
+
+// Dataset is N services × M instances. Instance addresses come from
+// 198.18.0.0/15 (the benchmarking range): they are data only, nothing dials them.
+type Dataset struct{ N, M int }
+
+// Instance identifies instance j of service i.
+type Instance struct{ Svc, Idx int }
+
+// Name of service i in Consul (and of its ServiceEntry).
+func (d Dataset) Name(i int) string { return fmt.Sprintf("svc-%05d", i) }
+
+// Host is the service's hostname in the mesh, in both routes.
+func (d Dataset) Host(i int) string { return d.Name(i) + ".service.consul" }
+
+// Cluster is the outbound cluster name istiod gives the service.
+func (d Dataset) Cluster(i int) string { return fmt.Sprintf("outbound|%d||%s", Port, d.Host(i)) }
+
+// ID is the instance's Consul service ID (and WorkloadEntry name).
+func (d Dataset) ID(in Instance) string { return fmt.Sprintf("%s-%d", d.Name(in.Svc), in.Idx) }
+
+// Node is the Consul node an instance runs on: instance j of every service
+// shares node j, like M hosts each running one copy of every service.
+func (d Dataset) Node(in Instance) string { return fmt.Sprintf("bench-node-%d", in.Idx) }
+
+// IP of an instance.
+func (d Dataset) IP(in Instance) string {
+	base := netip.MustParseAddr("198.18.0.1").As4()
+	n := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3])
+	n += uint32(in.Svc*d.M + in.Idx)
+	return netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}).String()
+}
+
+// Addr is "ip:port", as it appears in an EDS endpoint.
+func (d Dataset) Addr(in Instance) string { return fmt.Sprintf("%s:%d", d.IP(in), Port) }
+
+// Version is the instance's version label (tag "version=vX" in Consul).
+func (d Dataset) Version(in Instance) string { return fmt.Sprintf("v%d", in.Idx%2+1) }
+
+// Clusters lists every service's cluster name.
+func (d Dataset) Clusters() []string {
+	out := make([]string, d.N)
+	for i := range out {
+		out[i] = d.Cluster(i)
+	}
+	return out
+}
+
+// Listeners lists the listener names a proxyless gRPC client asks for ("host:port").
+func (d Dataset) Listeners() []string {
+	out := make([]string, d.N)
+	for i := range out {
+		out[i] = fmt.Sprintf("%s:%d", d.Host(i), Port)
+	}
+	return out
+}
+
+// Validate rejects sizes the address range cannot hold.
+func (d Dataset) Validate() error {
+	if d.N < 1 || d.M < 2 {
+		return fmt.Errorf("dataset %d×%d: need at least 1 service and 2 instances each", d.N, d.M)
+	}
+	if d.N*d.M > 1<<17-2 {
+		return fmt.Errorf("dataset %d×%d: more instances than 198.18.0.0/15 holds", d.N, d.M)
+	}
+	return nil
+}

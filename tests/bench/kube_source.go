@@ -1,0 +1,129 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
+)
+
+// Namespace the ServiceEntry bridge writes into.
+const Namespace = "consul"
+
+var (
+	serviceEntries  = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "serviceentries"}
+	workloadEntries = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "workloadentries"}
+)
+
+// KubeSource holds the dataset the way a ServiceEntry-writing bridge
+// (consul2istio, istio-registry-sync, Higress's SE mode) leaves it in the
+// kube-apiserver: one ServiceEntry per service selecting one WorkloadEntry
+// per instance, tags as labels.
+type KubeSource struct {
+	Client dynamic.Interface
+	Data   Dataset
+}
+
+// Load creates every ServiceEntry and WorkloadEntry with 16 workers. The
+// bridge's own work is not measured: this runs before istiod starts.
+func (k *KubeSource) Load(ctx context.Context) error {
+	d := k.Data
+	objs := make(chan *unstructured.Unstructured)
+	errs := make(chan error, 16)
+	var wg sync.WaitGroup
+	for w := 0; w < 16; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for o := range objs {
+				gvr := serviceEntries
+				if o.GetKind() == "WorkloadEntry" {
+					gvr = workloadEntries
+				}
+				_, err := k.Client.Resource(gvr).Namespace(Namespace).Create(ctx, o, metav1.CreateOptions{})
+				if err != nil && !apierrors.IsAlreadyExists(err) {
+					errs <- fmt.Errorf("create %s %s: %w", o.GetKind(), o.GetName(), err)
+					return
+				}
+			}
+		}()
+	}
+	var err error
+	send := func(o *unstructured.Unstructured) bool {
+		select {
+		case objs <- o:
+			return true
+		case err = <-errs:
+			return false
+		}
+	}
+produce:
+	for i := 0; i < d.N; i++ {
+		if !send(k.serviceEntry(i)) {
+			break
+		}
+		for j := 0; j < d.M; j++ {
+			if !send(k.workloadEntry(Instance{i, j})) {
+				break produce
+			}
+		}
+	}
+	close(objs)
+	wg.Wait()
+	close(errs)
+	if err == nil {
+		err = <-errs
+	}
+	if err != nil {
+		return fmt.Errorf("load %d×%d instances as ServiceEntry/WorkloadEntry: %w", d.N, d.M, err)
+	}
+	return nil
+}
+
+func (k *KubeSource) serviceEntry(i int) *unstructured.Unstructured {
+	return &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+		"metadata": map[string]any{"name": k.Data.Name(i), "namespace": Namespace},
+		"spec": map[string]any{
+			"hosts":            []any{k.Data.Host(i)},
+			"ports":            []any{map[string]any{"number": int64(Port), "name": "http", "protocol": "HTTP"}},
+			"location":         "MESH_INTERNAL",
+			"resolution":       "STATIC",
+			"workloadSelector": map[string]any{"labels": map[string]any{"consul-service": k.Data.Name(i)}},
+		},
+	}}
+}
+
+func (k *KubeSource) workloadEntry(in Instance) *unstructured.Unstructured {
+	return &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+		"metadata": map[string]any{"name": k.Data.ID(in), "namespace": Namespace, "labels": map[string]any{
+			"consul-service": k.Data.Name(in.Svc), "version": k.Data.Version(in),
+		}},
+		"spec": map[string]any{"address": k.Data.IP(in)},
+	}}
+}
+
+// SetHealthy flips one instance with one WorkloadEntry update. istiod drops a
+// WorkloadEntry whose "proxy.istio.io/health-checks-enabled" annotation is
+// set while it has no Healthy condition, so setting the annotation is the
+// cheapest single write that takes an endpoint out, and removing it puts the
+// endpoint back.
+func (k *KubeSource) SetHealthy(ctx context.Context, in Instance, healthy bool) error {
+	patch := `{"metadata":{"annotations":{"proxy.istio.io/health-checks-enabled":"true"}}}`
+	if healthy {
+		patch = `{"metadata":{"annotations":{"proxy.istio.io/health-checks-enabled":null}}}`
+	}
+	_, err := k.Client.Resource(workloadEntries).Namespace(Namespace).Patch(ctx, k.Data.ID(in),
+		types.MergePatchType, []byte(patch), metav1.PatchOptions{})
+	if err != nil {
+		return fmt.Errorf("patch WorkloadEntry %s: %w", k.Data.ID(in), err)
+	}
+	return nil
+}

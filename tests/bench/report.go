@@ -1,0 +1,123 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+)
+
+// Report is one `make bench` run.
+type Report struct {
+	When    time.Time `json:"when"`
+	Machine string    `json:"machine"`
+	Istiod  string    `json:"istiod"`
+	Config  struct {
+		Watchers int     `json:"watchers"`
+		Rate     float64 `json:"flips_per_second"`
+		Churn    string  `json:"churn"`
+	} `json:"config"`
+	Results []Result `json:"results"`
+}
+
+// Machine describes where the benchmark ran.
+func Machine() string {
+	model := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "model name"); ok {
+				model = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+	}
+	mem := ""
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		var kb int64
+		if _, err := fmt.Sscanf(string(b), "MemTotal: %d kB", &kb); err == nil {
+			mem = fmt.Sprintf(", %.0f GiB", float64(kb)/(1<<20))
+		}
+	}
+	return fmt.Sprintf("%d × %s%s, %s/%s, %s", runtime.NumCPU(), model, mem, runtime.GOOS, runtime.GOARCH, runtime.Version())
+}
+
+// Write stores the JSON, the markdown table and the latency plot in dir.
+func (r *Report) Write(dir string) ([]string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	js, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	files := map[string][]byte{"bench.json": js, "bench.md": []byte(r.Markdown())}
+	png, err := PlotCDF(r.Results)
+	if err != nil {
+		return nil, fmt.Errorf("plot: %w", err)
+	}
+	files["latency-cdf.png"] = png
+	var written []string
+	for name, b := range files {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			return nil, err
+		}
+		written = append(written, p)
+	}
+	return written, nil
+}
+
+// Markdown is the side-by-side table: each metric for Route A, Route B and
+// the A/B ratio (below 1 means Route A uses less / is faster).
+func (r *Report) Markdown() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "Measured %s on %s; istiod %s; %d xDS watchers (half sidecar-like, half proxyless gRPC); churn %.0f health flips/s for %s.\n\n",
+		r.When.UTC().Format("2006-01-02"), r.Machine, r.Istiod, r.Config.Watchers, r.Config.Rate, r.Config.Churn)
+	b.WriteString("| scale | metric | Route A (Consul registry) | Route B (SE+WE) | A/B |\n|---|---|---:|---:|---:|\n")
+	for _, pair := range pairs(r.Results) {
+		a, bb := pair[0], pair[1]
+		scale := fmt.Sprintf("%d×%d", a.Services, a.PerSvc)
+		row := func(metric string, va, vb float64, format string) {
+			ratio := "–"
+			if vb != 0 {
+				ratio = fmt.Sprintf("%.2f", va/vb)
+			}
+			fmt.Fprintf(&b, "| %s | %s | "+format+" | "+format+" | %s |\n", scale, metric, va, vb, ratio)
+		}
+		syncA, syncB := fmt.Sprintf("%.2f s", a.SyncSeconds), fmt.Sprintf("%.2f s", bb.SyncSeconds)
+		if !a.Synced {
+			syncA = "> " + syncA
+		}
+		if !bb.Synced {
+			syncB = "> " + syncB
+		}
+		fmt.Fprintf(&b, "| %s | initial sync | %s | %s | %.2f |\n", scale, syncA, syncB, a.SyncSeconds/bb.SyncSeconds)
+		row("change→client p50 (ms)", a.Latency.P50, bb.Latency.P50, "%.1f")
+		row("change→client p90 (ms)", a.Latency.P90, bb.Latency.P90, "%.1f")
+		row("change→client p99 (ms)", a.Latency.P99, bb.Latency.P99, "%.1f")
+		row("change→client max (ms)", a.Latency.Max, bb.Latency.Max, "%.1f")
+		row("istiod CPU, sync (s)", a.CPUSyncSec, bb.CPUSyncSec, "%.1f")
+		row("istiod CPU, churn (s)", a.CPUChurnSec, bb.CPUChurnSec, "%.1f")
+		row("istiod peak RSS (MiB)", float64(a.PeakRSSBytes)/(1<<20), float64(bb.PeakRSSBytes)/(1<<20), "%.0f")
+		row("full pushes in churn", a.FullPushes, bb.FullPushes, "%.0f")
+		row("CDS pushes in churn (per client)", a.CDSPushes, bb.CDSPushes, "%.0f")
+		row("EDS pushes in churn (per client)", a.EDSPushes, bb.EDSPushes, "%.0f")
+		fmt.Fprintf(&b, "| %s | changes (unseen pairs) | %d (%d) | %d (%d) | |\n", scale, a.Changes, a.Unseen, bb.Changes, bb.Unseen)
+		fmt.Fprintf(&b, "| %s | Consul requests per change; peak connections | %.2f; %d | – | |\n", scale, a.ConsulPerChg, a.ConsulPeak)
+	}
+	return b.String()
+}
+
+// pairs groups results as (Route A, Route B) per scale, in run order.
+func pairs(rs []Result) [][2]Result {
+	var out [][2]Result
+	for i := 0; i+1 < len(rs); i += 2 {
+		if rs[i].Route == RouteA && rs[i+1].Route == RouteB {
+			out = append(out, [2]Result{rs[i], rs[i+1]})
+		}
+	}
+	return out
+}

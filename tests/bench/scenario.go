@@ -1,0 +1,238 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/pilot-consul/pilot-consul/tests/harness"
+)
+
+// Config is one benchmark run's shape.
+type Config struct {
+	Watchers    int           // xDS clients; even ids are sidecar-like, odd ids proxyless
+	Rate        float64       // health flips per second during churn
+	Churn       time.Duration // how long churn runs
+	SyncTimeout time.Duration // how long istiod may take to serve everything
+	Step        func(format string, args ...any)
+}
+
+// Route names, as reported.
+const (
+	RouteA = "A: Consul registry"
+	RouteB = "B: ServiceEntry+WorkloadEntry"
+)
+
+// Result is one route at one scale.
+type Result struct {
+	Route    string `json:"route"`
+	Services int    `json:"services"`
+	PerSvc   int    `json:"instances_per_service"`
+	Watchers int    `json:"watchers"`
+
+	LoadSeconds  float64   `json:"load_seconds"`         // writing the data into the source (not timed against the route)
+	SyncSeconds  float64   `json:"initial_sync_seconds"` // istiod start -> every watcher has every service
+	Synced       bool      `json:"synced"`
+	CPUSyncSec   float64   `json:"istiod_cpu_sync_seconds"`
+	CPUChurnSec  float64   `json:"istiod_cpu_churn_seconds"`
+	PeakRSSBytes int64     `json:"istiod_peak_rss_bytes"`
+	Changes      int       `json:"changes"`
+	ChangeRate   float64   `json:"changes_per_second"`
+	Latency      Stats     `json:"change_to_client_ms"`
+	Unseen       int       `json:"unseen_change_watcher_pairs"`
+	FullPushes   float64   `json:"full_pushes_during_churn"` // push contexts istiod built
+	CDSPushes    float64   `json:"cds_pushes_during_churn"`  // CDS pushes per watcher
+	EDSPushes    float64   `json:"eds_pushes_during_churn"`  // EDS pushes per watcher
+	ConsulReqs   int64     `json:"consul_requests_during_churn,omitempty"`
+	ConsulPerChg float64   `json:"consul_requests_per_change,omitempty"`
+	ConsulPeak   int64     `json:"consul_peak_connections,omitempty"`
+	SampleMillis []float64 `json:"latency_samples_ms"`
+}
+
+// RunScale measures both routes on one dataset. Each route gets a fresh
+// istiod; Consul and the kube-apiserver are shared and stop at the end.
+func RunScale(parent *harness.ProcessEnv, data Dataset, cfg Config) ([]Result, error) {
+	if err := data.Validate(); err != nil {
+		return nil, err
+	}
+	env := parent.Child()
+	defer env.Close()
+	ctx := context.Background()
+	step := cfg.Step
+
+	step("%d×%d: starting Consul and kube-apiserver", data.N, data.M)
+	consul, err := harness.StartConsul(env)
+	if err != nil {
+		return nil, err
+	}
+	kube, err := harness.StartKube(env)
+	if err != nil {
+		return nil, err
+	}
+	if err := kube.EnsureNamespace(ctx, Namespace); err != nil {
+		return nil, err
+	}
+
+	src := &ConsulSource{Client: consul.Client, Data: data}
+	start := time.Now()
+	if err := src.Load(ctx); err != nil {
+		return nil, err
+	}
+	loadA := time.Since(start)
+	step("%d×%d: loaded %d instances into Consul in %s", data.N, data.M, data.N*data.M, loadA.Round(time.Millisecond))
+	proxy, err := harness.StartFaultProxy(env, consul.URL()) // counts requests and connections, injects nothing
+	if err != nil {
+		return nil, err
+	}
+	a, err := runRoute(env, kube, data, cfg, RouteA, proxy, src.SetHealthy, "--consulServerURL", proxy.URL)
+	if err != nil {
+		return nil, fmt.Errorf("route A: %w", err)
+	}
+	a.LoadSeconds = loadA.Seconds()
+
+	ks := &KubeSource{Client: kube.Dynamic, Data: data}
+	start = time.Now()
+	if err := ks.Load(ctx); err != nil {
+		return nil, err
+	}
+	loadB := time.Since(start)
+	step("%d×%d: wrote %d ServiceEntries and %d WorkloadEntries in %s", data.N, data.M, data.N, data.N*data.M, loadB.Round(time.Millisecond))
+	b, err := runRoute(env, kube, data, cfg, RouteB, nil, ks.SetHealthy, "--registries=Kubernetes")
+	if err != nil {
+		return nil, fmt.Errorf("route B: %w", err)
+	}
+	b.LoadSeconds = loadB.Seconds()
+	return []Result{a, b}, nil
+}
+
+// runRoute starts istiod, waits for every watcher to hold everything, churns
+// and collects the measurements, then stops istiod.
+func runRoute(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Config, route string,
+	proxy *harness.FaultProxy, set setHealth, args ...string,
+) (Result, error) {
+	r := Result{Route: route, Services: data.N, PerSvc: data.M, Watchers: cfg.Watchers}
+	consulURL := "" // Route B: the Consul registry is off
+	if proxy != nil {
+		consulURL = proxy.URL
+	}
+	istiod, err := harness.NewIstiod(env, kube, consulURL, append([]string{"--log_output_level", "default:warn,consul:warn"}, args...)...)
+	if err != nil {
+		return r, err
+	}
+	istiod.ReadyTimeout = cfg.SyncTimeout
+	defer istiod.Stop()
+	cfg.Step("%s: starting istiod", route)
+	start := time.Now()
+	if err := istiod.Start(); err != nil {
+		return r, err
+	}
+	cfg.Step("%s: istiod ready after %.2fs", route, time.Since(start).Seconds())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	tracker := NewTracker(data, cfg.Watchers)
+	var ended []<-chan error
+	for w := 0; w < cfg.Watchers; w++ {
+		kind := Sidecar
+		if w%2 == 1 {
+			kind = Proxyless
+		}
+		done, err := Watch(ctx, istiod.XDSAddr, w, kind, data, tracker)
+		if err != nil {
+			return r, err
+		}
+		ended = append(ended, done)
+	}
+	select {
+	case <-tracker.Synced():
+		r.Synced = true
+	case <-time.After(cfg.SyncTimeout - time.Since(start)):
+	case err := <-firstErr(ended):
+		return r, fmt.Errorf("xds watcher: %w", err)
+	}
+	for _, at := range tracker.SyncedAt() {
+		r.SyncSeconds = max(r.SyncSeconds, at.Sub(start).Seconds())
+	}
+	if !r.Synced {
+		r.SyncSeconds = cfg.SyncTimeout.Seconds()
+		cfg.Step("%s: NOT every watcher had every service after %s; skipping churn", route, cfg.SyncTimeout)
+		return r, r.collectEnd(istiod.PID())
+	}
+	cpu, err := CPU(istiod.PID())
+	if err != nil {
+		return r, err
+	}
+	r.CPUSyncSec = cpu.Seconds()
+	cfg.Step("%s: %d watchers hold all %d services (%d endpoints) after %.2fs", route, cfg.Watchers, data.N, data.N*data.M, r.SyncSeconds)
+
+	// Let pushes from the start settle so they are not counted as churn's.
+	time.Sleep(2 * time.Second)
+	before, err := istiod.Metrics()
+	if err != nil {
+		return r, err
+	}
+	var reqs0 int64
+	if proxy != nil {
+		reqs0 = proxy.Requests()
+	}
+	cpu0, _ := CPU(istiod.PID())
+	cfg.Step("%s: churn, %.0f health flips/s for %s", route, cfg.Rate, cfg.Churn)
+	churnStart := time.Now()
+	n, waits, err := churn(ctx, data, tracker, set, cfg.Rate, cfg.Churn)
+	if err != nil {
+		return r, err
+	}
+	r.Changes, r.ChangeRate = n, float64(n)/time.Since(churnStart).Seconds()
+	deadline := time.After(30 * time.Second)
+wait:
+	for _, w := range waits {
+		select {
+		case <-w:
+		case <-deadline:
+			break wait
+		}
+	}
+	after, err := istiod.Metrics()
+	if err != nil {
+		return r, err
+	}
+	cpu1, _ := CPU(istiod.PID())
+	r.CPUChurnSec = (cpu1 - cpu0).Seconds()
+	k := float64(cfg.Watchers)
+	// Every full push builds a new push context; endpoint-only pushes do not.
+	r.FullPushes = Metric(after, "pilot_pushcontext_init_seconds_count") - Metric(before, "pilot_pushcontext_init_seconds_count")
+	r.CDSPushes = (Metric(after, "pilot_xds_pushes", `type="cds"`) - Metric(before, "pilot_xds_pushes", `type="cds"`)) / k
+	r.EDSPushes = (Metric(after, "pilot_xds_pushes", `type="eds"`) - Metric(before, "pilot_xds_pushes", `type="eds"`)) / k
+	if proxy != nil {
+		r.ConsulReqs = proxy.Requests() - reqs0
+		r.ConsulPerChg = float64(r.ConsulReqs) / float64(max(n, 1))
+		r.ConsulPeak = proxy.PeakConnections()
+	}
+	lat, unseen := tracker.Latencies()
+	r.Latency, r.Unseen = Summarize(lat), unseen
+	r.SampleMillis = millis(lat)
+	cfg.Step("%s: %d changes, p50 %.1fms p99 %.1fms max %.1fms, %d unseen", route, n,
+		r.Latency.P50, r.Latency.P99, r.Latency.Max, unseen)
+	return r, r.collectEnd(istiod.PID())
+}
+
+func (r *Result) collectEnd(pid int) error {
+	rss, err := PeakRSS(pid)
+	r.PeakRSSBytes = rss
+	return err
+}
+
+// firstErr yields the first watcher that ends.
+func firstErr(chs []<-chan error) <-chan error {
+	out := make(chan error, len(chs))
+	for _, c := range chs {
+		go func() {
+			if err, ok := <-c; ok {
+				if err == nil {
+					err = fmt.Errorf("stream ended")
+				}
+				out <- err
+			}
+		}()
+	}
+	return out
+}

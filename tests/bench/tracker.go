@@ -1,0 +1,141 @@
+package bench
+
+import (
+	"strconv"
+	"sync"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+)
+
+// Tracker turns what the watchers receive into the two measurements: when
+// each watcher first held every service with all its endpoints (initial
+// sync), and how long each expected endpoint change took to reach each
+// watcher (change-to-client latency).
+type Tracker struct {
+	mu        sync.Mutex
+	watchers  int
+	want      map[string]int // cluster -> endpoints at sync
+	complete  []map[string]bool
+	syncedAt  []time.Time
+	synced    chan struct{}
+	pending   map[string][]*change // cluster -> changes not yet seen by every watcher
+	latencies []time.Duration
+}
+
+// change is one endpoint expected to appear (present) or disappear.
+type change struct {
+	addr    string
+	present bool
+	start   time.Time
+	seen    []bool
+	left    int
+	done    chan struct{}
+}
+
+// NewTracker expects every cluster of data to reach data.M endpoints on each
+// of watchers watchers.
+func NewTracker(data Dataset, watchers int) *Tracker {
+	t := &Tracker{watchers: watchers, want: map[string]int{}, syncedAt: make([]time.Time, watchers),
+		synced: make(chan struct{}), pending: map[string][]*change{}}
+	for _, c := range data.Clusters() {
+		t.want[c] = data.M
+	}
+	for range watchers {
+		t.complete = append(t.complete, map[string]bool{})
+	}
+	return t
+}
+
+// Synced is closed once every watcher has every service's full endpoint set.
+func (t *Tracker) Synced() <-chan struct{} { return t.synced }
+
+// SyncedAt is when each watcher became complete (zero if it never did).
+func (t *Tracker) SyncedAt() []time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return append([]time.Time(nil), t.syncedAt...)
+}
+
+// Expect registers a change about to be written; the returned channel closes
+// when every watcher has seen it. Call it before the write, so a fast push
+// cannot be missed; the latency therefore includes the write itself.
+func (t *Tracker) Expect(cluster, addr string, present bool) <-chan struct{} {
+	c := &change{addr: addr, present: present, start: time.Now(), seen: make([]bool, t.watchers),
+		left: t.watchers, done: make(chan struct{})}
+	t.mu.Lock()
+	t.pending[cluster] = append(t.pending[cluster], c)
+	t.mu.Unlock()
+	return c.done
+}
+
+// Latencies returns every (change, watcher) latency observed so far, and how
+// many (change, watcher) pairs are still unseen.
+func (t *Tracker) Latencies() (seen []time.Duration, unseen int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, cs := range t.pending {
+		for _, c := range cs {
+			unseen += c.left
+		}
+	}
+	return append([]time.Duration(nil), t.latencies...), unseen
+}
+
+// observe records one ClusterLoadAssignment received by watcher w at time at.
+func (t *Tracker) observe(w int, cla *endpoint.ClusterLoadAssignment, at time.Time) {
+	addrs := map[string]bool{}
+	for _, l := range cla.Endpoints {
+		for _, e := range l.LbEndpoints {
+			if e.HealthStatus == core.HealthStatus_UNHEALTHY || e.HealthStatus == core.HealthStatus_DRAINING {
+				continue
+			}
+			sa := e.GetEndpoint().GetAddress().GetSocketAddress()
+			addrs[sa.GetAddress()+":"+strconv.FormatUint(uint64(sa.GetPortValue()), 10)] = true
+		}
+	}
+	name := cla.ClusterName
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if want, ok := t.want[name]; ok && t.syncedAt[w].IsZero() {
+		t.complete[w][name] = len(addrs) == want
+		if !t.complete[w][name] {
+			delete(t.complete[w], name)
+		}
+		if len(t.complete[w]) == len(t.want) {
+			t.syncedAt[w] = at
+			if t.allSyncedLocked() {
+				close(t.synced)
+			}
+		}
+	}
+	cs := t.pending[name]
+	kept := cs[:0]
+	for _, c := range cs {
+		if !c.seen[w] && addrs[c.addr] == c.present {
+			c.seen[w] = true
+			c.left--
+			t.latencies = append(t.latencies, at.Sub(c.start))
+		}
+		if c.left == 0 {
+			close(c.done)
+			continue
+		}
+		kept = append(kept, c)
+	}
+	if len(kept) == 0 {
+		delete(t.pending, name)
+	} else {
+		t.pending[name] = kept
+	}
+}
+
+func (t *Tracker) allSyncedLocked() bool {
+	for _, s := range t.syncedAt {
+		if s.IsZero() {
+			return false
+		}
+	}
+	return true
+}

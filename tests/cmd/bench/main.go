@@ -1,0 +1,89 @@
+// Command bench measures the patched istiod serving Consul services through
+// our registry (Route A) and through ServiceEntry + WorkloadEntry objects in
+// the kube-apiserver (Route B, what SE-writing bridges produce), on the same
+// data, machine and istiod binary, in one run. `make bench`.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pilot-consul/pilot-consul/tests/bench"
+	"github.com/pilot-consul/pilot-consul/tests/harness"
+)
+
+func main() {
+	scales := flag.String("scales", "100,1000,10000", "comma-separated service counts N")
+	perSvc := flag.Int("instances", 10, "instances per service M")
+	watchers := flag.Int("watchers", 4, "xDS clients (even: sidecar-like, odd: proxyless gRPC)")
+	// Below 10/s: istiod pushes once changes pause for PILOT_DEBOUNCE_AFTER
+	// (100 ms), so a steadier stream waits for PILOT_DEBOUNCE_MAX (10 s).
+	rate := flag.Float64("rate", 5, "health flips per second during churn")
+	churn := flag.Duration("churn", 30*time.Second, "how long churn runs per route and scale")
+	syncTimeout := flag.Duration("sync-timeout", 15*time.Minute, "how long istiod may take to serve everything")
+	out := flag.String("out", "results", "directory for bench.json, bench.md and latency-cdf.png")
+	flag.Parse()
+
+	var ns []int
+	for _, s := range strings.Split(*scales, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 {
+			fail(fmt.Errorf("-scales: %q is not a service count", s))
+		}
+		ns = append(ns, n)
+	}
+	env, err := harness.NewProcessEnv("pilot-consul-bench")
+	if err != nil {
+		fail(err)
+	}
+	defer env.Close()
+	env.Quiet = true
+
+	rep := &bench.Report{When: time.Now(), Machine: bench.Machine(), Istiod: istiodVersion()}
+	rep.Config.Watchers, rep.Config.Rate, rep.Config.Churn = *watchers, *rate, churn.String()
+	cfg := bench.Config{Watchers: *watchers, Rate: *rate, Churn: *churn, SyncTimeout: *syncTimeout,
+		Step: func(format string, args ...any) {
+			fmt.Printf("%s ==> %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+		}}
+	for _, n := range ns {
+		rs, err := bench.RunScale(env, bench.Dataset{N: n, M: *perSvc}, cfg)
+		if err != nil {
+			env.Close()
+			fail(fmt.Errorf("%d×%d: %w", n, *perSvc, err))
+		}
+		rep.Results = append(rep.Results, rs...)
+		// Write after every scale: a long run that dies late keeps what it measured.
+		if _, err := rep.Write(*out); err != nil {
+			fail(err)
+		}
+	}
+	files, err := rep.Write(*out)
+	if err != nil {
+		fail(err)
+	}
+	fmt.Println()
+	fmt.Print(rep.Markdown())
+	fmt.Printf("\nwrote %s\n", strings.Join(files, ", "))
+}
+
+func istiodVersion() string {
+	bin, err := harness.Binary("pilot-discovery")
+	if err != nil {
+		return "unknown"
+	}
+	b, err := exec.Command(bin, "version", "--short").Output()
+	if err != nil {
+		return "unknown"
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "bench failed:", err)
+	os.Exit(1)
+}
