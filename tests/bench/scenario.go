@@ -3,6 +3,9 @@ package bench
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/pilot-consul/pilot-consul/tests/harness"
@@ -14,6 +17,7 @@ type Config struct {
 	Rate        float64       // health flips per second during churn
 	Churn       time.Duration // how long churn runs
 	SyncTimeout time.Duration // how long istiod may take to serve everything
+	ProfileDir  string        // if set, a CPU profile of istiod during churn is saved here
 	Step        func(format string, args ...any)
 }
 
@@ -177,11 +181,20 @@ func runRoute(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Con
 	cpu0, _ := CPU(istiod.PID())
 	cfg.Step("%s: churn, %.0f health flips/s for %s", route, cfg.Rate, cfg.Churn)
 	churnStart := time.Now()
+	profiled := make(chan error, 1)
+	if cfg.ProfileDir != "" {
+		go func() { profiled <- saveProfile(istiod, cfg.ProfileDir, route, data, cfg.Churn) }()
+	} else {
+		profiled <- nil
+	}
 	n, waits, err := churn(ctx, data, tracker, set, cfg.Rate, cfg.Churn)
 	if err != nil {
 		return r, err
 	}
 	r.Changes, r.ChangeRate = n, float64(n)/time.Since(churnStart).Seconds()
+	if err := <-profiled; err != nil {
+		return r, err
+	}
 	deadline := time.After(30 * time.Second)
 wait:
 	for _, w := range waits {
@@ -235,4 +248,18 @@ func firstErr(chs []<-chan error) <-chan error {
 		}()
 	}
 	return out
+}
+
+// saveProfile stores a CPU profile of istiod (its pprof endpoint) covering churn.
+func saveProfile(istiod *harness.Istiod, dir, route string, data Dataset, d time.Duration) error {
+	secs := max(int(d.Seconds())-1, 1)
+	b, err := istiod.DebugTimeout(fmt.Sprintf("/debug/pprof/profile?seconds=%d", secs), d+30*time.Second)
+	if err != nil {
+		return fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	name := fmt.Sprintf("istiod-%s-%dx%d.pprof", strings.ToLower(route[:1]), data.N, data.M)
+	return os.WriteFile(filepath.Join(dir, name), b, 0o644)
 }

@@ -104,16 +104,21 @@ func (i *Istiod) PID() int { return i.proc.PID() }
 
 // Debug GETs an istiod debug path, e.g. /debug/registryz.
 func (i *Istiod) Debug(path string) ([]byte, error) {
-	return get("http://" + i.HTTPAddr + path)
+	return get("http://"+i.HTTPAddr+path, 10*time.Second)
+}
+
+// DebugTimeout is Debug for slow paths (a CPU profile).
+func (i *Istiod) DebugTimeout(path string, timeout time.Duration) ([]byte, error) {
+	return get("http://"+i.HTTPAddr+path, timeout)
 }
 
 // Metrics returns istiod's Prometheus metrics text.
 func (i *Istiod) Metrics() ([]byte, error) {
-	return get("http://" + i.MonitoringAddr + "/metrics")
+	return get("http://"+i.MonitoringAddr+"/metrics", 10*time.Second)
 }
 
-func get(url string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+func get(url string, timeout time.Duration) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {

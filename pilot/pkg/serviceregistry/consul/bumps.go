@@ -1,29 +1,37 @@
 package consul
 
-import "time"
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
 
-// bumpGrace is how long a catalog change may wait for the checks watch to
-// explain it. Both watches wake on the same Raft write, so this is generous.
+	"github.com/hashicorp/consul/api"
+
+	"istio.io/istio/pkg/util/sets"
+)
+
+// bumpGrace is how long after the pinpoint read the reads it queued get to
+// explain a catalog change before the registry gives up and re-reads all.
 const bumpGrace = time.Second
 
-// bumpTracker handles the one change the checks watch cannot see: an instance
-// without health checks (de)registered in a service whose tags stay the same.
-// The catalog index moves but names and tags do not. If a check changed at
-// the same Raft index, readChecks already queued the service; otherwise the
-// registry re-reads every service, which is rare and always correct.
+// A catalog index that moves while service names and tags do not means an
+// instance was registered, re-registered or deregistered somewhere: the
+// catalog listing cannot say where. The registry then reads every check once
+// (the "pinpoint" read; coalesced, never more than one at a time): a check
+// created or modified at that index, or one that vanished, names the
+// service, whose read explains the index. What stays unexplained is an
+// instance without checks: then every service is re-read, which is rare and
+// always correct. Health changes alone never move the catalog index, so they
+// never cost a pinpoint read.
 type bumpTracker struct {
 	pending []uint64 // catalog indexes not yet explained
 }
 
-func (b *bumpTracker) add(index uint64) {
-	b.pending = append(b.pending, index)
-}
+func (b *bumpTracker) add(index uint64) { b.pending = append(b.pending, index) }
 
-// explain marks a catalog change at index as seen by the checks watch.
+// explain marks a catalog change at index as understood.
 func (b *bumpTracker) explain(index uint64) {
-	if len(b.pending) == 0 {
-		return
-	}
 	for i, p := range b.pending {
 		if p == index {
 			b.pending = append(b.pending[:i], b.pending[i+1:]...)
@@ -32,15 +40,131 @@ func (b *bumpTracker) explain(index uint64) {
 	}
 }
 
-// resolveBumps re-reads every service if a catalog change stayed unexplained.
-func (c *Controller) resolveBumps() {
+// pinpointSoon asks for a pinpoint read; requests made while one is waiting
+// coalesce (the read sees every change up to when it runs).
+func (c *Controller) pinpointSoon() {
+	select {
+	case c.pinpointCh <- struct{}{}:
+	default:
+	}
+}
+
+// pinpointLoop runs pinpoint reads on demand, retrying failures with backoff.
+// The first read, at start, records every check so a later read can tell
+// which vanished.
+func (c *Controller) pinpointLoop(ctx context.Context) {
+	var bo backoff
+	c.pinpointSoon()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.pinpointCh:
+		}
+		// The bumps this read must explain: those seen before it started.
+		// (Its own index is the checks table's, unrelated to the catalog's.)
+		c.mu.RLock()
+		covered := slices.Clone(c.bumps.pending)
+		c.mu.RUnlock()
+		err := c.pinpoint(c.queryOptions(ctx))
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			d := bo.fail()
+			c.readFailed("checks", err, d, true)
+			if !sleep(ctx, d) {
+				return
+			}
+			c.pinpointSoon()
+			continue
+		}
+		bo.reset()
+		c.readSucceeded()
+		time.AfterFunc(bumpGrace, func() { c.resolveBumps(covered, 10) })
+	}
+}
+
+// pinpoint reads every check and queues the services whose instances changed
+// since their last read.
+func (c *Controller) pinpoint(q *api.QueryOptions) error {
+	c.readSlots <- struct{}{}
+	checks, meta, err := c.client.Health().State(api.HealthAny, q)
+	<-c.readSlots
+	if err != nil {
+		return fmt.Errorf("list health checks: %w", err)
+	}
+	if meta.ResultsFilteredByACLs && len(checks) == 0 {
+		return fmt.Errorf("list health checks: %w: the token needs read on service_prefix and node_prefix", errACLFiltered)
+	}
+	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.bumps.pending) == 0 {
+	seen := make(map[checkKey]string, len(checks))
+	dirty := sets.New[string]()
+	for _, hc := range checks {
+		k := checkKey{hc.Node, hc.CheckID}
+		seen[k] = hc.ServiceName
+		if hc.ServiceName == "" {
+			for name := range c.nodes[hc.Node] {
+				if hc.ModifyIndex > c.fetched[name] {
+					dirty.Insert(name)
+				}
+			}
+		} else if idx, ok := c.fetched[hc.ServiceName]; !ok || hc.ModifyIndex > idx {
+			// Not read yet, or a read may be in flight from before this
+			// change: read (again) rather than trust it.
+			dirty.Insert(hc.ServiceName)
+		}
+		c.bumps.explain(hc.CreateIndex)
+		c.bumps.explain(hc.ModifyIndex)
+	}
+	if c.checks != nil {
+		for k, svc := range c.checks {
+			if _, ok := seen[k]; ok {
+				continue
+			}
+			if svc != "" {
+				dirty.Insert(svc)
+			} else {
+				for name := range c.nodes[k.node] {
+					dirty.Insert(name)
+				}
+			}
+		}
+	}
+	c.checks = seen
+	for name := range dirty {
+		if _, ok := c.catalog[name]; ok {
+			c.markDirtyLocked(name, now)
+		}
+	}
+	return nil
+}
+
+// resolveBumps re-reads every service if a catalog change a pinpoint read
+// covered is still unexplained once the reads it queued are done (waiting up
+// to tries more grace periods for a busy queue).
+func (c *Controller) resolveBumps(covered []uint64, tries int) {
+	if c.queue.Len() > 0 && tries > 0 {
+		time.AfterFunc(bumpGrace, func() { c.resolveBumps(covered, tries-1) })
 		return
 	}
-	c.bumps.pending = nil
-	log.Debugf("consul catalog changed with no check change to explain it: re-reading all %d services", len(c.catalog))
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var unexplained []uint64
+	c.bumps.pending = slices.DeleteFunc(c.bumps.pending, func(p uint64) bool {
+		if slices.Contains(covered, p) {
+			unexplained = append(unexplained, p)
+			return true
+		}
+		return false
+	})
+	if len(unexplained) == 0 {
+		return
+	}
+	log.Debugf("consul catalog changed at %v with no check or service read to explain it: re-reading all %d services",
+		unexplained, len(c.catalog))
 	now := time.Now()
 	for name := range c.catalog {
 		c.markDirtyLocked(name, now)

@@ -14,8 +14,8 @@ import (
 )
 
 // newClient builds the Consul API client. Connections are capped at
-// MaxConcurrentRequests + 2 (the two blocking watches), so the registry stays
-// far below Consul's http_max_conns_per_client (200) however large the catalog.
+// MaxConcurrentRequests + 2 (the two blocking watches; the occasional
+// pinpoint read waits for a free one), so the registry stays far below Consul's http_max_conns_per_client (200) however large the catalog.
 func newClient(a Args) (*api.Client, *transport, error) {
 	cfg := api.DefaultNonPooledConfig()
 	cfg.Address = a.ServerURL

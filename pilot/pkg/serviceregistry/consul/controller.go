@@ -41,8 +41,9 @@ type Options struct {
 	RemoteDatacenter bool
 }
 
-// Controller is the Consul registry: it watches the catalog and its health
-// checks with two blocking queries and reads only the services that changed.
+// Controller is the Consul registry: it watches the catalog and the
+// non-passing health checks with two blocking queries and reads only the
+// services that changed.
 type Controller struct {
 	args      Args
 	opts      Options
@@ -64,7 +65,11 @@ type Controller struct {
 	byIP         map[string][]*serviceState
 	fetched      map[string]uint64              // per-service index of the last read
 	nodes        map[string]map[string]struct{} // node -> services with instances there
-	checks       map[checkKey]string            // (node, check) -> service name ("" for node checks)
+	checks       map[checkKey]string            // every check at the last pinpoint read -> service ("" for node checks)
+	known        map[checkKey]knownCheck        // non-passing checks as service reads saw them
+	knownBySvc   map[string][]checkKey          // service -> its own checks in known
+	pinpointCh   chan struct{}                  // asks for a pinpoint read (bumps.go)
+	readSlots    chan struct{}                  // MaxConcurrentRequests: service and pinpoint reads share them
 	dirtyAt      map[string]time.Time           // when a change to a service was first seen
 	vips         *vipAllocator
 	bumps        bumpTracker
@@ -130,15 +135,18 @@ func New(args Args, opts Options) (*Controller, error) {
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
 			workqueue.NewTypedItemExponentialFailureRateLimiter[string](backoffMin, backoffMax),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "consul-" + string(opts.ClusterID)}),
-		catalog:  map[string][]string{},
-		services: map[string]*serviceState{},
-		byHost:   map[host.Name]*serviceState{},
-		byIP:     map[string][]*serviceState{},
-		fetched:  map[string]uint64{},
-		nodes:    map[string]map[string]struct{}{},
-		checks:   map[checkKey]string{},
-		dirtyAt:  map[string]time.Time{},
-		vips:     newVIPAllocator(args.VIPRange),
+		catalog:    map[string][]string{},
+		services:   map[string]*serviceState{},
+		byHost:     map[host.Name]*serviceState{},
+		byIP:       map[string][]*serviceState{},
+		fetched:    map[string]uint64{},
+		nodes:      map[string]map[string]struct{}{},
+		known:      map[checkKey]knownCheck{},
+		knownBySvc: map[string][]checkKey{},
+		pinpointCh: make(chan struct{}, 1),
+		readSlots:  make(chan struct{}, args.MaxConcurrentRequests),
+		dirtyAt:    map[string]time.Time{},
+		vips:       newVIPAllocator(args.VIPRange),
 	}
 	c.lastWarn.Store(time.Time{})
 	return c, nil
@@ -166,7 +174,8 @@ func (c *Controller) Run(stop <-chan struct{}) {
 		})
 	}
 	wg.Go(func() { c.blockingWatch(ctx, "catalog", c.readCatalog) })
-	wg.Go(func() { c.blockingWatch(ctx, "checks", c.readChecks) })
+	wg.Go(func() { c.blockingWatch(ctx, "health", c.readHealth) })
+	wg.Go(func() { c.pinpointLoop(ctx) })
 	wg.Go(func() { c.syncTimeout(ctx) })
 
 	<-stop

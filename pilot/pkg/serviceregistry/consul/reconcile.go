@@ -57,70 +57,16 @@ func (c *Controller) readCatalog(q *api.QueryOptions) (uint64, error) {
 		c.checkInitialLocked()
 	} else if !changed && meta.LastIndex > c.catalogIndex {
 		// The catalog index moved but not its names or tags: an instance was
-		// (de)registered. If it has checks, readChecks sees it; if not, only a
-		// full re-read finds it. bumps decides which, shortly. (An unmoved index
+		// (de)registered somewhere; the pinpoint read finds where (bumps.go).
+		// (An unmoved index
 		// is a blocking-query timeout or a retry: nothing happened.)
 		c.bumps.add(meta.LastIndex)
-		time.AfterFunc(bumpGrace, c.resolveBumps)
+		c.pinpointSoon()
 	}
 	c.catalogIndex = meta.LastIndex
 	c.mu.Unlock()
 	for _, s := range removed {
 		c.pushRemoved(s)
-	}
-	return meta.LastIndex, nil
-}
-
-// readChecks is one blocking read of every health check in the datacenter.
-// Only services with a check newer than their last read, or a check that
-// vanished, are queued: the work per change is one read of that service.
-func (c *Controller) readChecks(q *api.QueryOptions) (uint64, error) {
-	checks, meta, err := c.client.Health().State(api.HealthAny, q)
-	if err != nil {
-		return 0, fmt.Errorf("list health checks: %w", err)
-	}
-	if meta.ResultsFilteredByACLs && len(checks) == 0 {
-		return 0, fmt.Errorf("list health checks: %w: the token needs read on service_prefix and node_prefix", errACLFiltered)
-	}
-	now := time.Now()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	seen := make(map[checkKey]string, len(checks))
-	dirty := sets.New[string]()
-	for _, hc := range checks {
-		k := checkKey{hc.Node, hc.CheckID}
-		seen[k] = hc.ServiceName
-		if hc.ServiceName == "" {
-			// A node check (serfHealth, node maintenance) affects every service
-			// on the node; Consul bumps their indexes too.
-			for name := range c.nodes[hc.Node] {
-				if hc.ModifyIndex > c.fetched[name] {
-					dirty.Insert(name)
-				}
-			}
-		} else if idx, ok := c.fetched[hc.ServiceName]; ok && hc.ModifyIndex > idx {
-			dirty.Insert(hc.ServiceName)
-		}
-		c.bumps.explain(hc.ModifyIndex)
-	}
-	for k, svc := range c.checks {
-		if _, ok := seen[k]; ok {
-			continue
-		}
-		c.bumps.explain(meta.LastIndex)
-		if svc != "" {
-			dirty.Insert(svc)
-		} else {
-			for name := range c.nodes[k.node] {
-				dirty.Insert(name)
-			}
-		}
-	}
-	c.checks = seen
-	for name := range dirty {
-		if _, ok := c.catalog[name]; ok {
-			c.markDirtyLocked(name, now)
-		}
 	}
 	return meta.LastIndex, nil
 }
@@ -178,7 +124,9 @@ func (c *Controller) processNext(ctx context.Context) bool {
 		c.queue.Forget(name) // deregistered meanwhile: nothing to read or retry
 		return true
 	}
+	c.readSlots <- struct{}{}
 	entries, meta, err := c.client.Health().Service(name, "", false, c.queryOptions(ctx))
+	<-c.readSlots
 	if err == nil {
 		err = aclFiltered(meta, len(entries), "service \""+name+"\" and node_prefix")
 	}
@@ -196,14 +144,14 @@ func (c *Controller) processNext(ctx context.Context) bool {
 	for _, w := range conv.warnings {
 		log.Warn(w)
 	}
-	c.apply(name, conv, meta.LastIndex)
+	c.apply(name, entries, conv, meta.LastIndex)
 	return true
 }
 
 // apply stores one service's new state and pushes the difference: an
 // endpoint-only change is an EDS update for that service alone; a change to
 // the service itself (new, ports, VIP, identities) is a push scoped to it.
-func (c *Controller) apply(name string, conv conversion, index uint64) {
+func (c *Controller) apply(name string, entries []*api.ServiceEntry, conv conversion, index uint64) {
 	c.mu.Lock()
 	if _, ok := c.catalog[name]; !ok {
 		// Deregistered while we were reading it: the catalog read already removed it.
@@ -211,6 +159,8 @@ func (c *Controller) apply(name string, conv conversion, index uint64) {
 		return
 	}
 	c.fetched[name] = index
+	c.bumps.explain(index) // a service's index is that of its last change
+	c.noteChecksLocked(name, entries)
 	delete(c.initial, name)
 	since, tracked := c.dirtyAt[name]
 	delete(c.dirtyAt, name)
@@ -305,6 +255,7 @@ func (c *Controller) storeLocked(prev, next *serviceState) {
 
 func (c *Controller) removeLocked(name string) *serviceState {
 	delete(c.initial, name)
+	c.forgetChecksLocked(name)
 	delete(c.dirtyAt, name)
 	s := c.services[name]
 	if s == nil {
