@@ -41,6 +41,10 @@ build: ## Build out/pilot-discovery (pinned Istio + patches/ + pilot/).
 tools: ## Build/install the real servers tests use (Consul, kube-apiserver, etcd) into bin/.
 	build/tools.sh all
 
+.PHONY: manifests
+manifests: ## Render the istioctl overlay (build/install/) with the patched istioctl into out/manifests/: HUB=... TAG=...
+	HUB="$(HUB)" TAG="$(TAG)" build/manifests.sh
+
 .PHONY: docker
 docker: build ## Build the istiod image (needs a Docker daemon): HUB=... TAG=...
 	build/docker.sh build "$(HUB)/pilot:$(TAG)"
@@ -76,6 +80,12 @@ test-upstream: build ## Upstream Istio tests of every package the patches touch,
 .PHONY: test-integration
 test-integration: build tools ## End-to-end: patched istiod + Consul + kube-apiserver + gRPC xDS clients.
 	go test -count=1 -timeout 20m ./tests/...
+
+.PHONY: test-soak
+test-soak: build tools ## Long runs: churn soak (1,000 services, 500 changes/s, 60 s), then 10 minutes of fuzzing.
+	PILOT_CONSUL_SOAK_SERVICES=1000 PILOT_CONSUL_SOAK_RATE=500 PILOT_CONSUL_SOAK_SECONDS=60 \
+		go test -count=1 -v -timeout 30m -run TestChurnSoak ./tests/soak/
+	$(MAKE) fuzz FUZZTIME=10m
 
 .PHONY: fuzz
 fuzz: ## Fuzz the Consul-to-Istio conversion for FUZZTIME (default 60s).

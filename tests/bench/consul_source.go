@@ -20,60 +20,68 @@ type ConsulSource struct {
 
 func (c *ConsulSource) checkID(in Instance) string { return "health:" + c.Data.ID(in) }
 
-// Load registers every node, instance and passing check, 128 operations per
-// transaction on 4 workers (one instance is two operations).
+// Load registers every node, instance and passing check.
 func (c *ConsulSource) Load(ctx context.Context) error {
-	d := c.Data
 	var ops api.TxnOps
-	for j := 0; j < d.M; j++ {
-		ops = append(ops, &api.TxnOp{Node: &api.NodeTxnOp{Verb: api.NodeSet,
-			Node: api.Node{Node: d.Node(Instance{Idx: j}), Address: "127.0.0.1"}}})
+	for i := 0; i < c.Data.N; i++ {
+		for j := 0; j < c.Data.M; j++ {
+			ops = append(ops, c.registerOps(Instance{i, j})...)
+		}
 	}
-	if err := c.txn(ctx, ops); err != nil {
-		return fmt.Errorf("register nodes: %w", err)
+	return c.loadOps(ctx, ops)
+}
+
+// registerOps registers one instance with a passing check (two operations).
+func (c *ConsulSource) registerOps(in Instance) api.TxnOps {
+	d := c.Data
+	return api.TxnOps{
+		{Service: &api.ServiceTxnOp{Verb: api.ServiceSet, Node: d.Node(in), Service: api.AgentService{
+			ID: d.ID(in), Service: d.Name(in.Svc), Address: d.IP(in), Port: Port,
+			Tags: []string{"version=" + d.Version(in)}, Meta: map[string]string{"protocol": "http"},
+		}}},
+		{Check: &api.CheckTxnOp{Verb: api.CheckSet, Check: c.check(in, api.HealthPassing)}},
+	}
+}
+
+// loadOps registers the dataset's nodes, then applies ops in transactions of
+// at most 128 operations on 4 workers (ops come in pairs; a pair never splits).
+func (c *ConsulSource) loadOps(ctx context.Context, ops api.TxnOps) error {
+	d := c.Data
+	var nodes api.TxnOps
+	for k := 0; k < d.Nodes(); k++ {
+		nodes = append(nodes, &api.TxnOp{Node: &api.NodeTxnOp{Verb: api.NodeSet,
+			Node: api.Node{Node: nodeName(k), Address: "127.0.0.1"}}})
+	}
+	for len(nodes) > 0 {
+		n := min(len(nodes), txnOps)
+		if err := c.txn(ctx, nodes[:n]); err != nil {
+			return fmt.Errorf("register nodes: %w", err)
+		}
+		nodes = nodes[n:]
 	}
 	batches := make(chan api.TxnOps)
 	errs := make(chan error, 4)
 	var wg sync.WaitGroup
-	for w := 0; w < 4; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+	for range 4 {
+		wg.Go(func() {
 			for b := range batches {
 				if err := c.txn(ctx, b); err != nil {
 					errs <- err
 					return
 				}
 			}
-		}()
+		})
 	}
 	var err error
-	ops = nil
-	flush := func() bool {
+send:
+	for len(ops) > 0 {
+		n := min(len(ops), txnOps)
 		select {
-		case batches <- ops:
-			ops = nil
-			return true
+		case batches <- ops[:n]:
+			ops = ops[n:]
 		case err = <-errs:
-			return false
+			break send
 		}
-	}
-	for i := 0; i < d.N && err == nil; i++ {
-		for j := 0; j < d.M; j++ {
-			in := Instance{i, j}
-			ops = append(ops,
-				&api.TxnOp{Service: &api.ServiceTxnOp{Verb: api.ServiceSet, Node: d.Node(in), Service: api.AgentService{
-					ID: d.ID(in), Service: d.Name(i), Address: d.IP(in), Port: Port,
-					Tags: []string{"version=" + d.Version(in)}, Meta: map[string]string{"protocol": "http"},
-				}}},
-				&api.TxnOp{Check: &api.CheckTxnOp{Verb: api.CheckSet, Check: c.check(in, api.HealthPassing)}})
-			if len(ops)+2 > txnOps && !flush() {
-				break
-			}
-		}
-	}
-	if err == nil && len(ops) > 0 {
-		flush()
 	}
 	close(batches)
 	wg.Wait()

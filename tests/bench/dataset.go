@@ -34,9 +34,18 @@ func (d Dataset) Cluster(i int) string { return fmt.Sprintf("outbound|%d||%s", P
 // ID is the instance's Consul service ID (and WorkloadEntry name).
 func (d Dataset) ID(in Instance) string { return fmt.Sprintf("%s-%d", d.Name(in.Svc), in.Idx) }
 
-// Node is the Consul node an instance runs on: instance j of every service
-// shares node j, like M hosts each running one copy of every service.
-func (d Dataset) Node(in Instance) string { return fmt.Sprintf("bench-node-%d", in.Idx) }
+// instancesPerNode is how many instances share a Consul node. Consul's
+// writes slow down as one node holds more services (10 nodes holding
+// 10,000 services each took minutes to load), and real hosts run a few.
+const instancesPerNode = 100
+
+// Node is the Consul node an instance runs on.
+func (d Dataset) Node(in Instance) string { return nodeName((in.Svc*d.M + in.Idx) / instancesPerNode) }
+
+func nodeName(k int) string { return fmt.Sprintf("bench-node-%d", k) }
+
+// Nodes is how many nodes the dataset spreads over.
+func (d Dataset) Nodes() int { return (d.N*d.M + instancesPerNode - 1) / instancesPerNode }
 
 // IP of an instance.
 func (d Dataset) IP(in Instance) string {

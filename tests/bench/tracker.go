@@ -22,6 +22,7 @@ type Tracker struct {
 	synced    chan struct{}
 	pending   map[string][]*change // cluster -> changes not yet seen by every watcher
 	latencies []time.Duration
+	last      []map[string]map[string]bool // watcher -> cluster -> endpoints
 }
 
 // change is one endpoint expected to appear (present) or disappear.
@@ -37,15 +38,33 @@ type change struct {
 // NewTracker expects every cluster of data to reach data.M endpoints on each
 // of watchers watchers.
 func NewTracker(data Dataset, watchers int) *Tracker {
-	t := &Tracker{watchers: watchers, want: map[string]int{}, syncedAt: make([]time.Time, watchers),
-		synced: make(chan struct{}), pending: map[string][]*change{}}
+	want := map[string]int{}
 	for _, c := range data.Clusters() {
-		t.want[c] = data.M
+		want[c] = data.M
 	}
+	return newTracker(want, watchers)
+}
+
+// newTracker expects cluster -> endpoint count at sync.
+func newTracker(want map[string]int, watchers int) *Tracker {
+	t := &Tracker{watchers: watchers, want: want, syncedAt: make([]time.Time, watchers),
+		synced: make(chan struct{}), pending: map[string][]*change{}}
 	for range watchers {
 		t.complete = append(t.complete, map[string]bool{})
+		t.last = append(t.last, map[string]map[string]bool{})
 	}
 	return t
+}
+
+// Last is what watcher w last received for every cluster: "ip:port" sets.
+func (t *Tracker) Last(w int) map[string]map[string]bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make(map[string]map[string]bool, len(t.last[w]))
+	for c, addrs := range t.last[w] {
+		out[c] = addrs
+	}
+	return out
 }
 
 // Synced is closed once every watcher has every service's full endpoint set.
@@ -98,6 +117,7 @@ func (t *Tracker) observe(w int, cla *endpoint.ClusterLoadAssignment, at time.Ti
 	name := cla.ClusterName
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.last[w][name] = addrs
 	if want, ok := t.want[name]; ok && t.syncedAt[w].IsZero() {
 		t.complete[w][name] = len(addrs) == want
 		if !t.complete[w][name] {

@@ -17,6 +17,7 @@ type Istiod struct {
 	XDSAddr        string // plaintext xDS (gRPC), what proxyless clients dial
 	HTTPAddr       string // /ready, /debug/*
 	MonitoringAddr string // /metrics
+	CtrlzAddr      string // ControlZ introspection (ForceGC)
 	Args           []string
 	ReadyTimeout   time.Duration // for Start; 120 s if zero
 	proc           *Process
@@ -48,7 +49,7 @@ func NewIstiod(env Env, kube *Kube, consulURL string, extra ...string) (*Istiod,
 	}
 	addr := func(i int) string { return "127.0.0.1:" + strconv.Itoa(ports[i]) }
 	dir := env.TempDir()
-	i := &Istiod{XDSAddr: addr(0), HTTPAddr: addr(1), MonitoringAddr: addr(2), dir: dir, bin: bin}
+	i := &Istiod{XDSAddr: addr(0), HTTPAddr: addr(1), MonitoringAddr: addr(2), CtrlzAddr: addr(5), dir: dir, bin: bin}
 	// pflag appends repeated list flags, so an explicit --registries in extra
 	// replaces ours rather than following it.
 	registries := []string{"--registries=Kubernetes,Consul", "--consulServerURL", consulURL}
@@ -115,6 +116,24 @@ func (i *Istiod) DebugTimeout(path string, timeout time.Duration) ([]byte, error
 // Metrics returns istiod's Prometheus metrics text.
 func (i *Istiod) Metrics() ([]byte, error) {
 	return get("http://"+i.MonitoringAddr+"/metrics", 10*time.Second)
+}
+
+// ForceGC runs a garbage collection in istiod (ControlZ), so heap readings
+// taken right after compare live memory, not garbage awaiting collection.
+func (i *Istiod) ForceGC() error {
+	req, err := http.NewRequest(http.MethodPut, "http://"+i.CtrlzAddr+"/memj/forcecollection", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("istiod force GC: %w", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("istiod force GC: HTTP %d", resp.StatusCode)
+	}
+	return nil
 }
 
 func get(url string, timeout time.Duration) ([]byte, error) {

@@ -17,13 +17,15 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/restmapper"
 	"k8s.io/client-go/tools/clientcmd"
 )
 
@@ -160,46 +162,72 @@ func (k *Kube) EnsureNamespace(ctx context.Context, ns string) error {
 	return nil
 }
 
-// Apply server-side-applies every object in a multi-document YAML.
+// Apply server-side-applies every object in a multi-document YAML, of any
+// kind the API serves: CustomResourceDefinitions first, so that objects of
+// the kinds they define (applied after) resolve.
 func (k *Kube) Apply(ctx context.Context, yaml []byte) error {
+	var crds, rest []*unstructured.Unstructured
 	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(yaml), 4096)
-	mapper := map[string]string{ // kind -> resource, for the kinds this project applies
-		"CustomResourceDefinition": "customresourcedefinitions", "DestinationRule": "destinationrules",
-		"VirtualService": "virtualservices", "ServiceEntry": "serviceentries", "WorkloadEntry": "workloadentries",
-		"Service": "services", "EndpointSlice": "endpointslices", "Namespace": "namespaces",
-		"ConfigMap": "configmaps", "Secret": "secrets", "PeerAuthentication": "peerauthentications",
-	}
 	for {
-		var obj unstructured.Unstructured
+		obj := &unstructured.Unstructured{}
 		if err := dec.Decode(&obj.Object); err != nil {
 			if errors.Is(err, io.EOF) {
-				return nil
+				break
 			}
 			return fmt.Errorf("decode yaml: %w", err)
 		}
-		if len(obj.Object) == 0 {
-			continue
-		}
-		gv, err := schema.ParseGroupVersion(obj.GetAPIVersion())
-		if err != nil {
-			return err
-		}
-		res, ok := mapper[obj.GetKind()]
-		if !ok {
-			return fmt.Errorf("apply: kind %s not supported by the harness", obj.GetKind())
-		}
-		data, err := obj.MarshalJSON()
-		if err != nil {
-			return err
-		}
-		var ri dynamic.ResourceInterface = k.Dynamic.Resource(gv.WithResource(res))
-		if ns := obj.GetNamespace(); ns != "" {
-			ri = k.Dynamic.Resource(gv.WithResource(res)).Namespace(ns)
-		}
-		force := true
-		if _, err := ri.Patch(ctx, obj.GetName(), "application/apply-patch+yaml", data,
-			metav1.PatchOptions{FieldManager: "pilot-consul-tests", Force: &force}); err != nil {
-			return fmt.Errorf("apply %s %s/%s: %w", obj.GetKind(), obj.GetNamespace(), obj.GetName(), err)
+		switch {
+		case len(obj.Object) == 0:
+		case obj.GetKind() == "CustomResourceDefinition":
+			crds = append(crds, obj)
+		default:
+			rest = append(rest, obj)
 		}
 	}
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(k.Client.Discovery()))
+	for _, obj := range append(crds, rest...) {
+		if err := k.applyOne(ctx, mapper, obj); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (k *Kube) applyOne(ctx context.Context, mapper *restmapper.DeferredDiscoveryRESTMapper, obj *unstructured.Unstructured) error {
+	gvk := obj.GroupVersionKind()
+	var mapping *meta.RESTMapping
+	for {
+		var err error
+		if mapping, err = mapper.RESTMapping(gvk.GroupKind(), gvk.Version); err == nil {
+			break
+		}
+		if !meta.IsNoMatchError(err) {
+			return fmt.Errorf("apply %s %s: %w", gvk.Kind, obj.GetName(), err)
+		}
+		// A CRD applied a moment ago may not be served yet.
+		mapper.Reset()
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("apply %s %s: kind never served: %w", gvk.Kind, obj.GetName(), err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	data, err := obj.MarshalJSON()
+	if err != nil {
+		return err
+	}
+	var ri dynamic.ResourceInterface = k.Dynamic.Resource(mapping.Resource)
+	if mapping.Scope.Name() == meta.RESTScopeNameNamespace {
+		ns := obj.GetNamespace()
+		if ns == "" {
+			ns = "default"
+		}
+		ri = k.Dynamic.Resource(mapping.Resource).Namespace(ns)
+	}
+	force := true
+	if _, err := ri.Patch(ctx, obj.GetName(), "application/apply-patch+yaml", data,
+		metav1.PatchOptions{FieldManager: "pilot-consul-tests", Force: &force}); err != nil {
+		return fmt.Errorf("apply %s %s/%s: %w", gvk.Kind, obj.GetNamespace(), obj.GetName(), err)
+	}
+	return nil
 }

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Renders the install overlay with the patched tree's own istioctl:
+#   out/manifests/istio.yaml              build/install/istio-operator.yaml
+#   out/manifests/istio-from-values.yaml  build/install/values.yaml (as spec.values.pilot)
+# HUB and TAG name our image (as for `make docker`).
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+"$root/build/build.sh" # the patched tree, with the Consul provider ID istioctl validates against
+
+stamp="$(go version) $(cat "$work/source") $(cat "$work/patches.stamp")"
+if [[ ! -x "$out/istioctl" || "$(cat "$out/.istioctl.stamp" 2>/dev/null)" != "$stamp" ]]; then
+	log "compiling the patched tree's istioctl (cold: a few minutes)"
+	start=$SECONDS
+	(cd "$tree" && CGO_ENABLED=0 go build -o "$out/istioctl.tmp" ./istioctl/cmd/istioctl)
+	mv "$out/istioctl.tmp" "$out/istioctl"
+	echo "$stamp" >"$out/.istioctl.stamp"
+	log "built out/istioctl in $((SECONDS - start))s"
+fi
+
+image="${HUB:-localhost:5000/pilot-consul}/pilot:${TAG:-$PILOT_CONSUL_VERSION}"
+mkdir -p "$out/manifests"
+"$out/istioctl" manifest generate -f "$root/build/install/istio-operator.yaml" \
+	--set "values.pilot.image=$image" >"$out/manifests/istio.yaml"
+
+wrapped="$out/manifests/.values-as-operator.yaml"
+{
+	printf 'apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  values:\n    pilot:\n'
+	grep -v '^#' "$root/build/install/values.yaml" | sed 's/^/      /'
+} >"$wrapped"
+"$out/istioctl" manifest generate -f "$wrapped" --set "values.pilot.image=$image" >"$out/manifests/istio-from-values.yaml"
+log "rendered out/manifests/istio.yaml and istio-from-values.yaml (image $image)"

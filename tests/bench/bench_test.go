@@ -1,0 +1,73 @@
+package bench
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pilot-consul/pilot-consul/tests/harness"
+)
+
+func TestMetric(t *testing.T) {
+	text := []byte(`# HELP pilot_xds_pushes x
+# TYPE pilot_xds_pushes counter
+pilot_xds_pushes{type="cds"} 4
+pilot_xds_pushes{type="eds"} 10
+pilot_xds_pushes{type="cds_senderr"} 1
+pilot_xds_pushes_other 99
+go_goroutines 812
+`)
+	assert.Equal(t, 4.0, Metric(text, "pilot_xds_pushes", `type="cds"`))
+	assert.Equal(t, 15.0, Metric(text, "pilot_xds_pushes"))
+	assert.Equal(t, 812.0, Metric(text, "go_goroutines"))
+	assert.Zero(t, Metric(text, "absent"))
+}
+
+func TestSummarize(t *testing.T) {
+	var d []time.Duration
+	for i := 1; i <= 100; i++ {
+		d = append(d, time.Duration(i)*time.Millisecond)
+	}
+	s := Summarize(d)
+	assert.Equal(t, Stats{Count: 100, P50: 50, P90: 90, P99: 99, Max: 100}, s)
+	assert.Equal(t, Stats{}, Summarize(nil))
+}
+
+func TestDatasetAddresses(t *testing.T) {
+	d := Dataset{N: 10000, M: 10}
+	require.NoError(t, d.Validate())
+	assert.Equal(t, "198.18.0.1", d.IP(Instance{0, 0}))
+	assert.Equal(t, "198.19.134.160", d.IP(Instance{9999, 9}), "the last address stays inside 198.18.0.0/15")
+	assert.Error(t, Dataset{N: 20000, M: 10}.Validate())
+	assert.Equal(t, "outbound|8080||svc-00042.service.consul", d.Cluster(42))
+}
+
+// TestBenchSmall runs both routes end to end at a tiny scale, so `make
+// bench` cannot rot between runs: same code path, seconds instead of minutes.
+func TestBenchSmall(t *testing.T) {
+	env, err := harness.NewProcessEnv("pilot-consul-bench-test")
+	require.NoError(t, err)
+	t.Cleanup(env.Close)
+	env.Quiet = true
+	rs, err := RunScale(env, Dataset{N: 20, M: 3}, Config{Watchers: 2, Rate: 5, Churn: 3 * time.Second,
+		SyncTimeout: 2 * time.Minute, Step: t.Logf})
+	require.NoError(t, err)
+	require.Len(t, rs, 2)
+	for _, r := range rs {
+		assert.True(t, r.Synced, r.Route)
+		assert.Positive(t, r.Changes, r.Route)
+		assert.Zero(t, r.Unseen, "%s: every change reached every watcher", r.Route)
+		assert.Equal(t, r.Changes*2, r.Latency.Count, r.Route)
+		assert.Positive(t, r.PeakRSSBytes, r.Route)
+	}
+	assert.Equal(t, RouteA, rs[0].Route)
+	assert.LessOrEqual(t, rs[0].ConsulPerChg, 2.0, "Route A: at most 2 Consul requests per instance change")
+	assert.LessOrEqual(t, rs[0].ConsulPeak, int64(18))
+	assert.Zero(t, rs[0].FullPushes, "Route A: instance churn causes no full push")
+	rep := &Report{Results: rs}
+	files, err := rep.Write(t.TempDir())
+	require.NoError(t, err)
+	assert.Len(t, files, 3)
+}
