@@ -36,6 +36,7 @@ type SoakResult struct {
 	Goroutines     [3]float64 // istiod: before, at the end of the changes, after settling
 	HeapBytes      [3]float64 // istiod go_memstats_heap_inuse_bytes, same points
 	ConsulRequests int64      // registry -> Consul during the changes
+	FullRereads    float64    // times the registry re-read every service
 }
 
 // soakSlot is one instance slot's truth, as the driver wrote it.
@@ -197,6 +198,7 @@ loop:
 	res.ConsulRequests = proxy.Requests() - reqs0
 	if m, err := istiod.Metrics(); err == nil {
 		res.Goroutines[1], res.HeapBytes[1] = Metric(m, "go_goroutines"), Metric(m, "go_memstats_heap_inuse_bytes")
+		res.FullRereads = Metric(m, "pilot_consul_full_rereads_total") - Metric(base, "pilot_consul_full_rereads_total")
 	}
 
 	// Converge: every change seen, or istiod's debounce ceiling (10 s) passed
@@ -239,7 +241,7 @@ func soakChange(ctx context.Context, src *ConsulSource, t *Tracker, in Instance,
 		ops, present = src.registerOps(in), true
 		s.registered, s.healthy = true, true
 	case "deregister":
-		ops = api.TxnOps{{Service: &api.ServiceTxnOp{Verb: api.ServiceDelete, Node: d.Node(in), Service: api.AgentService{ID: d.ID(in)}}}}
+		ops = api.TxnOps{{Service: &api.ServiceTxnOp{Verb: api.ServiceDelete, Node: d.Node(in), Service: api.AgentService{ID: d.ID(in), Service: d.Name(in.Svc)}}}}
 		visible = s.healthy // an unhealthy instance is not served: leaving changes nothing
 		s.registered, s.healthy = false, false
 	case "flip":

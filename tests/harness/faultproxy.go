@@ -1,11 +1,14 @@
 package harness
 
 import (
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
 	"strconv"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -20,6 +23,8 @@ type FaultProxy struct {
 	open     atomic.Int64
 	peak     atomic.Int64
 	srv      *http.Server
+	mu       sync.Mutex
+	byPath   map[string]int64
 }
 
 // StartFaultProxy proxies to backend (an http:// URL) until cleanup.
@@ -32,12 +37,15 @@ func StartFaultProxy(env Env, backend string) (*FaultProxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &FaultProxy{URL: "http://" + l.Addr().String()}
+	p := &FaultProxy{URL: "http://" + l.Addr().String(), byPath: map[string]int64{}}
 	p.mode.Store("")
 	rp := httputil.NewSingleHostReverseProxy(u)
 	p.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			p.requests.Add(1)
+			p.mu.Lock()
+			p.byPath[endpointOf(r.URL.Path)]++
+			p.mu.Unlock()
 			switch m := p.mode.Load().(string); m {
 			case "":
 			case "delay":
@@ -87,3 +95,19 @@ func (p *FaultProxy) Requests() int64 { return p.requests.Load() }
 
 // PeakConnections is the most connections ever open at once.
 func (p *FaultProxy) PeakConnections() int64 { return p.peak.Load() }
+
+// RequestsByEndpoint counts requests by API endpoint (the path without the
+// service name, e.g. /v1/health/service).
+func (p *FaultProxy) RequestsByEndpoint() map[string]int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return maps.Clone(p.byPath)
+}
+
+func endpointOf(path string) string {
+	parts := strings.SplitN(path, "/", 5) // "", "v1", "health", "service", name
+	if len(parts) > 4 {
+		parts = parts[:4]
+	}
+	return strings.Join(parts, "/")
+}

@@ -15,20 +15,49 @@ import (
 // explain a catalog change before the registry gives up and re-reads all.
 const bumpGrace = time.Second
 
-// A catalog index that moves while service names and tags do not means an
-// instance was registered, re-registered or deregistered somewhere: the
-// catalog listing cannot say where. The registry then reads every check once
-// (the "pinpoint" read; coalesced, never more than one at a time): a check
-// created or modified at that index, or one that vanished, names the
-// service, whose read explains the index. What stays unexplained is an
-// instance without checks: then every service is re-read, which is rare and
-// always correct. Health changes alone never move the catalog index, so they
-// never cost a pinpoint read.
+// A catalog index that moves means an instance was registered,
+// re-registered or deregistered somewhere, and the catalog listing cannot say
+// where (one catalog read may also cover several writes). The registry then
+// reads every check once (the "pinpoint" read; coalesced, never more than one
+// at a time) and queues each service with a check created or modified since
+// its last read, or one that vanished. A catalog change counts as explained
+// when a check was created or modified at its index, when checks vanished
+// in a range of indexes that holds it, or when a service read's own index
+// equals it. Anything else (an instance
+// without checks, a re-registration that leaves its checks alone) makes every
+// service be re-read once: rare, costly at scale, always correct. Health
+// changes alone never move the catalog index, so they never cost a pinpoint
+// read.
+//
+// The gap: an instance without checks that joins or leaves in the same
+// catalog read as another change, or inside a range where checks vanished, is
+// found only when its service is next read for another reason (README, Known
+// limits).
 type bumpTracker struct {
 	pending []uint64 // catalog indexes not yet explained
+	// gone are raft index ranges in which checks vanished (deregistrations),
+	// from recent pinpoint reads: a catalog change inside one is explained,
+	// even if it is seen only after the read that found the vanished check.
+	gone []span
 }
 
-func (b *bumpTracker) add(index uint64) { b.pending = append(b.pending, index) }
+// span is a range (lo, hi] of raft indexes and when it was recorded.
+type span struct {
+	lo, hi uint64
+	at     time.Time
+}
+
+// goneKeep is how long a span of vanished checks can explain catalog changes.
+const goneKeep = 30 * time.Second
+
+func (b *bumpTracker) add(index uint64) {
+	for _, g := range b.gone {
+		if g.lo < index && index <= g.hi {
+			return
+		}
+	}
+	b.pending = append(b.pending, index)
+}
 
 // explain marks a catalog change at index as understood.
 func (b *bumpTracker) explain(index uint64) {
@@ -38,6 +67,14 @@ func (b *bumpTracker) explain(index uint64) {
 			return
 		}
 	}
+}
+
+// checksVanished records that checks disappeared somewhere in (lo, hi]: a
+// deregistration, whose catalog change is explained.
+func (b *bumpTracker) checksVanished(lo, hi uint64, now time.Time) {
+	b.gone = slices.DeleteFunc(b.gone, func(g span) bool { return now.Sub(g.at) > goneKeep })
+	b.gone = append(b.gone, span{lo, hi, now})
+	b.pending = slices.DeleteFunc(b.pending, func(p uint64) bool { return lo < p && p <= hi })
 }
 
 // pinpointSoon asks for a pinpoint read; requests made while one is waiting
@@ -102,6 +139,7 @@ func (c *Controller) pinpoint(q *api.QueryOptions) error {
 	defer c.mu.Unlock()
 	seen := make(map[checkKey]string, len(checks))
 	dirty := sets.New[string]()
+	vanished := false
 	for _, hc := range checks {
 		k := checkKey{hc.Node, hc.CheckID}
 		seen[k] = hc.ServiceName
@@ -124,6 +162,7 @@ func (c *Controller) pinpoint(q *api.QueryOptions) error {
 			if _, ok := seen[k]; ok {
 				continue
 			}
+			vanished = true
 			if svc != "" {
 				dirty.Insert(svc)
 			} else {
@@ -133,7 +172,11 @@ func (c *Controller) pinpoint(q *api.QueryOptions) error {
 			}
 		}
 	}
-	c.checks = seen
+	if vanished {
+		// Deleted after the last pinpoint read's index, at or before this one's.
+		c.bumps.checksVanished(c.checksIndex, meta.LastIndex, now)
+	}
+	c.checks, c.checksIndex = seen, meta.LastIndex
 	for name := range dirty {
 		if _, ok := c.catalog[name]; ok {
 			c.markDirtyLocked(name, now)
@@ -163,6 +206,7 @@ func (c *Controller) resolveBumps(covered []uint64, tries int) {
 	if len(unexplained) == 0 {
 		return
 	}
+	consulFullReads.Increment()
 	log.Debugf("consul catalog changed at %v with no check or service read to explain it: re-reading all %d services",
 		unexplained, len(c.catalog))
 	now := time.Now()

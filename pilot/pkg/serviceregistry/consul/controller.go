@@ -66,6 +66,7 @@ type Controller struct {
 	fetched      map[string]uint64              // per-service index of the last read
 	nodes        map[string]map[string]struct{} // node -> services with instances there
 	checks       map[checkKey]string            // every check at the last pinpoint read -> service ("" for node checks)
+	checksIndex  uint64                         // Consul index of the last pinpoint read
 	known        map[checkKey]knownCheck        // non-passing checks as service reads saw them
 	knownBySvc   map[string][]checkKey          // service -> its own checks in known
 	pinpointCh   chan struct{}                  // asks for a pinpoint read (bumps.go)

@@ -20,6 +20,8 @@ var (
 		"HTTP requests sent to Consul.")
 	consulLastSync = monitoring.NewGauge("pilot_consul_last_sync_timestamp_seconds",
 		"Unix time of the last successful read from Consul.")
+	consulFullReads = monitoring.NewSum("pilot_consul_full_rereads_total",
+		"Times every service was re-read because a catalog change could not be placed (an instance without checks).")
 	consulReachable = monitoring.NewGauge("pilot_consul_reachable",
 		"1 while the last Consul read succeeded, 0 while Consul is unreachable (last good state is kept).")
 	consulPushLatency = monitoring.NewDistribution("pilot_consul_change_to_push_seconds",

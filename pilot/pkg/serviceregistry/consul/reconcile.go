@@ -28,11 +28,9 @@ func (c *Controller) readCatalog(q *api.QueryOptions) (uint64, error) {
 	now := time.Now()
 	c.mu.Lock()
 	first := c.initial == nil && !c.synced.Load()
-	changed := false
 	var removed []*serviceState
 	for name := range c.catalog {
 		if _, ok := listing[name]; !ok {
-			changed = true
 			delete(c.catalog, name)
 			delete(c.fetched, name)
 			if s := c.removeLocked(name); s != nil {
@@ -41,11 +39,14 @@ func (c *Controller) readCatalog(q *api.QueryOptions) (uint64, error) {
 		}
 	}
 	for name, tags := range listing {
+		// Consul merges the tags of every instance in instance order, which
+		// changes as instances come and go: compare them as sets, or every
+		// (de)registration re-reads every multi-tag service.
+		tags = slices.Compact(slices.Sorted(slices.Values(tags)))
 		old, ok := c.catalog[name]
 		if ok && slices.Equal(old, tags) {
 			continue
 		}
-		changed = true
 		c.catalog[name] = tags
 		c.markDirtyLocked(name, now)
 	}
@@ -55,11 +56,12 @@ func (c *Controller) readCatalog(q *api.QueryOptions) (uint64, error) {
 			c.initial[name] = struct{}{}
 		}
 		c.checkInitialLocked()
-	} else if !changed && meta.LastIndex > c.catalogIndex {
-		// The catalog index moved but not its names or tags: an instance was
-		// (de)registered somewhere; the pinpoint read finds where (bumps.go).
-		// (An unmoved index
-		// is a blocking-query timeout or a retry: nothing happened.)
+	} else if meta.LastIndex > c.catalogIndex {
+		// The catalog index moved. Names and tags that changed are queued
+		// above, but one read may cover several writes: an instance may also
+		// have been (de)registered elsewhere, in a service whose tags stayed
+		// the same. The pinpoint read finds where (bumps.go). (An unmoved
+		// index is a blocking-query timeout or a retry: nothing happened.)
 		c.bumps.add(meta.LastIndex)
 		c.pinpointSoon()
 	}
