@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Renders the install overlay with the patched tree's own istioctl:
-#   out/manifests/istio.yaml              build/install/istio-operator.yaml
-#   out/manifests/istio-from-values.yaml  build/install/values.yaml (as spec.values.pilot)
-# HUB and TAG name our image (as for `make docker`).
+# Renders the install overlay build/install/istio-operator.yaml with the
+# patched tree's own istioctl into out/manifests/istio.yaml. HUB and TAG name
+# our image (as for `make docker`). (tests/install renders the Helm values,
+# build/install/values.yaml, with the chart's own renderer.)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -23,10 +23,4 @@ mkdir -p "$out/manifests"
 "$out/istioctl" manifest generate -f "$root/build/install/istio-operator.yaml" \
 	--set "values.pilot.image=$image" >"$out/manifests/istio.yaml"
 
-wrapped="$out/manifests/.values-as-operator.yaml"
-{
-	printf 'apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  values:\n    pilot:\n'
-	grep -v '^#' "$root/build/install/values.yaml" | sed 's/^/      /'
-} >"$wrapped"
-"$out/istioctl" manifest generate -f "$wrapped" --set "values.pilot.image=$image" >"$out/manifests/istio-from-values.yaml"
-log "rendered out/manifests/istio.yaml and istio-from-values.yaml (image $image)"
+log "rendered out/manifests/istio.yaml (image $image)"

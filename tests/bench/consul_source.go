@@ -3,7 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
-	"sync"
+	"iter"
 
 	"github.com/hashicorp/consul/api"
 )
@@ -52,47 +52,29 @@ func (c *ConsulSource) loadOps(ctx context.Context, ops api.TxnOps) error {
 		nodes = append(nodes, &api.TxnOp{Node: &api.NodeTxnOp{Verb: api.NodeSet,
 			Node: api.Node{Node: nodeName(k), Address: "127.0.0.1"}}})
 	}
-	for len(nodes) > 0 {
-		n := min(len(nodes), txnOps)
-		if err := c.txn(ctx, nodes[:n]); err != nil {
+	for b := range chunks(nodes) {
+		if err := c.txn(ctx, b); err != nil {
 			return fmt.Errorf("register nodes: %w", err)
 		}
-		nodes = nodes[n:]
 	}
-	batches := make(chan api.TxnOps)
-	errs := make(chan error, 4)
-	var wg sync.WaitGroup
-	for range 4 {
-		wg.Go(func() {
-			for b := range batches {
-				if err := c.txn(ctx, b); err != nil {
-					errs <- err
-					return
-				}
-			}
-		})
-	}
-	var err error
-send:
-	for len(ops) > 0 {
-		n := min(len(ops), txnOps)
-		select {
-		case batches <- ops[:n]:
-			ops = ops[n:]
-		case err = <-errs:
-			break send
-		}
-	}
-	close(batches)
-	wg.Wait()
-	close(errs)
-	if err == nil {
-		err = <-errs
-	}
+	err := inParallel(4, chunks(ops), func(b api.TxnOps) error { return c.txn(ctx, b) })
 	if err != nil {
 		return fmt.Errorf("load %d×%d instances into Consul: %w", d.N, d.M, err)
 	}
 	return nil
+}
+
+// chunks splits ops into transactions of at most txnOps operations.
+func chunks(ops api.TxnOps) iter.Seq[api.TxnOps] {
+	return func(yield func(api.TxnOps) bool) {
+		for len(ops) > 0 {
+			n := min(len(ops), txnOps)
+			if !yield(ops[:n]) {
+				return
+			}
+			ops = ops[n:]
+		}
+	}
 }
 
 func (c *ConsulSource) check(in Instance, status string) api.HealthCheck {

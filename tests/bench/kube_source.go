@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"fmt"
-	"sync"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -34,52 +33,29 @@ type KubeSource struct {
 // bridge's own work is not measured: this runs before istiod starts.
 func (k *KubeSource) Load(ctx context.Context) error {
 	d := k.Data
-	objs := make(chan *unstructured.Unstructured)
-	errs := make(chan error, 16)
-	var wg sync.WaitGroup
-	for w := 0; w < 16; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for o := range objs {
-				gvr := serviceEntries
-				if o.GetKind() == "WorkloadEntry" {
-					gvr = workloadEntries
-				}
-				_, err := k.Client.Resource(gvr).Namespace(Namespace).Create(ctx, o, metav1.CreateOptions{})
-				if err != nil && !apierrors.IsAlreadyExists(err) {
-					errs <- fmt.Errorf("create %s %s: %w", o.GetKind(), o.GetName(), err)
+	objs := func(yield func(*unstructured.Unstructured) bool) {
+		for i := 0; i < d.N; i++ {
+			if !yield(k.serviceEntry(i)) {
+				return
+			}
+			for j := 0; j < d.M; j++ {
+				if !yield(k.workloadEntry(Instance{i, j})) {
 					return
 				}
 			}
-		}()
-	}
-	var err error
-	send := func(o *unstructured.Unstructured) bool {
-		select {
-		case objs <- o:
-			return true
-		case err = <-errs:
-			return false
 		}
 	}
-produce:
-	for i := 0; i < d.N; i++ {
-		if !send(k.serviceEntry(i)) {
-			break
+	err := inParallel(16, objs, func(o *unstructured.Unstructured) error {
+		gvr := serviceEntries
+		if o.GetKind() == "WorkloadEntry" {
+			gvr = workloadEntries
 		}
-		for j := 0; j < d.M; j++ {
-			if !send(k.workloadEntry(Instance{i, j})) {
-				break produce
-			}
+		_, err := k.Client.Resource(gvr).Namespace(Namespace).Create(ctx, o, metav1.CreateOptions{})
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("create %s %s: %w", o.GetKind(), o.GetName(), err)
 		}
-	}
-	close(objs)
-	wg.Wait()
-	close(errs)
-	if err == nil {
-		err = <-errs
-	}
+		return nil
+	})
 	if err != nil {
 		return fmt.Errorf("load %d×%d instances as ServiceEntry/WorkloadEntry: %w", d.N, d.M, err)
 	}

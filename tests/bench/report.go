@@ -99,6 +99,8 @@ func (r *Report) Markdown() string {
 		row("change→client p90 (ms)", a.Latency.P90, bb.Latency.P90, "%.1f")
 		row("change→client p99 (ms)", a.Latency.P99, bb.Latency.P99, "%.1f")
 		row("change→client max (ms)", a.Latency.Max, bb.Latency.Max, "%.1f")
+		row("change→sidecar-like p99 (ms)", a.SidecarLat.P99, bb.SidecarLat.P99, "%.1f")
+		row("change→proxyless p99 (ms)", a.ProxylessLat.P99, bb.ProxylessLat.P99, "%.1f")
 		row("istiod CPU, sync (s)", a.CPUSyncSec, bb.CPUSyncSec, "%.1f")
 		row("istiod CPU, churn (s)", a.CPUChurnSec, bb.CPUChurnSec, "%.1f")
 		row("istiod peak RSS (MiB)", float64(a.PeakRSSBytes)/(1<<20), float64(bb.PeakRSSBytes)/(1<<20), "%.0f")

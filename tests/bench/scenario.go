@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -20,7 +21,8 @@ type Config struct {
 	Rate        float64       // health flips per second during churn
 	Churn       time.Duration // how long churn runs
 	SyncTimeout time.Duration // how long istiod may take to serve everything
-	ProfileDir  string        // if set, a CPU profile of istiod during churn is saved here
+	ProfileDir  string        // if set, CPU profiles of istiod (start-up, churn) are saved here
+	OnlyRouteA  bool          // skip Route B (for profiling our side alone)
 	Step        func(format string, args ...any)
 }
 
@@ -46,6 +48,8 @@ type Result struct {
 	Changes      int       `json:"changes"`
 	ChangeRate   float64   `json:"changes_per_second"`
 	Latency      Stats     `json:"change_to_client_ms"`
+	SidecarLat   Stats     `json:"change_to_sidecar_ms"`   // even watcher ids
+	ProxylessLat Stats     `json:"change_to_proxyless_ms"` // odd watcher ids
 	Unseen       int       `json:"unseen_change_watcher_pairs"`
 	FullPushes   float64   `json:"full_pushes_during_churn"` // push contexts istiod built
 	CDSPushes    float64   `json:"cds_pushes_during_churn"`  // CDS pushes per watcher
@@ -68,11 +72,7 @@ func RunScale(parent *harness.ProcessEnv, data Dataset, cfg Config) ([]Result, e
 	step := cfg.Step
 
 	step("%d×%d: starting Consul and kube-apiserver", data.N, data.M)
-	consul, err := harness.StartConsul(env)
-	if err != nil {
-		return nil, err
-	}
-	kube, err := harness.StartKube(env)
+	consul, kube, err := startBackends(env)
 	if err != nil {
 		return nil, err
 	}
@@ -97,6 +97,9 @@ func RunScale(parent *harness.ProcessEnv, data Dataset, cfg Config) ([]Result, e
 	}
 	a.LoadSeconds = loadA.Seconds()
 
+	if cfg.OnlyRouteA {
+		return []Result{a}, nil
+	}
 	// The bridge's writes are not what is measured: lift client-go's default
 	// rate limit so loading 110,000 objects takes minutes, not ten.
 	fast := rest.CopyConfig(kube.Config)
@@ -134,28 +137,37 @@ func runRoute(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Con
 	if err != nil {
 		return r, err
 	}
-	istiod.ReadyTimeout = cfg.SyncTimeout
+	istiod.ReadyTimeout, istiod.KeepUnready = cfg.SyncTimeout, true
 	defer istiod.Stop()
 	cfg.Step("%s: starting istiod", route)
 	start := time.Now()
+	if cfg.ProfileDir != "" {
+		// As soon as istiod's debug port answers: start-up is what it covers.
+		go func() {
+			for time.Since(start) < 30*time.Second {
+				if err := saveProfile(istiod, cfg.ProfileDir, route+"-startup", data, 21*time.Second); err == nil {
+					return
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		}()
+	}
 	if err := istiod.Start(); err != nil {
-		return r, err
+		if !errors.Is(err, harness.ErrNotReady) {
+			return r, err
+		}
+		// Up but never ready: that is the measurement, not a failure.
+		r.SyncSeconds = cfg.SyncTimeout.Seconds()
+		cfg.Step("%s: istiod NOT ready after %s", route, cfg.SyncTimeout)
+		return r, r.collectEnd(istiod.PID())
 	}
 	cfg.Step("%s: istiod ready after %.2fs", route, time.Since(start).Seconds())
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	tracker := NewTracker(data, cfg.Watchers)
-	var ended []<-chan error
-	for w := 0; w < cfg.Watchers; w++ {
-		kind := Sidecar
-		if w%2 == 1 {
-			kind = Proxyless
-		}
-		done, err := Watch(ctx, istiod.XDSAddr, w, kind, data, tracker)
-		if err != nil {
-			return r, err
-		}
-		ended = append(ended, done)
+	ended, err := WatchAll(ctx, istiod.XDSAddr, cfg.Watchers, data, tracker)
+	if err != nil {
+		return r, err
 	}
 	select {
 	case <-tracker.Synced():
@@ -233,6 +245,8 @@ wait:
 	}
 	lat, unseen := tracker.Latencies()
 	r.Latency, r.Unseen = Summarize(lat), unseen
+	r.SidecarLat = Summarize(tracker.LatenciesOf(func(w int) bool { return w%2 == 0 }))
+	r.ProxylessLat = Summarize(tracker.LatenciesOf(func(w int) bool { return w%2 == 1 }))
 	r.SampleMillis = millis(lat)
 	cfg.Step("%s: %d changes, p50 %.1fms p99 %.1fms max %.1fms, %d unseen", route, n,
 		r.Latency.P50, r.Latency.P99, r.Latency.Max, unseen)
@@ -271,6 +285,10 @@ func saveProfile(istiod *harness.Istiod, dir, route string, data Dataset, d time
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	name := fmt.Sprintf("istiod-%s-%dx%d.pprof", strings.ToLower(route[:1]), data.N, data.M)
+	kind := "churn"
+	if strings.HasSuffix(route, "-startup") {
+		kind = "startup"
+	}
+	name := fmt.Sprintf("istiod-%s-%s-%dx%d.pprof", strings.ToLower(route[:1]), kind, data.N, data.M)
 	return os.WriteFile(filepath.Join(dir, name), b, 0o644)
 }

@@ -54,11 +54,7 @@ func Soak(env harness.Env, cfg SoakConfig) (*SoakResult, error) {
 		return nil, err
 	}
 	ctx := context.Background()
-	consul, err := harness.StartConsul(env)
-	if err != nil {
-		return nil, err
-	}
-	kube, err := harness.StartKube(env)
+	consul, kube, err := startBackends(env)
 	if err != nil {
 		return nil, err
 	}
@@ -89,14 +85,8 @@ func Soak(env harness.Env, cfg SoakConfig) (*SoakResult, error) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	tracker := newTracker(want, cfg.Watchers)
-	for w := 0; w < cfg.Watchers; w++ {
-		kind := Sidecar
-		if w%2 == 1 {
-			kind = Proxyless
-		}
-		if _, err := Watch(wctx, istiod.XDSAddr, w, kind, data, tracker); err != nil {
-			return nil, err
-		}
+	if _, err := WatchAll(wctx, istiod.XDSAddr, cfg.Watchers, data, tracker); err != nil {
+		return nil, err
 	}
 	select {
 	case <-tracker.Synced():

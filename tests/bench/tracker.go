@@ -22,6 +22,7 @@ type Tracker struct {
 	synced    chan struct{}
 	pending   map[string][]*change // cluster -> changes not yet seen by every watcher
 	latencies []time.Duration
+	byWatcher [][]time.Duration
 	last      []map[string]map[string]bool // watcher -> cluster -> endpoints
 }
 
@@ -53,6 +54,7 @@ func newTracker(want map[string]int, watchers int) *Tracker {
 		t.complete = append(t.complete, map[string]bool{})
 		t.last = append(t.last, map[string]map[string]bool{})
 	}
+	t.byWatcher = make([][]time.Duration, watchers)
 	return t
 }
 
@@ -102,6 +104,19 @@ func (t *Tracker) Latencies() (seen []time.Duration, unseen int) {
 	return append([]time.Duration(nil), t.latencies...), unseen
 }
 
+// LatenciesOf returns the latencies watchers for which keep(w) holds observed.
+func (t *Tracker) LatenciesOf(keep func(w int) bool) []time.Duration {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []time.Duration
+	for w, l := range t.byWatcher {
+		if keep(w) {
+			out = append(out, l...)
+		}
+	}
+	return out
+}
+
 // observe records one ClusterLoadAssignment received by watcher w at time at.
 func (t *Tracker) observe(w int, cla *endpoint.ClusterLoadAssignment, at time.Time) {
 	addrs := map[string]bool{}
@@ -137,6 +152,7 @@ func (t *Tracker) observe(w int, cla *endpoint.ClusterLoadAssignment, at time.Ti
 			c.seen[w] = true
 			c.left--
 			t.latencies = append(t.latencies, at.Sub(c.start))
+			t.byWatcher[w] = append(t.byWatcher[w], at.Sub(c.start))
 		}
 		if c.left == 0 {
 			close(c.done)

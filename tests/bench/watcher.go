@@ -15,6 +15,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/pilot-consul/pilot-consul/tests/harness"
 )
 
 const (
@@ -82,6 +84,37 @@ func Watch(ctx context.Context, xdsAddr string, id int, kind Kind, data Dataset,
 		done <- err
 	}()
 	return done, nil
+}
+
+// WatchAll starts n watchers, alternating sidecar-like (even ids) and
+// proxyless (odd ids); the channels report each one's end.
+func WatchAll(ctx context.Context, xdsAddr string, n int, data Dataset, t *Tracker) ([]<-chan error, error) {
+	var ended []<-chan error
+	for w := 0; w < n; w++ {
+		kind := Sidecar
+		if w%2 == 1 {
+			kind = Proxyless
+		}
+		done, err := Watch(ctx, xdsAddr, w, kind, data, t)
+		if err != nil {
+			return nil, err
+		}
+		ended = append(ended, done)
+	}
+	return ended, nil
+}
+
+// startBackends starts the real Consul and kube-apiserver a run measures against.
+func startBackends(env harness.Env) (*harness.Consul, *harness.Kube, error) {
+	consul, err := harness.StartConsul(env)
+	if err != nil {
+		return nil, nil, err
+	}
+	kube, err := harness.StartKube(env)
+	if err != nil {
+		return nil, nil, err
+	}
+	return consul, kube, nil
 }
 
 func (w *Watcher) run() error {

@@ -2,6 +2,7 @@ package harness
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -20,6 +21,7 @@ type Istiod struct {
 	CtrlzAddr      string // ControlZ introspection (ForceGC)
 	Args           []string
 	ReadyTimeout   time.Duration // for Start; 120 s if zero
+	KeepUnready    bool          // Start leaves an istiod that is up but not ready running (ErrNotReady)
 	proc           *Process
 	dir, bin       string
 }
@@ -84,11 +86,17 @@ func (i *Istiod) Start() error {
 		timeout = 120 * time.Second
 	}
 	if err := p.WaitReady(timeout, httpOK("http://"+i.HTTPAddr+"/ready", nil)); err != nil {
+		if i.KeepUnready && !p.Exited() {
+			return fmt.Errorf("istiod: %w: %w", ErrNotReady, err)
+		}
 		p.Stop()
 		return fmt.Errorf("istiod: %w", err)
 	}
 	return nil
 }
+
+// ErrNotReady: istiod runs but did not report ready in time (KeepUnready).
+var ErrNotReady = errors.New("running but not ready")
 
 // Stop stops istiod.
 func (i *Istiod) Stop() {

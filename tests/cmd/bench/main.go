@@ -27,6 +27,7 @@ func main() {
 	churn := flag.Duration("churn", 30*time.Second, "how long churn runs per route and scale")
 	syncTimeout := flag.Duration("sync-timeout", 15*time.Minute, "how long istiod may take to serve everything")
 	profile := flag.Bool("profile", false, "save a CPU profile of istiod during each churn into the output dir")
+	onlyA := flag.Bool("only-a", false, "measure Route A only (profiling our side)")
 	out := flag.String("out", "results", "directory for bench.json, bench.md and latency-cdf.png")
 	flag.Parse()
 
@@ -48,7 +49,7 @@ func main() {
 	rep := &bench.Report{When: time.Now(), Machine: bench.Machine(), Istiod: istiodVersion()}
 	rep.Config.Watchers, rep.Config.Rate, rep.Config.Churn = *watchers, *rate, churn.String()
 	cfg := bench.Config{Watchers: *watchers, Rate: *rate, Churn: *churn, SyncTimeout: *syncTimeout,
-		ProfileDir: map[bool]string{true: *out}[*profile],
+		ProfileDir: map[bool]string{true: *out}[*profile], OnlyRouteA: *onlyA,
 		Step: func(format string, args ...any) {
 			fmt.Printf("%s ==> %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
 		}}
