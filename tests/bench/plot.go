@@ -11,11 +11,11 @@ import (
 	"slices"
 )
 
-// Plot geometry: a log-scale latency axis from 1 ms to 10 s.
+// Plot geometry: a log-scale latency axis from 1 ms to 100 s.
 const (
 	plotW, plotH          = 900, 520
 	left, right, top, bot = 70, 20, 20, 150
-	minLog10, maxLog10    = 0.0, 4.0
+	minLog10, maxLog10    = 0.0, 5.0
 )
 
 var (
@@ -37,7 +37,7 @@ func PlotCDF(results []Result) ([]byte, error) {
 		return x0 + int((min(l, maxLog10)-minLog10)/(maxLog10-minLog10)*float64(x1-x0))
 	}
 	yOf := func(q float64) int { return y0 - int(q*float64(y0-y1)) }
-	for _, ms := range []float64{1, 10, 100, 1000, 10000} {
+	for _, ms := range []float64{1, 10, 100, 1000, 10000, 100000} {
 		x := xOf(ms)
 		line(img, x, y1, x, y0, grid)
 		label := fmt.Sprintf("%gMS", ms)
@@ -46,7 +46,7 @@ func PlotCDF(results []Result) ([]byte, error) {
 		}
 		drawText(img, x-textWidth(label)/2, y0+8, label, ink)
 	}
-	for _, q := range []float64{0, .5, .9, .99, 1} {
+	for _, q := range []float64{0, .5, .9, .99} {
 		y := yOf(q)
 		line(img, x0, y, x1, y, grid)
 		label := fmt.Sprintf("%g", q)
@@ -84,7 +84,8 @@ func PlotCDF(results []Result) ([]byte, error) {
 			ly += 16
 		}
 		thick(img, lx, ly+5, lx+24, ly+5, c)
-		drawText(img, lx+32, ly, fmt.Sprintf("%s  %dx%d  P99 %.0fMS", r.Route, r.Services, r.PerSvc, r.Latency.P99), ink)
+		short := map[string]string{RouteA: "A CONSUL REGISTRY", RouteB: "B SE+WE"}[r.Route]
+		drawText(img, lx+32, ly, fmt.Sprintf("%s %dX%d P99 %.0fMS", short, r.Services, r.PerSvc, r.Latency.P99), ink)
 	}
 	var buf bytes.Buffer
 	if err := png.Encode(&buf, img); err != nil {

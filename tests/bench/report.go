@@ -81,11 +81,17 @@ func (r *Report) Markdown() string {
 		a, bb := pair[0], pair[1]
 		scale := fmt.Sprintf("%d×%d", a.Services, a.PerSvc)
 		row := func(metric string, va, vb float64, format string) {
+			cell := func(v float64, synced bool) string {
+				if !synced {
+					return "– (never synced)"
+				}
+				return fmt.Sprintf(format, v)
+			}
 			ratio := "–"
-			if vb != 0 {
+			if vb != 0 && a.Synced && bb.Synced {
 				ratio = fmt.Sprintf("%.2f", va/vb)
 			}
-			fmt.Fprintf(&b, "| %s | %s | "+format+" | "+format+" | %s |\n", scale, metric, va, vb, ratio)
+			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", scale, metric, cell(va, a.Synced), cell(vb, bb.Synced), ratio)
 		}
 		syncA, syncB := fmt.Sprintf("%.2f s", a.SyncSeconds), fmt.Sprintf("%.2f s", bb.SyncSeconds)
 		if !a.Synced {
@@ -99,11 +105,15 @@ func (r *Report) Markdown() string {
 		row("change→client p90 (ms)", a.Latency.P90, bb.Latency.P90, "%.1f")
 		row("change→client p99 (ms)", a.Latency.P99, bb.Latency.P99, "%.1f")
 		row("change→client max (ms)", a.Latency.Max, bb.Latency.Max, "%.1f")
-		row("change→sidecar-like p99 (ms)", a.SidecarLat.P99, bb.SidecarLat.P99, "%.1f")
-		row("change→proxyless p99 (ms)", a.ProxylessLat.P99, bb.ProxylessLat.P99, "%.1f")
+		if a.SidecarLat.Count+bb.SidecarLat.Count > 0 { // not recorded before per-kind stats existed
+			row("change→sidecar-like p99 (ms)", a.SidecarLat.P99, bb.SidecarLat.P99, "%.1f")
+			row("change→proxyless p99 (ms)", a.ProxylessLat.P99, bb.ProxylessLat.P99, "%.1f")
+		}
 		row("istiod CPU, sync (s)", a.CPUSyncSec, bb.CPUSyncSec, "%.1f")
 		row("istiod CPU, churn (s)", a.CPUChurnSec, bb.CPUChurnSec, "%.1f")
-		row("istiod peak RSS (MiB)", float64(a.PeakRSSBytes)/(1<<20), float64(bb.PeakRSSBytes)/(1<<20), "%.0f")
+		// Peak RSS is measured either way (a lower bound for a route that never synced).
+		fmt.Fprintf(&b, "| %s | istiod peak RSS (MiB) | %.0f | %.0f | %.2f |\n", scale,
+			float64(a.PeakRSSBytes)/(1<<20), float64(bb.PeakRSSBytes)/(1<<20), float64(a.PeakRSSBytes)/float64(max(bb.PeakRSSBytes, 1)))
 		row("full pushes in churn", a.FullPushes, bb.FullPushes, "%.0f")
 		row("CDS pushes in churn (per client)", a.CDSPushes, bb.CDSPushes, "%.0f")
 		row("EDS pushes in churn (per client)", a.EDSPushes, bb.EDSPushes, "%.0f")
@@ -122,4 +132,32 @@ func pairs(rs []Result) [][2]Result {
 		}
 	}
 	return out
+}
+
+// Merge combines reports (scales measured in separate runs) into one; the
+// first report's machine and settings head it, each run's date is kept.
+func Merge(paths []string) (*Report, error) {
+	var out *Report
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, err
+		}
+		r := &Report{}
+		if err := json.Unmarshal(b, r); err != nil {
+			return nil, fmt.Errorf("%s: %w", p, err)
+		}
+		if out == nil {
+			out = r
+			continue
+		}
+		if r.Machine != out.Machine || r.Config != out.Config {
+			return nil, fmt.Errorf("%s: measured on another machine or with other settings", p)
+		}
+		out.Results = append(out.Results, r.Results...)
+	}
+	if out == nil {
+		return nil, fmt.Errorf("nothing to merge")
+	}
+	return out, nil
 }

@@ -141,16 +141,20 @@ func runRoute(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Con
 	defer istiod.Stop()
 	cfg.Step("%s: starting istiod", route)
 	start := time.Now()
+	startupProfiled := make(chan struct{})
 	if cfg.ProfileDir != "" {
 		// As soon as istiod's debug port answers: start-up is what it covers.
 		go func() {
+			defer close(startupProfiled)
 			for time.Since(start) < 30*time.Second {
-				if err := saveProfile(istiod, cfg.ProfileDir, route+"-startup", data, 21*time.Second); err == nil {
+				if err := saveProfile(istiod, cfg.ProfileDir, route+"-startup", data, 11*time.Second); err == nil {
 					return
 				}
 				time.Sleep(50 * time.Millisecond)
 			}
 		}()
+	} else {
+		close(startupProfiled)
 	}
 	if err := istiod.Start(); err != nil {
 		if !errors.Is(err, harness.ErrNotReady) {
@@ -206,6 +210,7 @@ func runRoute(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Con
 	churnStart := time.Now()
 	profiled := make(chan error, 1)
 	if cfg.ProfileDir != "" {
+		<-startupProfiled // istiod runs one CPU profile at a time
 		go func() { profiled <- saveProfile(istiod, cfg.ProfileDir, route, data, cfg.Churn) }()
 	} else {
 		profiled <- nil

@@ -29,7 +29,21 @@ func main() {
 	profile := flag.Bool("profile", false, "save a CPU profile of istiod during each churn into the output dir")
 	onlyA := flag.Bool("only-a", false, "measure Route A only (profiling our side)")
 	out := flag.String("out", "results", "directory for bench.json, bench.md and latency-cdf.png")
+	merge := flag.String("merge", "", "comma-separated bench.json files to combine into one report in -out (no run)")
 	flag.Parse()
+	if *merge != "" {
+		rep, err := bench.Merge(strings.Split(*merge, ","))
+		if err != nil {
+			fail(err)
+		}
+		files, err := rep.Write(*out)
+		if err != nil {
+			fail(err)
+		}
+		fmt.Print(rep.Markdown())
+		fmt.Printf("\nwrote %s\n", strings.Join(files, ", "))
+		return
+	}
 
 	var ns []int
 	for _, s := range strings.Split(*scales, ",") {

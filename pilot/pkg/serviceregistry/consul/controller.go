@@ -57,23 +57,24 @@ type Controller struct {
 	// reads one service twice at once, and backs off per service on errors.
 	queue workqueue.TypedRateLimitingInterface[string]
 
-	mu           sync.RWMutex
-	catalog      map[string][]string      // last catalog listing: name -> tags
-	catalogIndex uint64                   // Consul index of that listing
-	services     map[string]*serviceState // by Consul name; only valid services
-	byHost       map[host.Name]*serviceState
-	byIP         map[string][]*serviceState
-	fetched      map[string]uint64              // per-service index of the last read
-	nodes        map[string]map[string]struct{} // node -> services with instances there
-	checks       map[checkKey]string            // every check at the last pinpoint read -> service ("" for node checks)
-	checksIndex  uint64                         // Consul index of the last pinpoint read
-	known        map[checkKey]knownCheck        // non-passing checks as service reads saw them
-	knownBySvc   map[string][]checkKey          // service -> its own checks in known
-	pinpointCh   chan struct{}                  // asks for a pinpoint read (bumps.go)
-	readSlots    chan struct{}                  // MaxConcurrentRequests: service and pinpoint reads share them
-	dirtyAt      map[string]time.Time           // when a change to a service was first seen
-	vips         *vipAllocator
-	bumps        bumpTracker
+	mu            sync.RWMutex
+	catalog       map[string][]string      // last catalog listing: name -> tags
+	catalogIndex  uint64                   // Consul index of that listing
+	services      map[string]*serviceState // by Consul name; only valid services
+	endpointCount int                      // endpoints of all services (gauge)
+	byHost        map[host.Name]*serviceState
+	byIP          map[string][]*serviceState
+	fetched       map[string]uint64              // per-service index of the last read
+	nodes         map[string]map[string]struct{} // node -> services with instances there
+	checks        map[checkKey]string            // every check at the last pinpoint read -> service ("" for node checks)
+	checksIndex   uint64                         // Consul index of the last pinpoint read
+	known         map[checkKey]knownCheck        // non-passing checks as service reads saw them
+	knownBySvc    map[string][]checkKey          // service -> its own checks in known
+	pinpointCh    chan struct{}                  // asks for a pinpoint read (bumps.go)
+	readSlots     chan struct{}                  // MaxConcurrentRequests: service and pinpoint reads share them
+	dirtyAt       map[string]time.Time           // when a change to a service was first seen
+	vips          *vipAllocator
+	bumps         bumpTracker
 
 	initial   map[string]struct{} // services still to read for the first sync
 	synced    atomic.Bool

