@@ -140,7 +140,7 @@ func Soak(env harness.Env, cfg SoakConfig) (*SoakResult, error) {
 	jobs := make(chan job, cfg.Rate)
 	errs := make(chan error, 1)
 	var wg sync.WaitGroup
-	for range 8 {
+	for range 32 { // Consul writes take ~10 ms on a loaded 2-core machine: 500/s needs many in flight
 		wg.Go(func() {
 			for j := range jobs {
 				if err := soakChange(ctx, src, tracker, j.in, j.kind, slot(j.in), &mu); err != nil {
@@ -166,16 +166,25 @@ loop:
 			wg.Wait()
 			return nil, err
 		case <-tick.C:
-			if in, kind, ok := pick(); ok {
+			// Catch up on ticks the loaded machine delivered late: the rate
+			// is changes per second of wall time, not per tick received.
+			due := int(float64(cfg.Rate)*time.Since(start).Seconds()) - res.Changes
+			for ; due > 0; due-- {
+				in, kind, ok := pick()
+				if !ok {
+					break
+				}
 				select {
 				case jobs <- job{in, kind}:
 					res.Changes++
 					res.Kinds[kind]++
-				default: // Consul is behind: drop this tick rather than queue forever
-					mu.Lock()
-					slot(in).busy = false
-					mu.Unlock()
+					continue
+				default: // Consul is behind: skip rather than queue forever
 				}
+				mu.Lock()
+				slot(in).busy = false
+				mu.Unlock()
+				break
 			}
 		}
 	}

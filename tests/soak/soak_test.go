@@ -30,7 +30,7 @@ func envInt(t *testing.T, name string, def int) int {
 func TestChurnSoak(t *testing.T) {
 	cfg := bench.SoakConfig{
 		Services: envInt(t, "PILOT_CONSUL_SOAK_SERVICES", 100),
-		Slots:    4,
+		Slots:    8, // room for changes still in flight (istiod pushes up to 10 s late under steady churn)
 		Rate:     envInt(t, "PILOT_CONSUL_SOAK_RATE", 100),
 		Duration: time.Duration(envInt(t, "PILOT_CONSUL_SOAK_SECONDS", 10)) * time.Second,
 		Watchers: 2,
