@@ -79,7 +79,7 @@ test-upstream: build ## Upstream Istio tests of every package the patches touch,
 
 .PHONY: test-integration
 test-integration: build tools ## End-to-end: patched istiod + Consul + kube-apiserver + gRPC xDS clients.
-	go test -count=1 -timeout 20m ./tests/...
+	go test -count=1 -p 1 -timeout 20m ./tests/...
 
 .PHONY: test-soak
 test-soak: build tools ## Long runs: churn soak (1,000 services, 500 changes/s, 60 s), then 10 minutes of fuzzing.
