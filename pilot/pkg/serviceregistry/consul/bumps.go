@@ -23,11 +23,10 @@ const bumpGrace = time.Second
 // its last read, or one that vanished. A catalog change counts as explained
 // when a check was created or modified at its index, when checks vanished
 // in a range of indexes that holds it, or when a service read's own index
-// equals it. Anything else (an instance
-// without checks, a re-registration that leaves its checks alone) makes every
-// service be re-read once: rare, costly at scale, always correct. Health
-// changes alone never move the catalog index, so they never cost a pinpoint
-// read.
+// equals it. Anything else (an instance without checks, a re-registration
+// that leaves its checks alone) makes every service be re-read once: rare,
+// costly at scale, always correct. Health changes alone never move the
+// catalog index, so they never cost a pinpoint read.
 //
 // The gap: an instance without checks that joins or leaves in the same
 // catalog read as another change, or inside a range where checks vanished, is
@@ -87,8 +86,6 @@ func (c *Controller) pinpointSoon() {
 }
 
 // pinpointLoop runs pinpoint reads on demand, retrying failures with backoff.
-// The first read, at start, records every check so a later read can tell
-// which vanished.
 func (c *Controller) pinpointLoop(ctx context.Context) {
 	var bo backoff
 	// The first read records every check as the baseline for "vanished". It
@@ -108,7 +105,7 @@ func (c *Controller) pinpointLoop(ctx context.Context) {
 		case <-c.pinpointCh:
 		}
 		// The bumps this read must explain: those seen before it started.
-		// (Its own index is the checks table's, unrelated to the catalog's.)
+		// (Its own index is the checks table's, which need not reach them.)
 		c.mu.RLock()
 		covered := slices.Clone(c.bumps.pending)
 		c.mu.RUnlock()
