@@ -34,9 +34,6 @@ func CPU(pid int) (time.Duration, error) {
 // PeakRSS is the process's peak resident set size in bytes (VmHWM).
 func PeakRSS(pid int) (int64, error) { return statusKB(pid, "VmHWM:") }
 
-// RSS is the process's current resident set size in bytes (VmRSS).
-func RSS(pid int) (int64, error) { return statusKB(pid, "VmRSS:") }
-
 func statusKB(pid int, key string) (int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
