@@ -27,12 +27,17 @@ type knownCheck struct {
 // queued when a check's status differs from what its last read saw: a check
 // that turned non-passing is listed with a new status; one that turned
 // passing, or vanished, is missing from the list.
-func (c *Controller) readHealth(q *api.QueryOptions) (uint64, error) {
+func (c *Controller) readHealth(q *api.QueryOptions) (uint64, func(), error) {
 	q.Filter = nonPassingFilter
 	checks, meta, err := c.client.Health().State(api.HealthAny, q)
 	if err != nil {
-		return 0, fmt.Errorf("list non-passing health checks: %w", err)
+		return 0, nil, fmt.Errorf("list non-passing health checks: %w", err)
 	}
+	return meta.LastIndex, func() { c.applyHealth(checks, meta) }, nil
+}
+
+// applyHealth queues the services whose non-passing checks changed.
+func (c *Controller) applyHealth(checks api.HealthChecks, meta *api.QueryMeta) {
 	// No aclFiltered here: an empty list is normal (everything is passing).
 	// The catalog watch catches a token that can read nothing.
 	if meta.ResultsFilteredByACLs {
@@ -70,7 +75,6 @@ func (c *Controller) readHealth(q *api.QueryOptions) (uint64, error) {
 			c.markDirtyLocked(name, now)
 		}
 	}
-	return meta.LastIndex, nil
 }
 
 // noteChecksLocked records the non-passing checks a read of service name saw:

@@ -17,14 +17,19 @@ import (
 
 // readCatalog is one blocking read of the service list. New services and
 // services whose tags changed are queued for a read; vanished ones are removed.
-func (c *Controller) readCatalog(q *api.QueryOptions) (uint64, error) {
+func (c *Controller) readCatalog(q *api.QueryOptions) (uint64, func(), error) {
 	listing, meta, err := c.client.Catalog().Services(q)
 	if err != nil {
-		return 0, fmt.Errorf("list services: %w", err)
+		return 0, nil, fmt.Errorf("list services: %w", err)
 	}
 	if err := aclFiltered(meta, len(listing), "service_prefix and node_prefix"); err != nil {
-		return 0, fmt.Errorf("list services: %w", err)
+		return 0, nil, fmt.Errorf("list services: %w", err)
 	}
+	return meta.LastIndex, func() { c.applyCatalog(listing, meta) }, nil
+}
+
+// applyCatalog stores a service list read.
+func (c *Controller) applyCatalog(listing map[string][]string, meta *api.QueryMeta) {
 	now := time.Now()
 	c.mu.Lock()
 	first := c.initial == nil && !c.synced.Load()
@@ -70,7 +75,6 @@ func (c *Controller) readCatalog(q *api.QueryOptions) (uint64, error) {
 	for _, s := range removed {
 		c.pushRemoved(s)
 	}
-	return meta.LastIndex, nil
 }
 
 // errACLFiltered: Consul answered, but ACLs hid everything.
@@ -203,6 +207,8 @@ func (c *Controller) apply(name string, entries []*api.ServiceEntry, conv conver
 
 	shard := model.ShardKeyFromRegistry(c)
 	hostname, ns := string(next.service.Hostname), next.service.Attributes.Namespace
+	log.Debugf("consul service %s read at index %d: %d endpoints (service changed: %v, endpoints changed: %v)",
+		name, index, len(next.endpoints), serviceChanged, endpointsChanged)
 	switch {
 	case serviceChanged:
 		event := model.EventAdd

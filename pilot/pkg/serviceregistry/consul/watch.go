@@ -31,25 +31,33 @@ func (b *backoff) fail() time.Duration {
 
 func (b *backoff) reset() { b.next = 0 }
 
+// A watchRead fetches one answer from Consul and returns its index and how
+// to store it. The watch calls apply, one answer at a time.
+type watchRead func(q *api.QueryOptions) (index uint64, apply func(), err error)
+
 // blockingWatch runs one Consul blocking query after another until ctx ends:
-// query is called with WaitIndex set to the last index seen and returns the
-// new one. No polling: each call returns only when Consul has news or the
-// wait time runs out. On errors it backs off and keeps the caller's last
-// good state, since it never calls back without a successful read.
-func (c *Controller) blockingWatch(ctx context.Context, what string, query func(*api.QueryOptions) (uint64, error)) {
+// read is called with WaitIndex set to the last index seen. No polling: each
+// call returns only when Consul has news or the wait time runs out. On
+// errors it backs off and keeps the caller's last good state, since nothing
+// is applied without a successful read.
+func (c *Controller) blockingWatch(ctx context.Context, what string, read watchRead) {
 	var index uint64
 	var bo backoff
 	failed := false
 	for ctx.Err() == nil {
-		q := c.queryOptions(ctx)
-		// After a failure, read without blocking: the Consul that answers may
-		// be a rebuilt one whose index is below ours, and a blocking query on
-		// our index would hang there until the wait time runs out.
-		if !failed {
-			q.WaitIndex = index
+		var next uint64
+		var apply func()
+		var err error
+		if failed || index == 0 {
+			// After a failure, read without blocking: the Consul that answers
+			// may be a rebuilt one whose index is below ours, and a blocking
+			// query on our index would hang there until the wait time runs out.
+			next, apply, err = c.hedgedRead(ctx, read)
+		} else {
+			q := c.queryOptions(ctx)
+			q.WaitIndex, q.WaitTime = index, c.args.WaitTime
+			next, apply, err = read(q)
 		}
-		q.WaitTime = c.args.WaitTime
-		next, err := query(q)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -62,9 +70,11 @@ func (c *Controller) blockingWatch(ctx context.Context, what string, query func(
 			}
 			continue
 		}
+		log.Debugf("consul %s read: index %d -> %d", what, index, next)
 		failed = false
 		bo.reset()
 		c.readSucceeded()
+		apply()
 		switch {
 		case next < index:
 			// Consul restored a snapshot or a new leader has a lower index:
@@ -77,6 +87,67 @@ func (c *Controller) blockingWatch(ctx context.Context, what string, query func(
 			index = 1 // Consul's rule: never block on index 0 after a read
 		default:
 			index = next
+		}
+	}
+}
+
+// hedgeAfter is how long a non-blocking read may stay unanswered before a
+// fresh one is sent beside it.
+const hedgeAfter = time.Second
+
+// hedgedRead runs a non-blocking read. Requests that reach a Consul agent
+// while it starts up can stay unanswered for 7–15 s after it answers new
+// ones (measured in TestConsulOutage), which alone broke the 2 s
+// reconvergence target. So while the first request is pending, a fresh one
+// is sent every hedgeAfter, replacing the previous fresh one: at most two
+// requests in flight, and the first keeps waiting, so a Consul that is just
+// slow still gets answered. The first answer wins; the rest are cancelled.
+// It fails when the first request fails.
+func (c *Controller) hedgedRead(ctx context.Context, read watchRead) (uint64, func(), error) {
+	type answer struct {
+		index uint64
+		apply func()
+		err   error
+		first bool
+	}
+	answers := make(chan answer)
+	done := make(chan struct{})
+	defer close(done) // answers nobody waits for are dropped
+	// send starts a request; stop cancels it and returns once it has ended.
+	send := func(first bool) (stop func()) {
+		rctx, cancel := context.WithCancel(ctx)
+		ended := make(chan struct{})
+		go func() {
+			index, apply, err := read(c.queryOptions(rctx))
+			close(ended)
+			select {
+			case answers <- answer{index, apply, err, first}:
+			case <-done:
+			}
+		}()
+		return func() { cancel(); <-ended }
+	}
+	stopFirst := send(true)
+	defer stopFirst()
+	stopFresh := func() {}
+	defer func() { stopFresh() }()
+	tick := time.NewTicker(hedgeAfter)
+	defer tick.Stop()
+	for {
+		select {
+		case a := <-answers:
+			if a.err == nil {
+				return a.index, a.apply, nil
+			}
+			if a.first {
+				return 0, nil, a.err
+			}
+			// A fresh request failed or was replaced: the first still waits.
+		case <-tick.C:
+			stopFresh()
+			stopFresh = send(false)
+		case <-ctx.Done():
+			return 0, nil, ctx.Err()
 		}
 	}
 }

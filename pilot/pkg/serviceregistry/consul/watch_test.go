@@ -1,0 +1,92 @@
+package consul
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// fakeRead answers the n-th request (from 1) after delay(n), or fails with
+// err(n) if set; a cancelled request ends with its context's error.
+func fakeRead(calls *atomic.Int32, delay func(n int32) time.Duration, err func(n int32) error) watchRead {
+	return func(q *api.QueryOptions) (uint64, func(), error) {
+		n := calls.Add(1)
+		select {
+		case <-time.After(delay(n)):
+		case <-q.Context().Done():
+			return 0, nil, q.Context().Err()
+		}
+		if err != nil {
+			if e := err(n); e != nil {
+				return 0, nil, e
+			}
+		}
+		return uint64(100 + n), func() {}, nil
+	}
+}
+
+// A request that Consul leaves hanging (as during its start-up) is overtaken
+// by a fresh one a second later.
+func TestHedgedReadOvertakesAHangingRequest(t *testing.T) {
+	c := &Controller{}
+	var calls atomic.Int32
+	read := fakeRead(&calls, func(n int32) time.Duration {
+		if n == 1 {
+			return time.Hour
+		}
+		return 0
+	}, nil)
+	start := time.Now()
+	index, apply, err := c.hedgedRead(context.Background(), read)
+	require.NoError(t, err)
+	assert.EqualValues(t, 102, index, "the fresh request's answer")
+	assert.NotNil(t, apply)
+	assert.Less(t, time.Since(start), hedgeAfter+time.Second)
+}
+
+// A Consul that is only slow answers the first request, however many fresh
+// ones were sent and replaced meanwhile; at most two are in flight.
+func TestHedgedReadWaitsForASlowConsul(t *testing.T) {
+	c := &Controller{}
+	var calls, inflight, peak atomic.Int32
+	slow := fakeRead(&calls, func(int32) time.Duration { return 3500 * time.Millisecond }, nil)
+	read := func(q *api.QueryOptions) (uint64, func(), error) {
+		n := inflight.Add(1)
+		defer inflight.Add(-1)
+		for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
+		}
+		return slow(q)
+	}
+	index, _, err := c.hedgedRead(context.Background(), read)
+	require.NoError(t, err)
+	assert.EqualValues(t, 101, index, "the first request's answer")
+	assert.GreaterOrEqual(t, calls.Load(), int32(3), "fresh requests were sent")
+	assert.LessOrEqual(t, peak.Load(), int32(2), "requests in flight")
+}
+
+// When the first request fails, the read fails (the watch backs off), even
+// if fresh requests are pending; a failing fresh request changes nothing.
+func TestHedgedReadFailsWithTheFirstRequest(t *testing.T) {
+	c := &Controller{}
+	var calls atomic.Int32
+	refused := errors.New("connection refused")
+	read := fakeRead(&calls, func(n int32) time.Duration {
+		if n == 1 {
+			return 2500 * time.Millisecond
+		}
+		return time.Hour
+	}, func(n int32) error {
+		if n == 1 {
+			return refused
+		}
+		return nil
+	})
+	_, _, err := c.hedgedRead(context.Background(), read)
+	require.ErrorIs(t, err, refused)
+}
