@@ -81,6 +81,10 @@ test-upstream: build ## Upstream Istio tests of every package the patches touch,
 test-integration: build tools ## End-to-end: patched istiod + Consul + kube-apiserver + gRPC xDS clients.
 	go test -count=1 -p 1 -timeout 20m ./tests/...
 
+.PHONY: e2e-kind
+e2e-kind: ## The shared end-to-end cases on a kind cluster with our image (Docker host only; KEEP=1 keeps the cluster).
+	KEEP="$(KEEP)" build/e2e-kind.sh
+
 .PHONY: test-soak
 test-soak: build tools ## Long runs: churn soak (1,000 services, 500 changes/s, 60 s), then 10 minutes of fuzzing.
 	PILOT_CONSUL_SOAK_SERVICES=1000 PILOT_CONSUL_SOAK_RATE=500 PILOT_CONSUL_SOAK_SECONDS=60 \

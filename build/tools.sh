@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds the real servers the tests and the demo run (Consul, kube-apiserver)
 # into bin/, and installs etcd from Debian when it is missing. Each tool is
-# built once and reused; a tool already present is left alone.
+# built once and reused; a tool already present is left alone. kind is built
+# only on request (make e2e-kind): the local suites do not use it.
 #
-# usage: build/tools.sh [consul|kube-apiserver|etcd|all]...
+# usage: build/tools.sh [consul|kube-apiserver|etcd|kind|all]...
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -43,11 +44,12 @@ for t in "${targets[@]}"; do
 	consul) build_go_tool consul consul github.com/hashicorp/consul ;;
 	kube-apiserver) build_go_tool kube-apiserver kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver ;;
 	etcd) install_etcd ;;
+	kind) build_go_tool kind kind sigs.k8s.io/kind ;;
 	all)
 		install_etcd
 		build_go_tool consul consul github.com/hashicorp/consul
 		build_go_tool kube-apiserver kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
 		;;
-	*) echo "unknown tool $t (want consul, kube-apiserver, etcd or all)" >&2; exit 2 ;;
+	*) echo "unknown tool $t (want consul, kube-apiserver, etcd, kind or all)" >&2; exit 2 ;;
 	esac
 done

@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
 
@@ -108,9 +109,22 @@ current-context: local
 	if err := api.WaitReady(90*time.Second, httpOK(server+"/readyz", map[string]string{"Authorization": "Bearer " + token})); err != nil {
 		return nil, fmt.Errorf("kube-apiserver: %w", err)
 	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	k, err := ConnectKube(kubeconfig)
 	if err != nil {
 		return nil, err
+	}
+	if err := k.setup(); err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+// ConnectKube is a client for the cluster a kubeconfig names (a kind
+// cluster, or the local one StartKube wrote).
+func ConnectKube(kubeconfig string) (*Kube, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
 	}
 	cfg.QPS, cfg.Burst = 200, 400
 	k := &Kube{Kubeconfig: kubeconfig, Config: cfg}
@@ -118,9 +132,6 @@ current-context: local
 		return nil, err
 	}
 	if k.Dynamic, err = dynamic.NewForConfig(cfg); err != nil {
-		return nil, err
-	}
-	if err := k.setup(); err != nil {
 		return nil, err
 	}
 	return k, nil
@@ -166,15 +177,61 @@ func (k *Kube) EnsureNamespace(ctx context.Context, ns string) error {
 // kind the API serves: CustomResourceDefinitions first, so that objects of
 // the kinds they define (applied after) resolve.
 func (k *Kube) Apply(ctx context.Context, yaml []byte) error {
+	objs, err := decodeObjects(yaml)
+	if err != nil {
+		return err
+	}
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(k.Client.Discovery()))
+	force := true
+	for _, obj := range objs {
+		ri, err := k.resourceFor(ctx, mapper, obj)
+		if err != nil {
+			return err
+		}
+		data, err := obj.MarshalJSON()
+		if err != nil {
+			return err
+		}
+		if _, err := ri.Patch(ctx, obj.GetName(), "application/apply-patch+yaml", data,
+			metav1.PatchOptions{FieldManager: "pilot-consul-tests", Force: &force}); err != nil {
+			return fmt.Errorf("apply %s %s/%s: %w", obj.GetKind(), obj.GetNamespace(), obj.GetName(), err)
+		}
+	}
+	return nil
+}
+
+// Delete deletes every object in a multi-document YAML (in reverse order);
+// objects already gone are not an error.
+func (k *Kube) Delete(ctx context.Context, yaml []byte) error {
+	objs, err := decodeObjects(yaml)
+	if err != nil {
+		return err
+	}
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(k.Client.Discovery()))
+	var errs []error
+	for _, obj := range slices.Backward(objs) {
+		ri, err := k.resourceFor(ctx, mapper, obj)
+		if err == nil {
+			err = ri.Delete(ctx, obj.GetName(), metav1.DeleteOptions{})
+		}
+		if err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("delete %s %s/%s: %w", obj.GetKind(), obj.GetNamespace(), obj.GetName(), err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// decodeObjects splits a multi-document YAML into objects, CRDs first.
+func decodeObjects(yaml []byte) ([]*unstructured.Unstructured, error) {
 	var crds, rest []*unstructured.Unstructured
 	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(yaml), 4096)
 	for {
 		obj := &unstructured.Unstructured{}
 		if err := dec.Decode(&obj.Object); err != nil {
 			if errors.Is(err, io.EOF) {
-				break
+				return append(crds, rest...), nil
 			}
-			return fmt.Errorf("decode yaml: %w", err)
+			return nil, fmt.Errorf("decode yaml: %w", err)
 		}
 		switch {
 		case len(obj.Object) == 0:
@@ -184,16 +241,11 @@ func (k *Kube) Apply(ctx context.Context, yaml []byte) error {
 			rest = append(rest, obj)
 		}
 	}
-	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(k.Client.Discovery()))
-	for _, obj := range append(crds, rest...) {
-		if err := k.applyOne(ctx, mapper, obj); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
-func (k *Kube) applyOne(ctx context.Context, mapper *restmapper.DeferredDiscoveryRESTMapper, obj *unstructured.Unstructured) error {
+// resourceFor is the API resource serving obj (namespaced: in obj's
+// namespace, default if unset).
+func (k *Kube) resourceFor(ctx context.Context, mapper *restmapper.DeferredDiscoveryRESTMapper, obj *unstructured.Unstructured) (dynamic.ResourceInterface, error) {
 	gvk := obj.GroupVersionKind()
 	var mapping *meta.RESTMapping
 	for {
@@ -202,32 +254,22 @@ func (k *Kube) applyOne(ctx context.Context, mapper *restmapper.DeferredDiscover
 			break
 		}
 		if !meta.IsNoMatchError(err) {
-			return fmt.Errorf("apply %s %s: %w", gvk.Kind, obj.GetName(), err)
+			return nil, fmt.Errorf("%s %s: %w", gvk.Kind, obj.GetName(), err)
 		}
 		// A CRD applied a moment ago may not be served yet.
 		mapper.Reset()
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("apply %s %s: kind never served: %w", gvk.Kind, obj.GetName(), err)
+			return nil, fmt.Errorf("%s %s: kind never served: %w", gvk.Kind, obj.GetName(), err)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-	data, err := obj.MarshalJSON()
-	if err != nil {
-		return err
+	if mapping.Scope.Name() != meta.RESTScopeNameNamespace {
+		return k.Dynamic.Resource(mapping.Resource), nil
 	}
-	var ri dynamic.ResourceInterface = k.Dynamic.Resource(mapping.Resource)
-	if mapping.Scope.Name() == meta.RESTScopeNameNamespace {
-		ns := obj.GetNamespace()
-		if ns == "" {
-			ns = "default"
-		}
-		ri = k.Dynamic.Resource(mapping.Resource).Namespace(ns)
+	ns := obj.GetNamespace()
+	if ns == "" {
+		ns = "default"
 	}
-	force := true
-	if _, err := ri.Patch(ctx, obj.GetName(), "application/apply-patch+yaml", data,
-		metav1.PatchOptions{FieldManager: "pilot-consul-tests", Force: &force}); err != nil {
-		return fmt.Errorf("apply %s %s/%s: %w", gvk.Kind, obj.GetNamespace(), obj.GetName(), err)
-	}
-	return nil
+	return k.Dynamic.Resource(mapping.Resource).Namespace(ns), nil
 }

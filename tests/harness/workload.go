@@ -1,32 +1,23 @@
 package harness
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"strconv"
 
 	"google.golang.org/grpc"
-	testgrpc "google.golang.org/grpc/interop/grpc_testing"
-	testpb "google.golang.org/grpc/interop/grpc_testing"
+
+	"github.com/pilot-consul/pilot-consul/tests/e2e/echo"
 )
 
-// Workload is a small gRPC server that answers every UnaryCall with its own
-// instance name, so a client can count which instance served it.
+// Workload is a small gRPC server (tests/e2e/echo) that answers every
+// UnaryCall with its own instance name, so a client can count which instance
+// served it.
 type Workload struct {
 	Name string
 	IP   string
 	Port int
 	srv  *grpc.Server
-}
-
-type echo struct {
-	testgrpc.UnimplementedTestServiceServer
-	name string
-}
-
-func (e *echo) UnaryCall(context.Context, *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
-	return &testpb.SimpleResponse{Hostname: e.name}, nil
 }
 
 // StartWorkload serves on ip:port (port 0 picks one); stopped at cleanup.
@@ -35,9 +26,7 @@ func StartWorkload(env Env, name, ip string, port int) (*Workload, error) {
 	if err != nil {
 		return nil, fmt.Errorf("workload %s: listen: %w", name, err)
 	}
-	w := &Workload{Name: name, IP: ip, Port: l.Addr().(*net.TCPAddr).Port, srv: grpc.NewServer()}
-	testgrpc.RegisterTestServiceServer(w.srv, &echo{name: name})
-	go func() { _ = w.srv.Serve(l) }()
+	w := &Workload{Name: name, IP: ip, Port: l.Addr().(*net.TCPAddr).Port, srv: echo.Serve(l, name)}
 	env.Cleanup(w.srv.Stop)
 	return w, nil
 }

@@ -1,17 +1,16 @@
 package harness
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	testgrpc "google.golang.org/grpc/interop/grpc_testing"
-	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/resolver"
 	xdsgrpc "google.golang.org/grpc/xds" // xDS resolver and balancers
+
+	"github.com/pilot-consul/pilot-consul/tests/e2e/echo"
 )
 
 // XDSClient is a proxyless gRPC client: grpc-go's own xDS resolver, talking
@@ -49,8 +48,7 @@ func NewXDSClient(xdsAddr, namespace string) (*XDSClient, error) {
 
 // Conn is one xds:/// channel.
 type Conn struct {
-	cc     *grpc.ClientConn
-	client testgrpc.TestServiceClient
+	cc *grpc.ClientConn
 }
 
 // Dial opens a channel to xds:///<host:port>; it connects lazily.
@@ -60,19 +58,11 @@ func (x *XDSClient) Dial(target string) (*Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dial xds:///%s: %w", target, err)
 	}
-	return &Conn{cc: cc, client: testgrpc.NewTestServiceClient(cc)}, nil
+	return &Conn{cc: cc}, nil
 }
 
 // Call makes one call and returns the name of the instance that answered.
-func (c *Conn) Call(timeout time.Duration) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	resp, err := c.client.UnaryCall(ctx, &testpb.SimpleRequest{}, grpc.WaitForReady(true))
-	if err != nil {
-		return "", err
-	}
-	return resp.GetHostname(), nil
-}
+func (c *Conn) Call(timeout time.Duration) (string, error) { return echo.Call(c.cc, timeout) }
 
 // Close closes the channel.
 func (c *Conn) Close() error { return c.cc.Close() }

@@ -77,6 +77,14 @@ func renderHelm(t *testing.T) []byte {
 // istiod finds the istiod Deployment in a rendered manifest.
 func istiod(t *testing.T, manifest []byte) *appsv1.Deployment {
 	t.Helper()
+	d := &appsv1.Deployment{}
+	require.NoError(t, runtime.DefaultUnstructuredConverter.FromUnstructured(findObject(t, manifest, "Deployment", "istiod").Object, d))
+	return d
+}
+
+// findObject finds an object by kind and name in a rendered manifest.
+func findObject(t *testing.T, manifest []byte, kind, name string) *unstructured.Unstructured {
+	t.Helper()
 	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(manifest), 4096)
 	for {
 		u := &unstructured.Unstructured{}
@@ -84,13 +92,11 @@ func istiod(t *testing.T, manifest []byte) *appsv1.Deployment {
 			require.True(t, errors.Is(err, io.EOF), "decode: %v", err)
 			break
 		}
-		if u.GetKind() == "Deployment" && u.GetName() == "istiod" {
-			d := &appsv1.Deployment{}
-			require.NoError(t, runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, d))
-			return d
+		if u.GetKind() == kind && u.GetName() == name {
+			return u
 		}
 	}
-	t.Fatal("no istiod Deployment in the rendered manifest")
+	t.Fatalf("no %s %s in the rendered manifest", kind, name)
 	return nil
 }
 

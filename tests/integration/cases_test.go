@@ -13,18 +13,22 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pilot-consul/pilot-consul/tests/e2e"
 	"github.com/pilot-consul/pilot-consul/tests/harness"
 )
 
-var grpcMeta = map[string]string{"protocol": "grpc"}
+// The shared end-to-end cases (tests/e2e) on the local mesh; tests/e2e/kind
+// runs the same cases on a kind cluster with Envoy sidecars.
+func TestSharedCases(t *testing.T) {
+	for _, c := range e2e.Cases {
+		t.Run(c.Name, func(t *testing.T) { c.Run(t, local) })
+	}
+}
 
-// Case 1: a gRPC call through xDS reaches a Consul-registered instance.
-func TestBasicCallReachesConsulInstance(t *testing.T) {
-	s := newService(t, "basic", 1, grpcMeta, nil)
-	c := dial(t, s.target())
-	eventuallyServedBy(t, c, s.id(0))
-
-	// The registry's metrics are exported on istiod's monitoring port.
+// The registry's metrics are exported on istiod's monitoring port.
+func TestRegistryMetricsExported(t *testing.T) {
+	s := e2e.NewService(t, local, "metrics", 1, e2e.GRPCMeta, nil)
+	e2e.EventuallyServedBy(t, local.Dial(t, s.Target()), s.ID(0))
 	m, err := mesh.Istiod.Metrics()
 	require.NoError(t, err)
 	for _, want := range []string{"pilot_consul_reachable 1", "pilot_consul_services ", "pilot_consul_endpoints ",
@@ -33,79 +37,7 @@ func TestBasicCallReachesConsulInstance(t *testing.T) {
 	}
 }
 
-// Case 2: a critical instance stops receiving calls and comes back when passing.
-func TestHealthFlipMovesTraffic(t *testing.T) {
-	s := newService(t, "flip", 2, grpcMeta, nil)
-	c := dial(t, s.target())
-	eventuallyServedBy(t, c, s.id(0), s.id(1))
-
-	start := time.Now()
-	s.setHealth(1, api.HealthCritical)
-	switchTime := waitUntilGone(t, c, s.id(1), start)
-	t.Logf("Consul critical -> client stopped calling the instance: %v", switchTime)
-	assert.Empty(t, counts(c, 100)[s.id(1)], "critical instance must get no calls")
-
-	start = time.Now()
-	s.setHealth(1, api.HealthPassing)
-	eventuallyServedBy(t, c, s.id(0), s.id(1))
-	t.Logf("Consul passing -> instance served again within %v", time.Since(start))
-}
-
-// Case 3: a new instance gets calls; deregistration removes it.
-func TestScaleOutAndIn(t *testing.T) {
-	s := newService(t, "scale", 1, grpcMeta, nil)
-	c := dial(t, s.target())
-	eventuallyServedBy(t, c, s.id(0))
-	s.add(1, grpcMeta, nil)
-	eventuallyServedBy(t, c, s.id(0), s.id(1))
-	require.NoError(t, mesh.Consul.Client.Agent().ServiceDeregister(s.id(0)))
-	eventuallyServedBy(t, c, s.id(1))
-}
-
-// Case 4: DestinationRule subsets on Consul tag labels + a weighted
-// VirtualService split, applied to the Kubernetes API, shape real traffic.
-func TestSubsetsAndWeightedSplit(t *testing.T) {
-	s := newService(t, "reviews", 2, grpcMeta, func(i int) []string { return []string{fmt.Sprintf("version=v%d", i+1)} })
-	c := dial(t, s.target())
-	eventuallyServedBy(t, c, s.id(0), s.id(1))
-
-	host := "reviews.service.consul"
-	cfg := fmt.Sprintf(`apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: reviews, namespace: default}
-spec:
-  host: %[1]s
-  subsets:
-  - {name: v1, labels: {version: v1}}
-  - {name: v2, labels: {version: v2}}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews, namespace: default}
-spec:
-  hosts: [%[1]s]
-  http:
-  - route:
-    - {destination: {host: %[1]s, subset: v1}, weight: 80}
-    - {destination: {host: %[1]s, subset: v2}, weight: 20}
-`, host)
-	ctx := context.Background()
-	require.NoError(t, mesh.Kube.Apply(ctx, []byte(cfg)))
-	t.Cleanup(func() {
-		for _, r := range []string{"destinationrules", "virtualservices"} {
-			_ = mesh.Kube.Dynamic.Resource(gvr(r)).Namespace("default").Delete(ctx, "reviews", deleteOpts)
-		}
-	})
-	// 1000 calls: v2's share has a standard deviation of ~1.3 points; allow ±6.
-	require.Eventually(t, func() bool {
-		n := counts(c, 1000)
-		share := float64(n[s.id(1)]) / 1000
-		t.Logf("split: %v (v2 share %.3f)", n, share)
-		return n["error"] == 0 && share > 0.14 && share < 0.26
-	}, 60*time.Second, 100*time.Millisecond, "80/20 split never observed")
-}
-
-// Case 5: a Kubernetes Service and Consul services are routable through the
+// Local only (a netns test host, a second istiod): a Kubernetes Service and Consul services are routable through the
 // same istiod, and a Consul service with the same hostname does not hijack
 // the Kubernetes one. The collision needs Consul hostnames in the cluster
 // domain, so this case runs its own istiod with --consulDomain=svc.cluster.local:
@@ -146,9 +78,9 @@ ports: [{name: grpc, port: %[1]d, protocol: TCP}]
 	_, err = harness.StartWorkload(t, "consul-web", hijacker, port)
 	require.NoError(t, err)
 	require.NoError(t, mesh.Consul.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{
-		ID: "consul-web", Name: "web", Address: hijacker, Port: port, Meta: grpcMeta}))
+		ID: "consul-web", Name: "web", Address: hijacker, Port: port, Meta: e2e.GRPCMeta}))
 	t.Cleanup(func() { _ = mesh.Consul.Client.Agent().ServiceDeregister("consul-web") })
-	other := newService(t, "other", 1, grpcMeta, nil)
+	other := e2e.NewService(t, local, "other", 1, e2e.GRPCMeta, nil)
 
 	istiod, err := harness.StartIstiod(t, mesh.Kube, mesh.Consul.URL(), "--consulDomain=svc.cluster.local")
 	require.NoError(t, err)
@@ -157,21 +89,21 @@ ports: [{name: grpc, port: %[1]d, protocol: TCP}]
 	web, err := x.Dial(fmt.Sprintf("web.service.svc.cluster.local:%d", port))
 	require.NoError(t, err)
 	defer web.Close()
-	eventuallyServedBy(t, web, "kube-web")
-	assert.Equal(t, map[string]int{"kube-web": 50}, counts(web, 50), "the Consul web must never answer")
+	e2e.EventuallyServedBy(t, web, "kube-web")
+	assert.Equal(t, map[string]int{"kube-web": 50}, e2e.Counts(web, 50), "the Consul web must never answer")
 
-	oc, err := x.Dial(fmt.Sprintf("other.service.svc.cluster.local:%d", other.port))
+	oc, err := x.Dial(fmt.Sprintf("other.service.svc.cluster.local:%d", other.Port))
 	require.NoError(t, err)
 	defer oc.Close()
-	eventuallyServedBy(t, oc, other.id(0))
+	e2e.EventuallyServedBy(t, oc, other.ID(0))
 }
 
-// Case 6: a Consul service with no protocol meta (TCP by default) still gets
+// Local only (reads istiod's xDS directly): a Consul service with no protocol meta (TCP by default) still gets
 // a cluster, endpoints and an outbound listener on its allocated VIP.
 func TestNonHTTPServiceGetsClusterAndListener(t *testing.T) {
-	s := newService(t, "db", 1, nil, nil)
+	s := e2e.NewService(t, local, "db", 1, nil, nil)
 	host := "db.service.consul"
-	clusterName := fmt.Sprintf("outbound|%d||%s", s.port, host)
+	clusterName := fmt.Sprintf("outbound|%d||%s", s.Port, host)
 	var vip string
 	require.Eventually(t, func() bool {
 		vip = registryVIP(t, host)
@@ -186,10 +118,10 @@ func TestNonHTTPServiceGetsClusterAndListener(t *testing.T) {
 			return false
 		}
 		_, hasCluster := d.Clusters[clusterName]
-		_, hasListener := d.Listeners[fmt.Sprintf("%s_%d", vip, s.port)]
+		_, hasListener := d.Listeners[fmt.Sprintf("%s_%d", vip, s.Port)]
 		eps := harness.EndpointAddrs(d.Endpoints[clusterName])
 		t.Logf("cluster %v, listener %v, endpoints %v", hasCluster, hasListener, eps)
-		return hasCluster && hasListener && len(eps) == 1 && eps[0] == fmt.Sprintf("%s:%d", ip(t, 0), s.port)
+		return hasCluster && hasListener && len(eps) == 1 && eps[0] == fmt.Sprintf("%s:%d", e2e.IP(t, 0), s.Port)
 	}, 30*time.Second, 200*time.Millisecond)
 }
 

@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/pilot-consul/pilot-consul/tests/e2e"
 	"github.com/pilot-consul/pilot-consul/tests/harness"
 )
 
@@ -33,6 +34,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "local mesh failed to start:", err)
 		os.Exit(1)
 	}
+	local = &e2e.Local{ConsulClient: mesh.Consul.Client, XDS: mesh.XDS, Kube: mesh.Kube}
 	code := m.Run()
 	if code != 0 {
 		fmt.Fprintf(os.Stderr, "istiod log tail:\n%s\n", tail(mesh.Istiod.Log(), 40))

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/pilot-consul/pilot-consul/tests/e2e"
 	"github.com/pilot-consul/pilot-consul/tests/harness"
 )
 
@@ -70,11 +71,11 @@ func TestTokenNeverLeaks(t *testing.T) {
 // istio TLS transport socket is used). Without them: no SAN, and the endpoint
 // is tlsMode=disabled (plaintext).
 func TestWorkloadIdentity(t *testing.T) {
-	secure := newService(t, "secure", 1, map[string]string{"service-account": "payments", "tls-mode": "istio"}, nil)
-	plain := newService(t, "plain", 1, nil, nil)
+	secure := e2e.NewService(t, local, "secure", 1, map[string]string{"service-account": "payments", "tls-mode": "istio"}, nil)
+	plain := e2e.NewService(t, local, "plain", 1, nil, nil)
 	san := "spiffe://cluster.local/ns/consul/sa/payments"
-	secureCluster := fmt.Sprintf("outbound|%d||secure.service.consul", secure.port)
-	plainCluster := fmt.Sprintf("outbound|%d||plain.service.consul", plain.port)
+	secureCluster := fmt.Sprintf("outbound|%d||secure.service.consul", secure.Port)
+	plainCluster := fmt.Sprintf("outbound|%d||plain.service.consul", plain.Port)
 	require.Eventually(t, func() bool {
 		d, err := harness.ADSDump(mesh.Istiod.XDSAddr, "default", secureCluster, plainCluster)
 		if err != nil || d.Clusters[secureCluster] == nil || d.Clusters[plainCluster] == nil {

@@ -1,0 +1,97 @@
+// Package echo is the gRPC workload of the end-to-end cases: a server that
+// answers every call with its own name, and a line-oriented client loop that
+// a test drives over a pipe (kubectl exec into a pod with a sidecar).
+package echo
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+)
+
+type server struct {
+	testgrpc.UnimplementedTestServiceServer
+	name string
+}
+
+func (s *server) UnaryCall(context.Context, *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+	return &testpb.SimpleResponse{Hostname: s.name}, nil
+}
+
+// Serve answers every UnaryCall on l with name until the server is stopped.
+func Serve(l net.Listener, name string) *grpc.Server {
+	srv := grpc.NewServer()
+	testgrpc.RegisterTestServiceServer(srv, &server{name: name})
+	go func() { _ = srv.Serve(l) }()
+	return srv
+}
+
+// Call makes one call on cc and returns the name of the server that answered.
+func Call(cc *grpc.ClientConn, timeout time.Duration) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	resp, err := testgrpc.NewTestServiceClient(cc).UnaryCall(ctx, &testpb.SimpleRequest{}, grpc.WaitForReady(true))
+	if err != nil {
+		return "", err
+	}
+	return resp.GetHostname(), nil
+}
+
+// ClientLoop reads requests "<timeout> <host:port>" line by line from in,
+// makes one plain gRPC call per line (through the pod's sidecar, which is
+// the point), and writes "ok <server>" or "err <message>" per line to out.
+// A channel per target is kept, as a real client would.
+func ClientLoop(in io.Reader, out io.Writer) error {
+	conns := map[string]*grpc.ClientConn{}
+	defer func() {
+		for _, cc := range conns {
+			_ = cc.Close()
+		}
+	}()
+	sc := bufio.NewScanner(in)
+	w := bufio.NewWriter(out)
+	for sc.Scan() {
+		reply := "err bad request, want \"<timeout> <host:port>\""
+		if f := strings.Fields(sc.Text()); len(f) == 2 {
+			if timeout, err := time.ParseDuration(f[0]); err == nil {
+				reply = callLine(conns, f[1], timeout)
+			}
+		}
+		if _, err := fmt.Fprintln(w, reply); err != nil {
+			return err
+		}
+		if err := w.Flush(); err != nil {
+			return err
+		}
+	}
+	return sc.Err()
+}
+
+func callLine(conns map[string]*grpc.ClientConn, target string, timeout time.Duration) string {
+	cc, ok := conns[target]
+	if !ok {
+		var err error
+		// dns:/// resolves <svc>.service.consul through the sidecar's DNS
+		// proxy to the registry's VIP; the sidecar routes the call.
+		if cc, err = grpc.NewClient("dns:///"+target, grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
+			return "err " + oneLine(err)
+		}
+		conns[target] = cc
+	}
+	who, err := Call(cc, timeout)
+	if err != nil {
+		return "err " + oneLine(err)
+	}
+	return "ok " + who
+}
+
+func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", " ") }

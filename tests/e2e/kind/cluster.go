@@ -1,0 +1,270 @@
+package kind
+
+import (
+	"context"
+	"crypto/rand"
+	_ "embed"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/pilot-consul/pilot-consul/tests/harness"
+)
+
+var (
+	//go:embed manifests/consul.yaml
+	consulManifest string
+	//go:embed manifests/client.yaml
+	clientManifest string
+)
+
+// Cluster is a kind cluster with Consul, our istiod and a client pod.
+type Cluster struct {
+	cfg        Config
+	dir        string // kubeconfig, logs
+	kube       *harness.Kube
+	rootToken  string
+	consul     *api.Client
+	stopTunnel func()
+	logf       func(string, ...any)
+}
+
+// Setup creates the cluster and installs everything; on error, what was
+// created is torn down (unless cfg.Keep).
+func Setup(ctx context.Context, cfg Config, logf func(string, ...any)) (c *Cluster, err error) {
+	dir, err := os.MkdirTemp("", "pilot-consul-kind-")
+	if err != nil {
+		return nil, err
+	}
+	c = &Cluster{cfg: cfg, dir: dir, rootToken: rand.Text(), logf: logf}
+	defer func() {
+		if err != nil {
+			c.Teardown()
+		}
+	}()
+	steps := []struct {
+		what string
+		do   func(context.Context) error
+	}{
+		{"creating kind cluster " + cfg.Cluster, c.create},
+		{"loading images " + cfg.PilotImage + ", " + cfg.EchoImage, c.loadImages},
+		{"deploying Consul (ACL default deny) and a read-only token for istiod", c.deployConsul},
+		{"installing Istio with build/install/istio-operator.yaml", c.installIstio},
+		{"deploying the client pod (sidecar injected)", c.deployClient},
+	}
+	for _, s := range steps {
+		logf(">> %s", s.what)
+		start := time.Now()
+		if err := s.do(ctx); err != nil {
+			return c, fmt.Errorf("%s: %w", s.what, err)
+		}
+		logf("   done in %v", time.Since(start).Round(time.Second))
+	}
+	return c, nil
+}
+
+// Teardown deletes the cluster (kept with KEEP=1, with a note how to reach it).
+func (c *Cluster) Teardown() {
+	if c.stopTunnel != nil {
+		c.stopTunnel()
+	}
+	if c.cfg.Keep {
+		c.logf(">> KEEP set: cluster %s left up (kubeconfig %s; 'kind delete cluster --name %s' removes it)",
+			c.cfg.Cluster, c.kubeconfig(), c.cfg.Cluster)
+		return
+	}
+	if err := run(context.Background(), kindBin(), "delete", "cluster", "--name", c.cfg.Cluster); err != nil {
+		c.logf("deleting kind cluster %s: %v", c.cfg.Cluster, err)
+	}
+	_ = os.RemoveAll(c.dir)
+}
+
+func (c *Cluster) kubeconfig() string { return filepath.Join(c.dir, "kubeconfig") }
+
+func (c *Cluster) create(ctx context.Context) error {
+	args := []string{"create", "cluster", "--name", c.cfg.Cluster, "--kubeconfig", c.kubeconfig(), "--wait", "3m"}
+	if c.cfg.NodeImage != "" {
+		args = append(args, "--image", c.cfg.NodeImage)
+	}
+	if err := run(ctx, kindBin(), args...); err != nil {
+		return err
+	}
+	var err error
+	c.kube, err = harness.ConnectKube(c.kubeconfig())
+	return err
+}
+
+func (c *Cluster) loadImages(ctx context.Context) error {
+	for _, img := range []string{c.cfg.PilotImage, c.cfg.EchoImage} {
+		if err := run(ctx, kindBin(), "load", "docker-image", img, "--name", c.cfg.Cluster); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// deployConsul runs Consul, opens a tunnel to it for the suite, and stores a
+// read-only token (service_prefix and node_prefix read: what istiod needs)
+// in the Secret the overlay mounts.
+func (c *Cluster) deployConsul(ctx context.Context) error {
+	m := strings.NewReplacer("CONSUL_IMAGE", c.cfg.ConsulImage, "CONSUL_ROOT_TOKEN", c.rootToken).Replace(consulManifest)
+	if err := c.kube.Apply(ctx, []byte(m)); err != nil {
+		return err
+	}
+	pod, err := c.waitReadyPod(ctx, "consul", "app=consul-server")
+	if err != nil {
+		return err
+	}
+	local, stop, err := portForward(c.kube.Config, "consul", pod, 8500)
+	if err != nil {
+		return err
+	}
+	c.stopTunnel = stop
+	cfg := api.DefaultConfig()
+	cfg.Address, cfg.Token = local, c.rootToken
+	if c.consul, err = api.NewClient(cfg); err != nil {
+		return err
+	}
+	// The ACL system bootstraps right after the leader election the
+	// readiness probe waits for: retry briefly.
+	policy := &api.ACLPolicy{Name: "istiod-read",
+		Rules: `service_prefix "" { policy = "read" } node_prefix "" { policy = "read" }`}
+	for start := time.Now(); ; {
+		if _, _, err = c.consul.ACL().PolicyCreate(policy, nil); err == nil {
+			break
+		}
+		if time.Since(start) > time.Minute {
+			return fmt.Errorf("create ACL policy: %w", err)
+		}
+		time.Sleep(time.Second)
+	}
+	tok, _, err := c.consul.ACL().TokenCreate(&api.ACLToken{Description: "istiod",
+		Policies: []*api.ACLTokenPolicyLink{{Name: "istiod-read"}}}, nil)
+	if err != nil {
+		return fmt.Errorf("create ACL token: %w", err)
+	}
+	if err := c.kube.EnsureNamespace(ctx, "istio-system"); err != nil {
+		return err
+	}
+	_, err = c.kube.Client.CoreV1().Secrets("istio-system").Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "istiod-consul-token"},
+		StringData: map[string]string{"token": tok.SecretID},
+	}, metav1.CreateOptions{})
+	return err
+}
+
+// installIstio runs the patched tree's istioctl with our overlay, exactly as
+// README "Install on a cluster" tells users to, plus DNS capture.
+func (c *Cluster) installIstio(ctx context.Context) error {
+	args := append([]string{"install", "-y", "--kubeconfig", c.kubeconfig()}, OverlayArgs(c.cfg)...)
+	return run(ctx, filepath.Join(harness.Root(), "out/istioctl"), args...)
+}
+
+// OverlayArgs are the istioctl args (files and --set) the suite installs
+// Istio with; tests/install renders the same with `manifest generate`.
+func OverlayArgs(cfg Config) []string {
+	return []string{
+		"-f", filepath.Join(harness.Root(), "build/install/istio-operator.yaml"),
+		"-f", filepath.Join(harness.Root(), "tests/e2e/kind/istio-e2e.yaml"),
+		"--set", "values.pilot.image=" + cfg.PilotImage,
+		"--set", "hub=" + cfg.ProxyHub, "--set", "tag=" + cfg.ProxyTag,
+	}
+}
+
+func (c *Cluster) deployClient(ctx context.Context) error {
+	m := strings.ReplaceAll(clientManifest, "ECHO_IMAGE", c.cfg.EchoImage)
+	if err := c.kube.Apply(ctx, []byte(m)); err != nil {
+		return err
+	}
+	pod, err := c.waitReadyPod(ctx, "e2e-client", "app=client")
+	if err != nil {
+		return err
+	}
+	p, err := c.kube.Client.CoreV1().Pods("e2e-client").Get(ctx, pod, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	for _, ct := range append(p.Spec.InitContainers, p.Spec.Containers...) {
+		if ct.Name == "istio-proxy" {
+			return nil
+		}
+	}
+	return fmt.Errorf("pod e2e-client/%s has no istio-proxy container: sidecar injection did not happen", pod)
+}
+
+// waitReadyPod waits for a Ready pod matching selector and returns its name.
+func (c *Cluster) waitReadyPod(ctx context.Context, ns, selector string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	for {
+		pods, err := c.kube.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: selector})
+		if err == nil {
+			for _, p := range pods.Items {
+				if podReady(&p) {
+					return p.Name, nil
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("no ready pod %s in %s: %w", selector, ns, ctx.Err())
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func podReady(p *corev1.Pod) bool {
+	for _, cond := range p.Status.Conditions {
+		if cond.Type == corev1.PodReady {
+			return cond.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+func kindBin() string {
+	p, err := harness.Binary("kind")
+	if err != nil {
+		return "kind" // from PATH; the error shows when it runs
+	}
+	return p
+}
+
+// run runs a command with its output on stderr (cluster creation and
+// installs are long: the user sees progress).
+func run(ctx context.Context, name string, args ...string) error {
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s %s: %w", filepath.Base(name), strings.Join(args, " "), err)
+	}
+	return nil
+}
+
+// DumpIstiodLog prints istiod's last log lines (after a failed case).
+func (c *Cluster) DumpIstiodLog() {
+	if c.kube == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pod, err := c.waitReadyPod(ctx, "istio-system", "app=istiod")
+	if err != nil {
+		c.logf("istiod log: %v", err)
+		return
+	}
+	tail := int64(80)
+	b, err := c.kube.Client.CoreV1().Pods("istio-system").GetLogs(pod, &corev1.PodLogOptions{Container: "discovery", TailLines: &tail}).DoRaw(ctx)
+	if err != nil {
+		c.logf("istiod log: %v", err)
+		return
+	}
+	c.logf("istiod log tail:\n%s", b)
+}

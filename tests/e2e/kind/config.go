@@ -1,0 +1,88 @@
+// Package kind runs the shared end-to-end cases (tests/e2e) on a kind
+// cluster: our istiod image installed with the istioctl overlay, Consul in
+// the cluster, servers in pods outside the mesh, a client pod with an Envoy
+// sidecar. `make e2e-kind` (build/e2e-kind.sh) builds the images and runs
+// it; it needs a Docker daemon and network access to pull upstream images.
+package kind
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+)
+
+// Config is the suite's settings, from the environment (see FromEnv).
+type Config struct {
+	Cluster     string // kind cluster name
+	NodeImage   string // kind node image; empty: kind's default
+	PilotImage  string // our istiod image (make docker)
+	EchoImage   string // the e2e-echo workload image
+	ConsulImage string // Consul server image
+	ProxyHub    string // hub and tag of the upstream sidecar (proxyv2) image
+	ProxyTag    string
+	Keep        bool // leave the cluster up after the run
+}
+
+// FromEnv reads the E2E_* variables build/e2e-kind.sh sets.
+func FromEnv() (Config, error) {
+	c := Config{
+		Cluster:     env("E2E_KIND_CLUSTER", "pilot-consul-e2e"),
+		NodeImage:   os.Getenv("E2E_KIND_NODE_IMAGE"),
+		PilotImage:  os.Getenv("E2E_PILOT_IMAGE"),
+		EchoImage:   os.Getenv("E2E_ECHO_IMAGE"),
+		ConsulImage: env("E2E_CONSUL_IMAGE", "hashicorp/consul:1.22.0"),
+		ProxyHub:    os.Getenv("E2E_PROXY_HUB"),
+		ProxyTag:    os.Getenv("E2E_PROXY_TAG"),
+		Keep:        os.Getenv("KEEP") != "",
+	}
+	var missing []string
+	for _, v := range [][2]string{{"E2E_PILOT_IMAGE", c.PilotImage}, {"E2E_ECHO_IMAGE", c.EchoImage},
+		{"E2E_PROXY_HUB", c.ProxyHub}, {"E2E_PROXY_TAG", c.ProxyTag}} {
+		if v[1] == "" {
+			missing = append(missing, v[0])
+		}
+	}
+	if len(missing) > 0 {
+		return c, fmt.Errorf("%s not set: run the kind suite with 'make e2e-kind'", strings.Join(missing, ", "))
+	}
+	return c, nil
+}
+
+func env(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// ErrNoDocker: the suite cannot run on this machine.
+var ErrNoDocker = errors.New("the kind suite needs a Docker daemon")
+
+// Preflight fails fast, with the reason, where kind cannot run: no docker
+// client, or no daemon answering it. It takes at most a few seconds.
+func Preflight() error {
+	if _, err := exec.LookPath("docker"); err != nil {
+		return fmt.Errorf("%w: no docker client on PATH", ErrNoDocker)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "docker", "info", "--format", "{{.ServerVersion}}").CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) == "" {
+		return fmt.Errorf("%w ('docker info' failed: %s). Run 'make e2e-kind' on a Docker host; "+
+			"on this machine 'make test' covers the same cases against the local mesh", ErrNoDocker, firstLine(out, err))
+	}
+	return nil
+}
+
+func firstLine(out []byte, err error) string {
+	s := strings.TrimSpace(string(out))
+	if s == "" && err != nil {
+		s = err.Error()
+	}
+	s, _, _ = strings.Cut(s, "\n")
+	return s
+}

@@ -1,0 +1,80 @@
+package kind
+
+import (
+	"context"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/pilot-consul/pilot-consul/tests/e2e"
+)
+
+// echoPort is the port every server pod listens on.
+const echoPort = 8080
+
+var _ e2e.Env = (*Cluster)(nil)
+
+// Consul implements e2e.Env: the in-cluster Consul through the tunnel,
+// with the management token (tests register instances).
+func (c *Cluster) Consul() *api.Client { return c.consul }
+
+// StartServer implements e2e.Env: a pod outside the mesh (no sidecar) in
+// namespace consul-backends, registered in Consul by its pod IP.
+func (c *Cluster) StartServer(t *testing.T, service string, i int) (string, int) {
+	t.Helper()
+	id := e2e.InstanceID(service, i)
+	ctx := context.Background()
+	pods := c.kube.Client.CoreV1().Pods("consul-backends")
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "echo-" + id, Labels: map[string]string{"app": "echo", "instance": id}},
+		Spec: corev1.PodSpec{
+			TerminationGracePeriodSeconds: new(int64),
+			Containers: []corev1.Container{{
+				Name: "echo", Image: c.cfg.EchoImage, ImagePullPolicy: corev1.PullNever,
+				Args:  []string{"serve", "-name", id, "-port", strconv.Itoa(echoPort)},
+				Ports: []corev1.ContainerPort{{ContainerPort: echoPort}},
+				ReadinessProbe: &corev1.Probe{PeriodSeconds: 1,
+					ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(echoPort)}}},
+			}},
+		},
+	}
+	_, err := pods.Create(ctx, pod, metav1.CreateOptions{})
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		_ = pods.Delete(context.Background(), pod.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
+	})
+	var ip string
+	require.Eventually(t, func() bool {
+		p, err := pods.Get(ctx, pod.Name, metav1.GetOptions{})
+		if err != nil || !podReady(p) {
+			return false
+		}
+		ip = p.Status.PodIP
+		return ip != ""
+	}, 2*time.Minute, time.Second, "server pod %s never ready", pod.Name)
+	return ip, echoPort
+}
+
+// Dial implements e2e.Env: calls from the client pod, through its sidecar.
+func (c *Cluster) Dial(t *testing.T, target string) e2e.Caller {
+	t.Helper()
+	pod, err := c.waitReadyPod(context.Background(), "e2e-client", "app=client")
+	require.NoError(t, err)
+	caller, err := startExecCaller(c.kube.Config, c.kube.Client, "e2e-client", pod, "client", target)
+	require.NoError(t, err)
+	t.Cleanup(caller.Close)
+	return caller
+}
+
+// Apply implements e2e.Env.
+func (c *Cluster) Apply(t *testing.T, yaml string) {
+	t.Helper()
+	require.NoError(t, c.kube.Apply(context.Background(), []byte(yaml)))
+	t.Cleanup(func() { _ = c.kube.Delete(context.Background(), []byte(yaml)) })
+}

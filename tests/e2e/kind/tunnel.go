@@ -1,0 +1,156 @@
+package kind
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/httpstream"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/portforward"
+	"k8s.io/client-go/tools/remotecommand"
+	"k8s.io/client-go/transport/spdy"
+)
+
+// portForward opens a tunnel from a loopback port to a pod's port (what
+// kubectl port-forward does) and returns the local host:port.
+func portForward(cfg *rest.Config, ns, pod string, port int) (string, func(), error) {
+	u, err := url.Parse(cfg.Host)
+	if err != nil {
+		return "", nil, err
+	}
+	u.Path = fmt.Sprintf("/api/v1/namespaces/%s/pods/%s/portforward", ns, pod)
+	transport, upgrader, err := spdy.RoundTripperFor(cfg)
+	if err != nil {
+		return "", nil, err
+	}
+	dialer := spdy.NewDialer(upgrader, &http.Client{Transport: transport}, http.MethodPost, u)
+	if ws, err := portforward.NewSPDYOverWebsocketDialer(u, cfg); err == nil {
+		dialer = portforward.NewFallbackDialer(ws, dialer, func(err error) bool {
+			return httpstream.IsUpgradeFailure(err) || httpstream.IsHTTPSProxyError(err)
+		})
+	}
+	stop, ready := make(chan struct{}), make(chan struct{})
+	fw, err := portforward.NewOnAddresses(dialer, []string{"127.0.0.1"}, []string{fmt.Sprintf("0:%d", port)}, stop, ready, io.Discard, os.Stderr)
+	if err != nil {
+		return "", nil, err
+	}
+	failed := make(chan error, 1)
+	go func() { failed <- fw.ForwardPorts() }()
+	select {
+	case <-ready:
+	case err := <-failed:
+		return "", nil, fmt.Errorf("port-forward %s/%s:%d: %w", ns, pod, port, err)
+	case <-time.After(30 * time.Second):
+		close(stop)
+		return "", nil, fmt.Errorf("port-forward %s/%s:%d: not ready after 30s", ns, pod, port)
+	}
+	ports, err := fw.GetPorts()
+	if err != nil || len(ports) == 0 {
+		close(stop)
+		return "", nil, fmt.Errorf("port-forward %s/%s:%d: no local port: %v", ns, pod, port, err)
+	}
+	var once sync.Once
+	return fmt.Sprintf("127.0.0.1:%d", ports[0].Local), func() { once.Do(func() { close(stop) }) }, nil
+}
+
+// execCaller is an e2e.Caller that runs `e2e-echo client` in the client pod
+// (kubectl exec) and sends it one request line per call: the call leaves
+// the pod through its Envoy sidecar, as an application's would.
+type execCaller struct {
+	target string
+	mu     sync.Mutex
+	in     io.WriteCloser
+	lines  chan string
+	cancel context.CancelFunc
+	stderr syncBuffer
+}
+
+// syncBuffer collects the exec session's stderr while calls read it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func startExecCaller(cfg *rest.Config, client kubernetes.Interface, ns, pod, container, target string) (*execCaller, error) {
+	req := client.CoreV1().RESTClient().Post().Resource("pods").Namespace(ns).Name(pod).SubResource("exec").
+		VersionedParams(&corev1.PodExecOptions{Container: container, Command: []string{"/e2e-echo", "client"},
+			Stdin: true, Stdout: true, Stderr: true}, scheme.ParameterCodec)
+	spdyExec, err := remotecommand.NewSPDYExecutor(cfg, http.MethodPost, req.URL())
+	if err != nil {
+		return nil, err
+	}
+	exec := spdyExec
+	if ws, err := remotecommand.NewWebSocketExecutor(cfg, http.MethodGet, req.URL().String()); err == nil {
+		if exec, err = remotecommand.NewFallbackExecutor(ws, spdyExec, httpstream.IsUpgradeFailure); err != nil {
+			return nil, err
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	c := &execCaller{target: target, in: inW, lines: make(chan string), cancel: cancel}
+	go func() {
+		err := exec.StreamWithContext(ctx, remotecommand.StreamOptions{Stdin: inR, Stdout: outW, Stderr: &c.stderr})
+		outW.CloseWithError(fmt.Errorf("exec ended: %v", err))
+	}()
+	go func() {
+		defer close(c.lines)
+		sc := bufio.NewScanner(outR)
+		for sc.Scan() {
+			c.lines <- sc.Text()
+		}
+	}()
+	return c, nil
+}
+
+// Call implements e2e.Caller.
+func (c *execCaller) Call(timeout time.Duration) (string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, err := fmt.Fprintf(c.in, "%s %s\n", timeout, c.target); err != nil {
+		return "", fmt.Errorf("exec client: %w (stderr: %s)", err, c.stderr.String())
+	}
+	select {
+	case line, ok := <-c.lines:
+		if !ok {
+			return "", fmt.Errorf("exec client ended (stderr: %s)", c.stderr.String())
+		}
+		if who, ok := strings.CutPrefix(line, "ok "); ok {
+			return who, nil
+		}
+		return "", fmt.Errorf("call %s: %s", c.target, strings.TrimPrefix(line, "err "))
+	case <-time.After(timeout + 30*time.Second):
+		// The stream is stuck; later answers would be out of step.
+		c.Close()
+		return "", fmt.Errorf("exec client: no answer within %v", timeout+30*time.Second)
+	}
+}
+
+// Close ends the exec session.
+func (c *execCaller) Close() {
+	_ = c.in.Close()
+	c.cancel()
+}

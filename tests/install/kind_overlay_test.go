@@ -1,0 +1,45 @@
+package install
+
+import (
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+
+	"github.com/pilot-consul/pilot-consul/tests/e2e/kind"
+	"github.com/pilot-consul/pilot-consul/tests/harness"
+)
+
+// The kind suite (make e2e-kind) cannot run here, but the install it does
+// can be rendered: the same istioctl args give our istiod (image, flags) and
+// sidecars from the upstream proxy image that answer DNS for Consul names.
+func TestKindSuiteOverlayRenders(t *testing.T) {
+	render(t) // builds out/istioctl if needed
+	cfg := kind.Config{PilotImage: hub + "/pilot:" + tag, ProxyHub: "proxy.example.test/istio", ProxyTag: "1.2.3"}
+	out, err := exec.Command(filepath.Join(harness.Root(), "out/istioctl"),
+		append([]string{"manifest", "generate"}, kind.OverlayArgs(cfg)...)...).CombinedOutput()
+	require.NoError(t, err, "istioctl manifest generate:\n%s", out)
+
+	c := discovery(t, istiod(t, out))
+	assert.Equal(t, cfg.PilotImage, c.Image)
+	assert.Contains(t, c.Args, "--registries=Kubernetes,Consul")
+	assert.Contains(t, c.Args, "--consulTokenFile="+tokenPath+"/token")
+
+	mesh := configMap(t, out, "istio")
+	assert.Contains(t, mesh.Data["mesh"], "ISTIO_META_DNS_CAPTURE: \"true\"", "sidecars resolve <svc>.service.consul")
+	injector := configMap(t, out, "istio-sidecar-injector")
+	assert.Contains(t, injector.Data["values"], `"hub": "proxy.example.test/istio"`, "sidecar image hub")
+	assert.Contains(t, injector.Data["values"], `"tag": "1.2.3"`, "sidecar image tag")
+}
+
+// configMap finds a ConfigMap in a rendered manifest.
+func configMap(t *testing.T, manifest []byte, name string) *corev1.ConfigMap {
+	t.Helper()
+	cm := &corev1.ConfigMap{}
+	require.NoError(t, runtime.DefaultUnstructuredConverter.FromUnstructured(findObject(t, manifest, "ConfigMap", name).Object, cm))
+	return cm
+}
