@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/pilot-consul/pilot-consul/tests/e2e"
 	"github.com/pilot-consul/pilot-consul/tests/harness"
 )
 
@@ -67,14 +68,14 @@ func outageDuration() time.Duration {
 // view) equals Consul's truth (its passing instances in the catalog). It
 // returns how long istiod took from the moment Consul's catalog showed that
 // truth (Consul's own agent-to-catalog sync after a restart is not ours).
-func waitConverged(t *testing.T, istiod *harness.Istiod, consul *api.Client, s *service) time.Duration {
+func waitConverged(t *testing.T, istiod *harness.Istiod, consul *api.Client, s *e2e.Service) time.Duration {
 	t.Helper()
 	start := time.Now()
-	cluster := fmt.Sprintf("outbound|%d||%s.service.consul", s.port, s.name)
+	cluster := fmt.Sprintf("outbound|%d||%s.service.consul", s.Port, s.Name)
 	var truth, view []string
 	var truthAt time.Time
 	for time.Since(start) < 30*time.Second {
-		entries, _, err := consul.Health().Service(s.name, "", true, nil)
+		entries, _, err := consul.Health().Service(s.Name, "", true, nil)
 		if err == nil {
 			now := []string{}
 			for _, e := range entries {
@@ -98,11 +99,11 @@ func waitConverged(t *testing.T, istiod *harness.Istiod, consul *api.Client, s *
 	return 0
 }
 
-// reconvergeBound: measured 8 ms to 3.8 s across runs for both restart
-// kinds; the 2 s target is not always met yet (cause not found). The bound
-// still catches a watch stuck on an old index, which took the full wait time
-// (minutes) before it was fixed.
-const reconvergeBound = 10 * time.Second
+// reconvergeBound is issue #6's target. Until the registry hedged its
+// non-blocking reads (watch.go), 4 of 24 samples took 2.4-8 s: requests sent
+// while Consul was starting stayed unanswered for 7-15 s after it answered
+// new ones (found with the consul:debug logs this istiod runs with).
+const reconvergeBound = 2 * time.Second
 
 // Fault 1: Consul is killed for a minute while clients call a service: every
 // call keeps succeeding on the last good endpoints, istiod shows the outage
@@ -111,15 +112,20 @@ const reconvergeBound = 10 * time.Second
 func TestConsulOutage(t *testing.T) {
 	c, err := harness.StartConsulServer(t)
 	require.NoError(t, err)
-	istiod, err := harness.StartIstiod(t, mesh.Kube, c.URL())
+	istiod, err := harness.StartIstiod(t, mesh.Kube, c.URL(), "--log_output_level=default:info,consul:debug")
 	require.NoError(t, err)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("istiod log tail:\n%s", tail(istiod.Log(), 60))
+		}
+	})
 	x, err := harness.NewXDSClient(istiod.XDSAddr, "default")
 	require.NoError(t, err)
-	s := newServiceOn(t, c.Client, "ha", 2, grpcMeta, nil)
-	conn, err := x.Dial(s.target())
+	s := e2e.NewService(t, &e2e.Local{ConsulClient: c.Client}, "ha", 2, e2e.GRPCMeta, nil)
+	conn, err := x.Dial(s.Target())
 	require.NoError(t, err)
 	defer conn.Close()
-	eventuallyServedBy(t, conn, s.id(0), s.id(1))
+	e2e.EventuallyServedBy(t, conn, s.ID(0), s.ID(1))
 	p := startProber(t, conn)
 
 	// Churn, then crash once istiod provably has the final state: an instance
@@ -127,12 +133,12 @@ func TestConsulOutage(t *testing.T) {
 	// after that flip (a client can still see pre-churn endpoints for a
 	// debounce interval, so calls alone cannot tell).
 	for range 10 {
-		s.setHealth(1, api.HealthWarning)
-		s.setHealth(1, api.HealthPassing)
+		s.SetHealth(1, api.HealthWarning)
+		s.SetHealth(1, api.HealthPassing)
 	}
-	s.add(2, grpcMeta, nil)
+	s.Add(2, e2e.GRPCMeta, nil)
 	waitConverged(t, istiod, c.Client, s)
-	eventuallyServedBy(t, conn, s.id(0), s.id(1), s.id(2))
+	e2e.EventuallyServedBy(t, conn, s.ID(0), s.ID(1), s.ID(2))
 	c.Kill()
 	require.Eventually(t, func() bool {
 		m, _ := istiod.Metrics()
@@ -140,10 +146,10 @@ func TestConsulOutage(t *testing.T) {
 	}, 10*time.Second, 100*time.Millisecond, "metric shows Consul unreachable")
 	assert.Contains(t, istiod.Log(), "keeping the last good state")
 	time.Sleep(outageDuration()) // the outage itself
-	served := counts(conn, 40)
+	served := e2e.Counts(conn, 40)
 	assert.Equal(t, 0, served["error"])
 	for i := range 3 {
-		assert.Positive(t, served[s.id(i)], "last good endpoints served")
+		assert.Positive(t, served[s.ID(i)], "last good endpoints served")
 	}
 
 	// The claim under test: no call failed while Consul was down.
@@ -155,15 +161,15 @@ func TestConsulOutage(t *testing.T) {
 	// checks as critical, so the truth is set at once): ha-0 passing, ha-1 critical.
 	require.NoError(t, c.Start())
 	ready := time.Now()
-	s.setHealth(0, api.HealthPassing)
-	s.setHealth(1, api.HealthCritical)
-	s.setHealth(2, api.HealthPassing)
+	s.SetHealth(0, api.HealthPassing)
+	s.SetHealth(1, api.HealthCritical)
+	s.SetHealth(2, api.HealthPassing)
 	took := waitConverged(t, istiod, c.Client, s)
 	t.Logf("outage %v, Consul back with its data: Consul ready -> istiod serves its truth in %v (%v after the catalog showed it)",
 		outageDuration(), time.Since(ready), took)
 	assert.Less(t, took, reconvergeBound)
-	s.setHealth(1, api.HealthPassing)
-	eventuallyServedBy(t, conn, s.id(0), s.id(1), s.id(2))
+	s.SetHealth(1, api.HealthPassing)
+	e2e.EventuallyServedBy(t, conn, s.ID(0), s.ID(1), s.ID(2))
 
 	// Rebuilt Consul: empty data dir, lower indexes, services re-registered;
 	// the truth is now ha-0 alone (ha-1 and ha-2 never come back).
@@ -171,12 +177,12 @@ func TestConsulOutage(t *testing.T) {
 	require.NoError(t, c.WipeData())
 	require.NoError(t, c.Start())
 	ready = time.Now()
-	s.register(0, grpcMeta, nil)
+	s.Register(0, e2e.GRPCMeta, nil)
 	took = waitConverged(t, istiod, c.Client, s)
 	t.Logf("Consul rebuilt from an empty data dir: Consul ready -> istiod serves its truth in %v (%v after the catalog showed it)",
 		time.Since(ready), took)
 	assert.Less(t, took, reconvergeBound)
-	eventuallyServedBy(t, conn, s.id(0))
+	e2e.EventuallyServedBy(t, conn, s.ID(0))
 
 }
 
@@ -206,40 +212,40 @@ func TestSlowAndFailingConsul(t *testing.T) {
 	require.NoError(t, err)
 	x, err := harness.NewXDSClient(istiod.XDSAddr, "default")
 	require.NoError(t, err)
-	s := newService(t, "flaky", 2, grpcMeta, nil)
-	conn, err := x.Dial(s.target())
+	s := e2e.NewService(t, local, "flaky", 2, e2e.GRPCMeta, nil)
+	conn, err := x.Dial(s.Target())
 	require.NoError(t, err)
 	defer conn.Close()
-	eventuallyServedBy(t, conn, s.id(0), s.id(1))
+	e2e.EventuallyServedBy(t, conn, s.ID(0), s.ID(1))
 	baseline := goroutines(t, istiod)
 
 	for _, mode := range []string{"delay", "429", "500", "503", "reset"} {
 		before := proxy.Requests()
 		proxy.Set(mode)
-		s.setHealth(1, api.HealthWarning) // a change Consul has, istiod cannot read
+		s.SetHealth(1, api.HealthWarning) // a change Consul has, istiod cannot read
 		time.Sleep(5 * time.Second)
 		n := proxy.Requests() - before
 		t.Logf("%-5s: %d requests in 5s, %d goroutines (baseline %d)", mode, n, goroutines(t, istiod), baseline)
 		assert.Less(t, n, int64(100), "%s: back-off must bound retries", mode)
-		served := counts(conn, 20)
+		served := e2e.Counts(conn, 20)
 		assert.Zero(t, served["error"], mode)
 		if mode == "delay" {
 			// Slow is not down: the delayed answers still bring the change.
-			eventuallyServedBy(t, conn, s.id(0))
+			e2e.EventuallyServedBy(t, conn, s.ID(0))
 		} else {
-			assert.Positive(t, served[s.id(1)], "%s: last good endpoints kept", mode)
+			assert.Positive(t, served[s.ID(1)], "%s: last good endpoints kept", mode)
 		}
 		proxy.Set("")
-		s.setHealth(1, api.HealthPassing)
-		eventuallyServedBy(t, conn, s.id(0), s.id(1))
+		s.SetHealth(1, api.HealthPassing)
+		e2e.EventuallyServedBy(t, conn, s.ID(0), s.ID(1))
 	}
 	assert.LessOrEqual(t, goroutines(t, istiod), baseline+20, "no goroutine pile-up")
 	assert.LessOrEqual(t, proxy.PeakConnections(), int64(16+2), "connections within --consulMaxConcurrentRequests+2")
 	// Each outage is logged as a warning naming Consul's answer.
 	assert.Contains(t, istiod.Log(), "Unexpected response code: 429 (injected fault); keeping the last good state")
 	// Faults over: a change made now reaches the client.
-	s.setHealth(1, api.HealthCritical)
-	eventuallyServedBy(t, conn, s.id(0))
+	s.SetHealth(1, api.HealthCritical)
+	e2e.EventuallyServedBy(t, conn, s.ID(0))
 }
 
 // Fault 4: istiod restarts while Consul churns; afterwards its view equals
@@ -247,9 +253,9 @@ func TestSlowAndFailingConsul(t *testing.T) {
 func TestIstiodRestartDuringChurn(t *testing.T) {
 	istiod, err := harness.StartIstiod(t, mesh.Kube, mesh.Consul.URL())
 	require.NoError(t, err)
-	var svcs []*service
+	var svcs []*e2e.Service
 	for i := range 10 {
-		svcs = append(svcs, newService(t, fmt.Sprintf("churn-%d", i), 2, grpcMeta, nil))
+		svcs = append(svcs, e2e.NewService(t, local, fmt.Sprintf("churn-%d", i), 2, e2e.GRPCMeta, nil))
 	}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -263,7 +269,7 @@ func TestIstiodRestartDuringChurn(t *testing.T) {
 			case <-time.After(20 * time.Millisecond):
 			}
 			s := svcs[i%len(svcs)]
-			if err := s.consul.Agent().UpdateTTL("ttl-"+s.id(i%2), "", statuses[(i/len(svcs))%3]); err == nil {
+			if err := mesh.Consul.Client.Agent().UpdateTTL("ttl-"+s.ID(i%2), "", statuses[(i/len(svcs))%3]); err == nil {
 				flips.Add(1)
 			}
 		}
@@ -278,10 +284,10 @@ func TestIstiodRestartDuringChurn(t *testing.T) {
 	t.Logf("%d health changes across %d services around the restart", flips.Load(), len(svcs))
 	for _, s := range svcs {
 		// A service with no passing instance has no endpoints on either side.
-		entries, _, err := mesh.Consul.Client.Health().Service(s.name, "", true, nil)
+		entries, _, err := mesh.Consul.Client.Health().Service(s.Name, "", true, nil)
 		require.NoError(t, err)
 		if len(entries) == 0 {
-			s.setHealth(0, api.HealthPassing)
+			s.SetHealth(0, api.HealthPassing)
 		}
 		waitConverged(t, istiod, mesh.Consul.Client, s)
 	}
