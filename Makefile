@@ -24,7 +24,7 @@ demo: build tools ## Run the local mesh demo (KEEP=1 leaves it up until Ctrl-C).
 	bin/demo $(if $(KEEP),-keep)
 
 .PHONY: test
-test: test-unit test-upstream test-integration ## Run every test (unit, upstream, integration).
+test: test-local test-kind ## Run every test: the local tiers, then the kind tier.
 
 .PHONY: bench
 bench: build tools ## Benchmark Route A (our registry) vs Route B (ServiceEntry/WorkloadEntry) into results/ (BENCH_ARGS=...).
@@ -46,12 +46,12 @@ manifests: ## Render the istioctl overlay (build/install/) with the patched isti
 	HUB="$(HUB)" TAG="$(TAG)" build/manifests.sh
 
 .PHONY: docker
-docker: build ## Build the istiod image (needs a Docker daemon): HUB=... TAG=...
-	build/docker.sh build "$(HUB)/pilot:$(TAG)"
+docker: build ## Build the istiod and proxyless-gRPC proxy images (needs a Docker daemon): HUB=... TAG=...
+	build/docker.sh build "$(HUB)" "$(TAG)"
 
 .PHONY: docker-push
-docker-push: docker ## Push the istiod image: HUB=... TAG=...
-	build/docker.sh push "$(HUB)/pilot:$(TAG)"
+docker-push: docker ## Push both images: HUB=... TAG=...
+	build/docker.sh push "$(HUB)" "$(TAG)"
 
 ##@ Patch queue
 
@@ -81,9 +81,15 @@ test-upstream: build ## Upstream Istio tests of every package the patches touch,
 test-integration: build tools ## End-to-end: patched istiod + Consul + kube-apiserver + gRPC xDS clients.
 	go test -count=1 -p 1 -timeout 20m ./tests/...
 
-.PHONY: e2e-kind
-e2e-kind: ## The shared end-to-end cases on a kind cluster with our image (Docker host only; KEEP=1 keeps the cluster).
+.PHONY: test-local
+test-local: test-unit test-upstream test-integration ## The tiers that need no Docker (unit, upstream, local mesh).
+
+.PHONY: test-kind
+test-kind: ## The kind tier: our images, built offline, installed by istioctl into kind (KEEP=1 keeps the cluster).
 	KEEP="$(KEEP)" build/e2e-kind.sh
+
+.PHONY: e2e-kind
+e2e-kind: test-kind ## Same as test-kind.
 
 .PHONY: test-soak
 test-soak: build tools ## Long runs: churn soak (1,000 services, 500 changes/s, 60 s), then 10 minutes of fuzzing.

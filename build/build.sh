@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds out/pilot-discovery: the pinned Istio source + patches/ + our pilot/.
+# Builds out/pilot-discovery (and out/pilot-agent): the pinned Istio source +
+# patches/ + our pilot/.
 # Incremental: each stage runs only when its inputs changed, and a no-op
 # build returns in seconds. See README "Rebasing onto a new Istio release".
 set -euo pipefail
@@ -39,17 +40,21 @@ version="${ISTIO_RELEASE_LINE}+pilot-consul-${PILOT_CONSUL_VERSION}"
 code_hash=$(find "$root/pilot" -type f -name '*.go' ! -name '*_test.go' ! -path '*/testdata/*' -print0 |
 	sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
 stamp="$(go version) $version $istio_base $patches_hash $code_hash $(hash_of "$root/go.mod" "$root/go.sum")"
-if [[ -x "$out/pilot-discovery" && "$(cat "$out/.pilot-discovery.stamp" 2>/dev/null)" == "$stamp" ]]; then
-	log "out/pilot-discovery is up to date ($version)"
+if [[ -x "$out/pilot-discovery" && -x "$out/pilot-agent" && "$(cat "$out/.pilot-discovery.stamp" 2>/dev/null)" == "$stamp" ]]; then
+	log "out/pilot-discovery and out/pilot-agent are up to date ($version)"
 	exit 0
 fi
 
-log "compiling pilot-discovery $version (cold: a few minutes)"
+# pilot-agent comes from the same tree: the proxy image of proxyless gRPC
+# pods runs it without Envoy (build/images.sh). One go build shares the compile.
+log "compiling pilot-discovery and pilot-agent $version (cold: a few minutes)"
 start=$SECONDS
 pkgver=istio.io/istio/pkg/version
-(cd "$tree" && CGO_ENABLED=0 go build -o "$out/pilot-discovery.tmp" \
+rm -rf "$out/.build" && mkdir -p "$out/.build"
+(cd "$tree" && CGO_ENABLED=0 go build -o "$out/.build/" \
 	-ldflags "-s -w -X $pkgver.buildVersion=$version -X $pkgver.buildGitRevision=$istio_base -X $pkgver.buildTag=pilot-consul-$PILOT_CONSUL_VERSION -X $pkgver.buildStatus=Clean" \
-	./pilot/cmd/pilot-discovery)
-mv "$out/pilot-discovery.tmp" "$out/pilot-discovery"
+	./pilot/cmd/pilot-discovery ./pilot/cmd/pilot-agent)
+mv "$out/.build/pilot-discovery" "$out/.build/pilot-agent" "$out/"
+rmdir "$out/.build"
 echo "$stamp" >"$out/.pilot-discovery.stamp"
-log "built out/pilot-discovery in $((SECONDS - start))s"
+log "built out/pilot-discovery and out/pilot-agent in $((SECONDS - start))s"

@@ -1,41 +1,83 @@
 #!/usr/bin/env bash
-# Runs the kind suite (tests/e2e/kind): builds our istiod image and the
-# e2e-echo workload image, then the Go suite creates a kind cluster, loads
-# them, deploys Consul, installs Istio with build/install/istio-operator.yaml
-# and runs the cases shared with the local suite (tests/e2e). Needs a Docker
-# daemon and network access (kind node, Consul and Istio proxy images).
+# The kind tier (make test-kind, part of make test): our istiod image
+# installed by istioctl into a kind cluster, all built here with no registry.
+#   1. Docker: the daemon that answers, or our own (build/docker-up.sh),
+#      stopped again at the end if this run started it;
+#   2. images: the kind node image (build/kind-node.sh, cached by its inputs;
+#      E2E_KIND_NODE_IMAGE uses any other, e.g. a published kindest/node), our
+#      release images (build/docker.sh: pilot, proxyv2), Consul from our
+#      Consul build, the e2e-echo workload;
+#   3. the Docker network "kind" on 198.19.254.0/24 (kind reuses it);
+#   4. the Go suite (tests/e2e/kind) creates the cluster, deploys Consul with
+#      ACLs, installs Istio with out/istioctl and runs the cases.
+# Everything made for the run is removed at the end (KEEP=1 keeps the
+# cluster, and so the daemon and network it needs).
 #
-# usage: build/e2e-kind.sh   (make e2e-kind; KEEP=1 leaves the cluster up)
+# usage: build/e2e-kind.sh   (make test-kind / make e2e-kind)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
-
-# Refuse before building anything where kind cannot run.
-if ! command -v docker >/dev/null 2>&1; then
-	die "make e2e-kind needs Docker: no docker client on PATH. On this machine 'make test' runs the same cases against the local mesh."
-fi
-if ! docker info >/dev/null 2>&1; then
-	die "make e2e-kind needs a Docker daemon ('docker info' failed). Run it on a Docker host; on this machine 'make test' runs the same cases against the local mesh."
-fi
+export DOCKER_BUILDKIT=0
 
 hub=${E2E_HUB:-localhost/pilot-consul}
 tag=${E2E_TAG:-e2e}
-pilot_image="$hub/pilot:$tag"
-echo_image="$hub/e2e-echo:$tag"
-# The sidecar is the upstream proxy of the release our image is built FROM.
-base_image=${BASE_IMAGE:-$ISTIO_BASE_IMAGE}
-proxy_hub=${E2E_PROXY_HUB:-${base_image%/*}}
-proxy_tag=${E2E_PROXY_TAG:-${base_image##*:}}
+kind_subnet=198.19.254.0/24
 
-"$root/build/tools.sh" kind
-HUB="$hub" TAG="$tag" "$root/build/manifests.sh" # pilot-discovery and istioctl of the patched tree
-"$root/build/docker.sh" build "$pilot_image"
+dockerd_pid=""
+made_network=""
+cleanup() {
+	local rc=$?
+	if [[ -z "${KEEP:-}" ]]; then
+		if [[ -n "$made_network" ]]; then docker network rm kind >/dev/null 2>&1 || true; fi
+		docker rmi "$hub/pilot:$tag" "$hub/proxyv2:$tag" "$hub/e2e-echo:$tag" >/dev/null 2>&1 || true
+		if [[ -n "$dockerd_pid" ]]; then "$root/build/docker-up.sh" stop; fi
+	fi
+	exit $rc
+}
+trap cleanup EXIT
+
+if ! docker info >/dev/null 2>&1; then
+	eval "$("$root/build/docker-up.sh")"
+	dockerd_pid=${PILOT_CONSUL_DOCKERD_PID:-}
+fi
+
+"$root/build/tools.sh" kind consul
+HUB="$hub" TAG="$tag" "$root/build/manifests.sh" >/dev/null # out/istioctl of the patched tree
+"$root/build/docker.sh" build "$hub" "$tag"
+
+node_image=${E2E_KIND_NODE_IMAGE:-}
+own_node=""
+if [[ -z "$node_image" ]]; then
+	node_image=$("$root/build/kind-node.sh")
+	own_node=1
+fi
 
 ctx=$(mktemp -d)
-trap 'rm -rf "$ctx"' EXIT
-CGO_ENABLED=0 go build -o "$ctx/e2e-echo" ./tests/cmd/e2e-echo
-cp "$root/tests/e2e/kind/echo.Dockerfile" "$ctx/Dockerfile"
-docker build -t "$echo_image" "$ctx"
+trap 'rm -rf "$ctx"; cleanup' EXIT
+# Consul from our Consul build, cached by that build (its path names the version).
+consul_bin=$(readlink -f "$root/bin/consul")
+consul_image="pilot-consul/consul:$(basename "$(dirname "$consul_bin")")"
+if ! docker image inspect "$consul_image" >/dev/null 2>&1; then
+	mkdir -p "$ctx/consul/tmp" && chmod 1777 "$ctx/consul/tmp"
+	cp "$consul_bin" "$ctx/consul/consul"
+	cp "$root/tests/e2e/kind/consul.Dockerfile" "$ctx/consul/Dockerfile"
+	docker build -q -t "$consul_image" "$ctx/consul" >/dev/null
+	log "built $consul_image"
+fi
+mkdir -p "$ctx/echo"
+CGO_ENABLED=0 go build -o "$ctx/echo/e2e-echo" ./tests/cmd/e2e-echo
+cp "$root/tests/e2e/kind/echo.Dockerfile" "$ctx/echo/Dockerfile"
+docker build -q -t "$hub/e2e-echo:$tag" "$ctx/echo" >/dev/null
 
-E2E_PILOT_IMAGE="$pilot_image" E2E_ECHO_IMAGE="$echo_image" \
-	E2E_PROXY_HUB="$proxy_hub" E2E_PROXY_TAG="$proxy_tag" \
-	go test -tags e2ekind -count=1 -v -timeout 45m ./tests/e2e/kind/
+if ! docker network inspect kind >/dev/null 2>&1; then
+	docker network create kind --subnet "$kind_subnet" --gateway "${kind_subnet%.0/24}.1" \
+		-o com.docker.network.bridge.enable_ip_masquerade=false >/dev/null
+	made_network=1
+fi
+got=$(docker network inspect kind --format '{{range .IPAM.Config}}{{.Subnet}} {{end}}')
+[[ "$got" == "$kind_subnet " ]] || die "the Docker network 'kind' has subnet(s) $got, want $kind_subnet
+  (delete it, or every cluster address would not be inside 198.18.0.0/15)"
+
+E2E_NODE_IMAGE="$node_image" E2E_OWN_NODE_IMAGE="$own_node" \
+	E2E_PILOT_IMAGE="$hub/pilot:$tag" E2E_PROXY_HUB="$hub" E2E_PROXY_TAG="$tag" \
+	E2E_ECHO_IMAGE="$hub/e2e-echo:$tag" E2E_CONSUL_IMAGE="$consul_image" \
+	go test -tags e2ekind -count=1 -v -timeout 40m ./tests/e2e/kind/

@@ -5,6 +5,9 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 work="${WORK_DIR:-$root/_work}"
 tree="$work/istio"
 out="$root/out"
+# Slow builds that outlive a clone (tools, the Docker daemon's images), keyed
+# by version inside, so a fresh clone on a warm machine rebuilds nothing.
+cache="${PILOT_CONSUL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pilot-consul}"
 
 # shellcheck source=../VERSION
 source "$root/VERSION"

@@ -1,34 +1,75 @@
 #!/usr/bin/env bash
-# Builds the real servers the tests and the demo run (Consul, kube-apiserver)
-# into bin/, and installs etcd from Debian when it is missing. Each tool is
-# built once and reused; a tool already present is left alone. kind is built
-# only on request (make e2e-kind): the local suites do not use it.
+# Builds the real servers the tests and the demo run, from their Go modules
+# (wrapper modules in build/tools/), and installs etcd from Debian for the
+# local tier. Builds land in the cache outside the clone, one directory per
+# wrapper module version (its go.mod and go.sum) and Go version, and bin/
+# links to them: a fresh clone on a warm machine rebuilds nothing.
 #
-# usage: build/tools.sh [consul|kube-apiserver|etcd|kind|all]...
+# usage: build/tools.sh [TOOL|all]...
+#   consul, kube-apiserver, etcd (Debian's, local tier), kind,
+#   kube-node (kubelet, kubeadm, kubectl, kube-proxy, kube-controller-manager,
+#   kube-scheduler, kube-apiserver: version-stamped, for the kind node image),
+#   etcd-server (etcd built at kubeadm's version), coredns,
+#   all (what the local tier needs: etcd, consul, kube-apiserver)
 set -euo pipefail
-
-root=$(cd "$(dirname "$0")/.." && pwd)
+source "$(dirname "$0")/lib.sh"
 bin="$root/bin"
 mkdir -p "$bin"
 
-build_go_tool() { # name, wrapper module dir, package
-	local name=$1 dir=$2 pkg=$3
-	if [[ -x "$bin/$name" ]]; then
-		return 0
+# tool_dir MODULE prints the cache directory of a wrapper module's build.
+tool_dir() {
+	local mod=$1
+	echo "$cache/tools/$mod-$(cd "$root/build/tools/$mod" && { cat go.mod go.sum; go version; } | sha256sum | cut -c1-12)"
+}
+
+# build_go MODULE LDFLAGS [NAME=]PACKAGE... builds the packages of a wrapper
+# module in one go build (they share the compile) into its cache directory,
+# and links each binary into bin/ under NAME (default: go build's name).
+build_go() {
+	local mod=$1 ldflags=$2
+	shift 2
+	local dir names=() built=() pkgs=() p missing=0
+	dir=$(tool_dir "$mod")
+	for p in "$@"; do
+		pkgs+=("${p#*=}")
+		# go build names a binary after the last path element that is not a major version.
+		built+=("$(basename "$(sed -E 's#/v[0-9]+$##' <<<"${p#*=}")")")
+		if [[ $p == *=* ]]; then names+=("${p%%=*}"); else names+=("${built[-1]}"); fi
+		[[ -x "$dir/${names[-1]}" ]] || missing=1
+	done
+	if ((missing)); then
+		log "building ${names[*]} from their Go module (first run only, takes a few minutes)"
+		local start=$SECONDS tmp i
+		tmp=$(mktemp -d "$cache/tools/.build-XXXXXX")
+		(cd "$root/build/tools/$mod" && CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tmp/" "${pkgs[@]}")
+		mkdir -p "$dir"
+		# Move only complete binaries, so an interrupted build is never mistaken for a tool.
+		for i in "${!names[@]}"; do mv "$tmp/${built[$i]}" "$dir/${names[$i]}"; done
+		rm -rf "$tmp"
+		log "built ${names[*]} in $((SECONDS - start))s into $dir"
 	fi
-	echo ">> building $name from its Go module (first run only, takes a few minutes)" >&2
-	local start=$SECONDS
-	(cd "$root/build/tools/$dir" && CGO_ENABLED=0 go build -o "$bin/$name.tmp" "$pkg")
-	# Rename only once complete, so an interrupted build is never mistaken for a tool.
-	mv "$bin/$name.tmp" "$bin/$name"
-	echo ">> built bin/$name in $((SECONDS - start))s" >&2
+	for p in "${names[@]}"; do ln -sfn "$dir/$p" "$bin/$p"; done
+}
+
+# Kubernetes binaries report the version they were built from: kubeadm and
+# istioctl check it, and without these every binary says v0.0.0.
+kube_ldflags() {
+	local v major minor pkg flags=""
+	v=$(cd "$root/build/tools/kubernetes" && go list -m -f '{{.Version}}' k8s.io/kubernetes)
+	major=${v#v}; major=${major%%.*}
+	minor=${v#v"$major".}; minor=${minor%%.*}
+	for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+		flags+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+		flags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+	done
+	echo "-s -w$flags"
 }
 
 install_etcd() {
-	if command -v etcd >/dev/null 2>&1 || [[ -x "$bin/etcd" ]]; then
+	if command -v etcd >/dev/null 2>&1; then
 		return 0
 	fi
-	echo ">> installing etcd (Debian package etcd-server)" >&2
+	log "installing etcd (Debian package etcd-server)"
 	local sudo=""
 	[[ $(id -u) -eq 0 ]] || sudo=sudo
 	$sudo apt-get update -qq
@@ -37,19 +78,28 @@ install_etcd() {
 	$sudo systemctl disable --now etcd >/dev/null 2>&1 || true
 }
 
+mkdir -p "$cache/tools"
 targets=("$@")
 [[ ${#targets[@]} -gt 0 ]] || targets=(all)
 for t in "${targets[@]}"; do
 	case $t in
-	consul) build_go_tool consul consul github.com/hashicorp/consul ;;
-	kube-apiserver) build_go_tool kube-apiserver kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver ;;
+	consul) build_go consul "-s -w" github.com/hashicorp/consul ;;
+	kube-apiserver) build_go kubernetes "$(kube_ldflags)" k8s.io/kubernetes/cmd/kube-apiserver ;;
+	kube-node)
+		build_go kubernetes "$(kube_ldflags)" k8s.io/kubernetes/cmd/kube-apiserver \
+			k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubeadm k8s.io/kubernetes/cmd/kubectl \
+			k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kube-controller-manager \
+			k8s.io/kubernetes/cmd/kube-scheduler
+		;;
 	etcd) install_etcd ;;
-	kind) build_go_tool kind kind sigs.k8s.io/kind ;;
+	etcd-server) build_go etcd "-s -w" etcd=go.etcd.io/etcd/server/v3 ;;
+	coredns) build_go coredns "-s -w" github.com/pilot-consul/pilot-consul/build/tools/coredns ;;
+	kind) build_go kind "-s -w" sigs.k8s.io/kind ;;
 	all)
 		install_etcd
-		build_go_tool consul consul github.com/hashicorp/consul
-		build_go_tool kube-apiserver kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
+		build_go consul "-s -w" github.com/hashicorp/consul
+		build_go kubernetes "$(kube_ldflags)" k8s.io/kubernetes/cmd/kube-apiserver
 		;;
-	*) echo "unknown tool $t (want consul, kube-apiserver, etcd, kind or all)" >&2; exit 2 ;;
+	*) die "unknown tool $t (see the usage at the top of build/tools.sh)" ;;
 	esac
 done

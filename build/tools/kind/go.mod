@@ -1,5 +1,6 @@
-// Wrapper module that builds kind for `make e2e-kind` (kind clusters need a
-// Docker daemon; the binary itself builds anywhere).
+// Wrapper module that builds the kind CLI for the kind tier. v0.31.0 is the
+// release whose node-image layout (images/base/files, shipped in this module)
+// targets Kubernetes 1.35, the version build/kind-node.sh builds.
 module github.com/pilot-consul/pilot-consul/build/tools/kind
 
 go 1.25.3
@@ -18,6 +19,6 @@ require (
 	github.com/spf13/pflag v1.0.5 // indirect
 	go.yaml.in/yaml/v3 v3.0.4 // indirect
 	golang.org/x/sys v0.6.0 // indirect
-	sigs.k8s.io/kind v0.33.0 // indirect
+	sigs.k8s.io/kind v0.31.0 // indirect
 	sigs.k8s.io/yaml v1.4.0 // indirect
 )

@@ -9,13 +9,16 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	xdscreds "google.golang.org/grpc/credentials/xds"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
+	_ "google.golang.org/grpc/xds" // the xds:/// resolver and its balancers
 )
 
 type server struct {
@@ -47,9 +50,11 @@ func Call(cc *grpc.ClientConn, timeout time.Duration) (string, error) {
 }
 
 // ClientLoop reads requests "<timeout> <host:port>" line by line from in,
-// makes one plain gRPC call per line (through the pod's sidecar, which is
-// the point), and writes "ok <server>" or "err <message>" per line to out.
-// A channel per target is kept, as a real client would.
+// makes one gRPC call per line through the mesh, and writes "ok <server>" or
+// "err <message>" per line to out. A channel per target is kept, as a real
+// client would. In a proxyless gRPC pod (GRPC_XDS_BOOTSTRAP set by the
+// grpc-agent injection) calls resolve through xds:/// with the mesh's TLS
+// settings; otherwise they go by DNS through the pod's Envoy sidecar.
 func ClientLoop(in io.Reader, out io.Writer) error {
 	conns := map[string]*grpc.ClientConn{}
 	defer func() {
@@ -80,9 +85,7 @@ func callLine(conns map[string]*grpc.ClientConn, target string, timeout time.Dur
 	cc, ok := conns[target]
 	if !ok {
 		var err error
-		// dns:/// resolves <svc>.service.consul through the sidecar's DNS
-		// proxy to the registry's VIP; the sidecar routes the call.
-		if cc, err = grpc.NewClient("dns:///"+target, grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
+		if cc, err = dialMesh(target); err != nil {
 			return "err " + oneLine(err)
 		}
 		conns[target] = cc
@@ -92,6 +95,20 @@ func callLine(conns map[string]*grpc.ClientConn, target string, timeout time.Dur
 		return "err " + oneLine(err)
 	}
 	return "ok " + who
+}
+
+func dialMesh(target string) (*grpc.ClientConn, error) {
+	if os.Getenv("GRPC_XDS_BOOTSTRAP") != "" {
+		// Plaintext unless istiod's cluster config asks for mTLS.
+		creds, err := xdscreds.NewClientCredentials(xdscreds.ClientOptions{FallbackCreds: insecure.NewCredentials()})
+		if err != nil {
+			return nil, err
+		}
+		return grpc.NewClient("xds:///"+target, grpc.WithTransportCredentials(creds))
+	}
+	// dns:/// resolves <svc>.service.consul through the sidecar's DNS proxy
+	// to the registry's VIP; the sidecar routes the call.
+	return grpc.NewClient("dns:///"+target, grpc.WithTransportCredentials(insecure.NewCredentials()))
 }
 
 func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", " ") }

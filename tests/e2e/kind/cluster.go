@@ -19,10 +19,14 @@ import (
 )
 
 var (
+	//go:embed cluster.yaml
+	clusterConfig string
 	//go:embed manifests/consul.yaml
 	consulManifest string
 	//go:embed manifests/client.yaml
 	clientManifest string
+	//go:embed manifests/coredns.yaml
+	corednsManifest string
 )
 
 // Cluster is a kind cluster with Consul, our istiod and a client pod.
@@ -53,11 +57,12 @@ func Setup(ctx context.Context, cfg Config, logf func(string, ...any)) (c *Clust
 		what string
 		do   func(context.Context) error
 	}{
-		{"creating kind cluster " + cfg.Cluster, c.create},
-		{"loading images " + cfg.PilotImage + ", " + cfg.EchoImage, c.loadImages},
+		{"creating kind cluster " + cfg.Cluster + " (node image " + cfg.NodeImage + ")", c.create},
+		{"cluster DNS without any upstream", c.configureDNS},
+		{"loading images " + strings.Join(c.images(), ", "), c.loadImages},
 		{"deploying Consul (ACL default deny) and a read-only token for istiod", c.deployConsul},
-		{"installing Istio with build/install/istio-operator.yaml", c.installIstio},
-		{"deploying the client pod (sidecar injected)", c.deployClient},
+		{"installing Istio with out/istioctl and build/install/istio-operator.yaml", c.installIstio},
+		{"deploying the client pod (proxyless gRPC, injected by istiod)", c.deployClient},
 	}
 	for _, s := range steps {
 		logf(">> %s", s.what)
@@ -89,11 +94,12 @@ func (c *Cluster) Teardown() {
 func (c *Cluster) kubeconfig() string { return filepath.Join(c.dir, "kubeconfig") }
 
 func (c *Cluster) create(ctx context.Context) error {
-	args := []string{"create", "cluster", "--name", c.cfg.Cluster, "--kubeconfig", c.kubeconfig(), "--wait", "3m"}
-	if c.cfg.NodeImage != "" {
-		args = append(args, "--image", c.cfg.NodeImage)
+	config := filepath.Join(c.dir, "cluster.yaml")
+	if err := os.WriteFile(config, []byte(KindConfig(c.cfg)), 0o644); err != nil {
+		return err
 	}
-	if err := run(ctx, kindBin(), args...); err != nil {
+	if err := run(ctx, kindBin(), "create", "cluster", "--name", c.cfg.Cluster, "--kubeconfig", c.kubeconfig(),
+		"--image", c.cfg.NodeImage, "--config", config, "--wait", "3m"); err != nil {
 		return err
 	}
 	var err error
@@ -101,8 +107,42 @@ func (c *Cluster) create(ctx context.Context) error {
 	return err
 }
 
+// KindConfig is tests/e2e/kind/cluster.yaml for cfg's node image: a
+// published kind node image brings its own CNI (kindnetd), ours has a
+// static ptp config and needs none.
+func KindConfig(cfg Config) string {
+	if cfg.OwnNodeImage {
+		return clusterConfig
+	}
+	return strings.Replace(clusterConfig, "disableDefaultCNI: true", "disableDefaultCNI: false", 1)
+}
+
+// configureDNS replaces kubeadm's CoreDNS configuration, which forwards
+// unknown names to the node's resolver (and from there off the machine), by
+// one that answers cluster names only. Our CoreDNS build has no forward
+// plugin, so kubeadm's Corefile cannot even start it: nothing was forwarded.
+func (c *Cluster) configureDNS(ctx context.Context) error {
+	if !c.cfg.OwnNodeImage {
+		c.logf("   published node image: its CoreDNS is left as it is")
+		return nil
+	}
+	if err := c.kube.Apply(ctx, []byte(corednsManifest)); err != nil {
+		return err
+	}
+	if err := c.kube.Client.CoreV1().Pods("kube-system").DeleteCollection(ctx, metav1.DeleteOptions{},
+		metav1.ListOptions{LabelSelector: "k8s-app=kube-dns"}); err != nil {
+		return err
+	}
+	_, err := c.waitReadyPod(ctx, "kube-system", "k8s-app=kube-dns")
+	return err
+}
+
+func (c *Cluster) images() []string {
+	return []string{c.cfg.PilotImage, c.cfg.ProxyHub + "/proxyv2:" + c.cfg.ProxyTag, c.cfg.EchoImage, c.cfg.ConsulImage}
+}
+
 func (c *Cluster) loadImages(ctx context.Context) error {
-	for _, img := range []string{c.cfg.PilotImage, c.cfg.EchoImage} {
+	for _, img := range c.images() {
 		if err := run(ctx, kindBin(), "load", "docker-image", img, "--name", c.cfg.Cluster); err != nil {
 			return err
 		}
@@ -161,7 +201,7 @@ func (c *Cluster) deployConsul(ctx context.Context) error {
 }
 
 // installIstio runs the patched tree's istioctl with our overlay, exactly as
-// README "Install on a cluster" tells users to, plus DNS capture.
+// README "Install on a cluster" tells users to.
 func (c *Cluster) installIstio(ctx context.Context) error {
 	args := append([]string{"install", "-y", "--kubeconfig", c.kubeconfig()}, OverlayArgs(c.cfg)...)
 	return run(ctx, filepath.Join(harness.Root(), "out/istioctl"), args...)
@@ -191,12 +231,28 @@ func (c *Cluster) deployClient(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	for _, ct := range append(p.Spec.InitContainers, p.Spec.Containers...) {
+	return checkProxyless(p)
+}
+
+// checkProxyless checks that istiod's webhook injected the grpc-agent
+// template: an istio-proxy container (pilot-agent, no Envoy) and the app
+// told where the agent writes its gRPC xDS bootstrap.
+func checkProxyless(p *corev1.Pod) error {
+	var agent, bootstrap bool
+	for _, ct := range p.Spec.Containers {
 		if ct.Name == "istio-proxy" {
-			return nil
+			agent = true
+			continue
+		}
+		for _, e := range ct.Env {
+			bootstrap = bootstrap || e.Name == "GRPC_XDS_BOOTSTRAP"
 		}
 	}
-	return fmt.Errorf("pod e2e-client/%s has no istio-proxy container: sidecar injection did not happen", pod)
+	if !agent || !bootstrap {
+		return fmt.Errorf("pod %s/%s was not injected with the grpc-agent template (istio-proxy: %v, GRPC_XDS_BOOTSTRAP: %v)",
+			p.Namespace, p.Name, agent, bootstrap)
+	}
+	return nil
 }
 
 // waitReadyPod waits for a Ready pod matching selector and returns its name.

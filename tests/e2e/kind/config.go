@@ -1,8 +1,9 @@
-// Package kind runs the shared end-to-end cases (tests/e2e) on a kind
-// cluster: our istiod image installed with the istioctl overlay, Consul in
-// the cluster, servers in pods outside the mesh, a client pod with an Envoy
-// sidecar. `make e2e-kind` (build/e2e-kind.sh) builds the images and runs
-// it; it needs a Docker daemon and network access to pull upstream images.
+// Package kind runs the end-to-end cases on a kind cluster: our istiod
+// image installed by istioctl with the install overlay, Consul (ACLs on) in
+// the cluster, servers in pods outside the mesh, and clients in proxyless
+// gRPC pods injected by istiod's webhook (template grpc-agent: our proxyv2
+// image runs pilot-agent without Envoy). build/e2e-kind.sh (make test-kind)
+// builds every image offline and runs it.
 package kind
 
 import (
@@ -17,37 +18,40 @@ import (
 
 // Config is the suite's settings, from the environment (see FromEnv).
 type Config struct {
-	Cluster     string // kind cluster name
-	NodeImage   string // kind node image; empty: kind's default
-	PilotImage  string // our istiod image (make docker)
-	EchoImage   string // the e2e-echo workload image
-	ConsulImage string // Consul server image
-	ProxyHub    string // hub and tag of the upstream sidecar (proxyv2) image
-	ProxyTag    string
-	Keep        bool // leave the cluster up after the run
+	Cluster      string // kind cluster name
+	NodeImage    string // kind node image
+	OwnNodeImage bool   // NodeImage is ours (build/kind-node.sh): no default CNI, CoreDNS forwards nothing
+	PilotImage   string // our istiod image (make docker)
+	ProxyHub     string // hub and tag of the proxyv2 image injected into pods (ours: pilot-agent)
+	ProxyTag     string
+	EchoImage    string // the e2e-echo workload image
+	ConsulImage  string // Consul server image
+	Keep         bool   // leave the cluster up after the run
 }
 
 // FromEnv reads the E2E_* variables build/e2e-kind.sh sets.
 func FromEnv() (Config, error) {
 	c := Config{
-		Cluster:     env("E2E_KIND_CLUSTER", "pilot-consul-e2e"),
-		NodeImage:   os.Getenv("E2E_KIND_NODE_IMAGE"),
-		PilotImage:  os.Getenv("E2E_PILOT_IMAGE"),
-		EchoImage:   os.Getenv("E2E_ECHO_IMAGE"),
-		ConsulImage: env("E2E_CONSUL_IMAGE", "hashicorp/consul:1.22.0"),
-		ProxyHub:    os.Getenv("E2E_PROXY_HUB"),
-		ProxyTag:    os.Getenv("E2E_PROXY_TAG"),
-		Keep:        os.Getenv("KEEP") != "",
+		Cluster:      env("E2E_KIND_CLUSTER", "pilot-consul-e2e"),
+		NodeImage:    os.Getenv("E2E_NODE_IMAGE"),
+		OwnNodeImage: os.Getenv("E2E_OWN_NODE_IMAGE") != "",
+		PilotImage:   os.Getenv("E2E_PILOT_IMAGE"),
+		ProxyHub:     os.Getenv("E2E_PROXY_HUB"),
+		ProxyTag:     os.Getenv("E2E_PROXY_TAG"),
+		EchoImage:    os.Getenv("E2E_ECHO_IMAGE"),
+		ConsulImage:  os.Getenv("E2E_CONSUL_IMAGE"),
+		Keep:         os.Getenv("KEEP") != "",
 	}
 	var missing []string
-	for _, v := range [][2]string{{"E2E_PILOT_IMAGE", c.PilotImage}, {"E2E_ECHO_IMAGE", c.EchoImage},
-		{"E2E_PROXY_HUB", c.ProxyHub}, {"E2E_PROXY_TAG", c.ProxyTag}} {
+	for _, v := range [][2]string{{"E2E_NODE_IMAGE", c.NodeImage}, {"E2E_PILOT_IMAGE", c.PilotImage},
+		{"E2E_PROXY_HUB", c.ProxyHub}, {"E2E_PROXY_TAG", c.ProxyTag},
+		{"E2E_ECHO_IMAGE", c.EchoImage}, {"E2E_CONSUL_IMAGE", c.ConsulImage}} {
 		if v[1] == "" {
 			missing = append(missing, v[0])
 		}
 	}
 	if len(missing) > 0 {
-		return c, fmt.Errorf("%s not set: run the kind suite with 'make e2e-kind'", strings.Join(missing, ", "))
+		return c, fmt.Errorf("%s not set: run the kind suite with 'make test-kind' (build/e2e-kind.sh)", strings.Join(missing, ", "))
 	}
 	return c, nil
 }
@@ -72,8 +76,8 @@ func Preflight() error {
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "docker", "info", "--format", "{{.ServerVersion}}").CombinedOutput()
 	if err != nil || strings.TrimSpace(string(out)) == "" {
-		return fmt.Errorf("%w ('docker info' failed: %s). Run 'make e2e-kind' on a Docker host; "+
-			"on this machine 'make test' covers the same cases against the local mesh", ErrNoDocker, firstLine(out, err))
+		return fmt.Errorf("%w ('docker info' failed: %s). Run the suite with 'make test-kind', which "+
+			"starts a Docker daemon where none answers", ErrNoDocker, firstLine(out, err))
 	}
 	return nil
 }

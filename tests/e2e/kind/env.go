@@ -36,7 +36,7 @@ func (c *Cluster) StartServer(t *testing.T, service string, i int) (string, int)
 		Spec: corev1.PodSpec{
 			TerminationGracePeriodSeconds: new(int64),
 			Containers: []corev1.Container{{
-				Name: "echo", Image: c.cfg.EchoImage, ImagePullPolicy: corev1.PullNever,
+				Name: "echo", Image: c.cfg.EchoImage, ImagePullPolicy: corev1.PullIfNotPresent,
 				Args:  []string{"serve", "-name", id, "-port", strconv.Itoa(echoPort)},
 				Ports: []corev1.ContainerPort{{ContainerPort: echoPort}},
 				ReadinessProbe: &corev1.Probe{PeriodSeconds: 1,

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Makes a Docker daemon answer for the kind tier, as the local tier starts
+# its own Consul and etcd. Where one already answers (DOCKER_HOST or the
+# default socket), it is used as is. Otherwise, as root with apt-get, it
+# starts a private one:
+#   - dockerd from Debian's docker.io package (installed when missing);
+#   - its own socket, bridge, pid file and exec root; its data root in the
+#     cache outside the clone, so built images survive fresh clones;
+#   - every address inside 198.18.0.0/15 (bridge, address pools, the DNS
+#     server containers are told to use), and forwarded packets from its
+#     networks to anywhere else dropped;
+#   - runc-capfix as the default runtime where this machine withholds
+#     CAP_SYS_RESOURCE (see build/cmd/runc-capfix), plain runc elsewhere.
+#
+# usage: eval "$(build/docker-up.sh)"   prints export DOCKER_HOST=... and,
+#                                       when it started a daemon, its PID
+#        build/docker-up.sh stop        stops the daemon it started, by PID
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+state="$cache/docker"
+sock="$state/docker.sock"
+pidfile="$state/dockerd.pid"
+execroot=/run/pilot-consul-docker # short: containerd's socket paths live under it
+bridge=pcdocker0
+bridge_cidr=198.19.255.1/24
+pool=198.19.240.0/21
+# The only DNS server containers get: our bridge address, where nothing
+# listens, so no lookup ever leaves for the machine's own resolvers.
+dns=198.19.255.1
+# Forwarded packets from our networks may go to our networks only.
+fw_rule=(-s 198.18.0.0/15 ! -d 198.18.0.0/15 -j DROP)
+
+stop() {
+	local pid
+	pid=$(cat "$pidfile" 2>/dev/null) || { log "no dockerd of ours is running"; return 0; }
+	if kill -0 "$pid" 2>/dev/null && grep -q dockerd "/proc/$pid/comm" 2>/dev/null; then
+		log "stopping our dockerd (pid $pid)"
+		kill "$pid"
+		for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+		kill -0 "$pid" 2>/dev/null && { log "dockerd $pid still running after 30s: killing it"; kill -9 "$pid"; }
+	fi
+	rm -f "$pidfile"
+	iptables -D DOCKER-USER "${fw_rule[@]}" 2>/dev/null || true
+	ip link del "$bridge" 2>/dev/null || true
+	# dockerd unmounts what it mounted; a killed one may leave its exec root.
+	if mountpoint -q "$execroot" 2>/dev/null || grep -q " $execroot" /proc/self/mounts; then
+		grep " $execroot" /proc/self/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l || true
+	fi
+	rm -rf "$execroot"
+}
+
+if [[ "${1:-}" == stop ]]; then
+	stop
+	exit 0
+fi
+
+if docker info >/dev/null 2>&1; then
+	log "using the Docker daemon that already answers ($(docker info --format '{{.Name}} {{.ServerVersion}}'))"
+	echo "export DOCKER_HOST=${DOCKER_HOST:-}"
+	exit 0
+fi
+if DOCKER_HOST="unix://$sock" docker info >/dev/null 2>&1; then
+	log "using our dockerd from an earlier run ($sock)"
+	echo "export DOCKER_HOST=unix://$sock PILOT_CONSUL_DOCKERD_PID=$(cat "$pidfile" 2>/dev/null)"
+	exit 0
+fi
+
+[[ $(id -u) -eq 0 ]] || die "no Docker daemon answers, and starting one needs root.
+  Start Docker (or point DOCKER_HOST at one), or run as root on Debian/Ubuntu so
+  the suite can install docker.io with apt-get and start its own."
+if ! command -v dockerd >/dev/null 2>&1; then
+	command -v apt-get >/dev/null 2>&1 || die "no Docker daemon answers and no apt-get to install docker.io.
+  Install Docker (a daemon this user can reach) and run again."
+	log "installing Debian's docker.io package (dockerd, containerd, runc)"
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io iptables >/dev/null
+	# The package starts system services: ours is private, theirs stays off.
+	systemctl disable --now docker.socket docker containerd >/dev/null 2>&1 || true
+fi
+
+mkdir -p "$state/data" "$execroot"
+runtime_args=()
+capbnd=$(sed -n 's/^CapBnd:[[:space:]]*//p' /proc/self/status)
+if (( (16#$capbnd >> 24 & 1) == 0 )); then
+	log "this machine withholds CAP_SYS_RESOURCE: dockerd runs containers through runc-capfix"
+	mkdir -p "$cache/bin"
+	(cd "$root" && CGO_ENABLED=0 go build -o "$cache/bin/runc-capfix" ./build/cmd/runc-capfix)
+	runtime_args=(--add-runtime "capfix=$cache/bin/runc-capfix" --default-runtime capfix)
+fi
+
+if ! ip link show "$bridge" >/dev/null 2>&1; then
+	ip link add "$bridge" type bridge
+	ip addr add "$bridge_cidr" dev "$bridge"
+	ip link set "$bridge" up
+fi
+
+log "starting a private dockerd (socket $sock, data root $state/data)"
+# A killed earlier run leaves a stale pid file and socket.
+rm -f "$pidfile" "$sock"
+nohup dockerd \
+	--host "unix://$sock" --data-root "$state/data" --exec-root "$execroot" --pidfile "$pidfile" \
+	--bridge "$bridge" --default-address-pool "base=$pool,size=24" --dns "$dns" \
+	--storage-driver overlay2 --log-level warn \
+	"${runtime_args[@]}" >"$state/dockerd.log" 2>&1 &
+for _ in $(seq 1 120); do
+	DOCKER_HOST="unix://$sock" docker info >/dev/null 2>&1 && break
+	sleep 0.5
+done
+DOCKER_HOST="unix://$sock" docker info >/dev/null 2>&1 || {
+	tail -20 "$state/dockerd.log" >&2
+	stop
+	die "our dockerd did not answer within 60s (log above, $state/dockerd.log)"
+}
+iptables -C DOCKER-USER "${fw_rule[@]}" 2>/dev/null || iptables -I DOCKER-USER "${fw_rule[@]}"
+echo "export DOCKER_HOST=unix://$sock PILOT_CONSUL_DOCKERD_PID=$(cat "$pidfile")"
