@@ -11,7 +11,6 @@ source "$(dirname "$0")/lib.sh"
 action=${1:?usage: docker.sh build|push HUB TAG}
 hub=${2:?usage: docker.sh build|push HUB TAG}
 tag=${3:?usage: docker.sh build|push HUB TAG}
-export DOCKER_BUILDKIT=0 # the daemon may be Debian's 20.10, without BuildKit
 
 if ! docker info >/dev/null 2>&1; then
 	die "no Docker daemon reachable ('docker info' failed). 'make docker' needs one:
@@ -43,10 +42,10 @@ build)
 	cp "$out/pilot-discovery" "$ctx/pilot/"
 	cp "$out/pilot-agent" "$tree/tools/packaging/common/envoy_bootstrap.json" "$ctx/proxyv2/"
 	for img in pilot proxyv2; do
-		docker build -q \
+		docker_build \
 			--label "org.opencontainers.image.version=$PILOT_CONSUL_VERSION" \
 			--label "io.pilot-consul.istio-source=$(cat "$work/source")" \
-			-t "$hub/$img:$tag" "$ctx/$img" >/dev/null
+			-t "$hub/$img:$tag" "$ctx/$img"
 		log "built $hub/$img:$tag"
 	done
 	;;

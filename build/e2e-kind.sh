@@ -16,7 +16,6 @@
 # usage: build/e2e-kind.sh   (make test-kind / make e2e-kind)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
-export DOCKER_BUILDKIT=0
 
 hub=${E2E_HUB:-localhost/pilot-consul}
 tag=${E2E_TAG:-e2e}
@@ -60,13 +59,13 @@ if ! docker image inspect "$consul_image" >/dev/null 2>&1; then
 	mkdir -p "$ctx/consul/tmp" && chmod 1777 "$ctx/consul/tmp"
 	cp "$consul_bin" "$ctx/consul/consul"
 	cp "$root/tests/e2e/kind/consul.Dockerfile" "$ctx/consul/Dockerfile"
-	docker build -q -t "$consul_image" "$ctx/consul" >/dev/null
+	docker_build -t "$consul_image" "$ctx/consul"
 	log "built $consul_image"
 fi
 mkdir -p "$ctx/echo"
 CGO_ENABLED=0 go build -o "$ctx/echo/e2e-echo" ./tests/cmd/e2e-echo
 cp "$root/tests/e2e/kind/echo.Dockerfile" "$ctx/echo/Dockerfile"
-docker build -q -t "$hub/e2e-echo:$tag" "$ctx/echo" >/dev/null
+docker_build -t "$hub/e2e-echo:$tag" "$ctx/echo"
 
 if ! docker network inspect kind >/dev/null 2>&1; then
 	docker network create kind --subnet "$kind_subnet" --gateway "${kind_subnet%.0/24}.1" \

@@ -21,7 +21,6 @@
 # usage: build/kind-node.sh   (prints the image name on stdout)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
-export DOCKER_BUILDKIT=0 # the daemon may be Debian's 20.10, without BuildKit
 
 suite=bookworm
 packages=(systemd systemd-sysv dbus containerd runc containernetworking-plugins
@@ -83,11 +82,14 @@ fi
 # 2. Control-plane images, saved for import into the node's containerd.
 "$root/build/tools.sh" kube-node etcd-server coredns >&2
 bin_image() { # name image binary [FROM]
-	local dir="$ctx/img-$1"
+	local dir="$ctx/img-$1" b
+	b=$(basename "$3")
 	mkdir -p "$dir"
 	cp "$3" "$dir/"
-	printf 'FROM %s\nCOPY %s /usr/local/bin/%s\nENV PATH=/usr/local/bin:/usr/bin:/bin\n' "${4:-scratch}" "$(basename "$3")" "$(basename "$3")" >"$dir/Dockerfile"
-	docker build -q -t "$2" "$dir" >/dev/null
+	# kubeadm runs most by command name; CoreDNS's Deployment passes only args.
+	printf 'FROM %s\nCOPY %s /usr/local/bin/%s\nENV PATH=/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:/bin:/sbin\nENTRYPOINT ["/usr/local/bin/%s"]\n' \
+		"${4:-scratch}" "$b" "$b" "$b" >"$dir/Dockerfile"
+	docker_build -t "$2" "$dir"
 }
 images=()
 for n in "${k8s_images[@]}"; do
@@ -100,7 +102,7 @@ bin_image etcd "$etcd_image" "$root/bin/etcd"
 bin_image coredns "$coredns_image" "$root/bin/coredns"
 mkdir -p "$ctx/img-pause" && cp "$ctx/pause" "$ctx/img-pause/" &&
 	printf 'FROM scratch\nCOPY pause /pause\nENTRYPOINT ["/pause"]\n' >"$ctx/img-pause/Dockerfile" &&
-	docker build -q -t "$pause_image" "$ctx/img-pause" >/dev/null
+	docker_build -t "$pause_image" "$ctx/img-pause"
 images+=("$etcd_image" "$coredns_image" "$pause_image")
 docker save -o "$ctx/images.tar" "${images[@]}"
 
@@ -119,7 +121,7 @@ sed -e "s#sandbox_image = .*#sandbox_image = \"$pause_image\"#" \
 grep -q 'BinaryName = "/usr/local/sbin/runc-capfix"' "$fs/etc/containerd/config.toml" || die "could not set runc-capfix in kind's containerd config"
 sed "s#POD_SUBNET#$pod_subnet#" "$root/build/kind/10-ptp.conflist" >"$fs/etc/cni/net.d/10-ptp.conflist"
 cp "$root/build/kind/Dockerfile.node" "$ctx/node/Dockerfile"
-docker build -q --build-arg "BASE=$base" -t "$image-stage" "$ctx/node" >/dev/null
+docker_build --build-arg "BASE=$base" -t "$image-stage" "$ctx/node"
 
 # 4. Import the images into the node's containerd and commit, as kind's builder does.
 cid=$(docker run -d --privileged --entrypoint sleep "$image-stage" infinity)
@@ -129,8 +131,10 @@ docker exec -i "$cid" ctr --namespace=k8s.io images import --label=io.cri-contai
 	--all-platforms --no-unpack --digests - <"$ctx/images.tar" >/dev/null
 imported=$(docker exec "$cid" ctr --namespace=k8s.io images list -q)
 for i in "${images[@]}"; do grep -qx "$i" <<<"$imported" || die "image $i missing from the node after import"; done
-docker exec "$cid" bash -c 'pkill containerd; while pgrep -x containerd >/dev/null; do sleep 0.2; done; rm -f /var/log/containerd-build.log'
+# Nothing reaps containerd under sleep: wait for it to be a zombie, not gone.
+docker exec "$cid" bash -c 'pkill containerd; while ps -o stat= -C containerd | grep -qv Z; do sleep 0.2; done; rm -f /var/log/containerd-build.log'
 docker commit --change 'ENTRYPOINT [ "/usr/local/bin/entrypoint", "/sbin/init" ]' "$cid" "$image" >/dev/null
+docker rm -f -v "$cid" >/dev/null && cid=""
 docker rmi "$image-stage" >/dev/null
 docker rmi "${images[@]}" >/dev/null # they live inside the node image now
 log "built kind node image $image in $((SECONDS - start))s"

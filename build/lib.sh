@@ -21,6 +21,14 @@ export GIT_COMMITTER_NAME="$GIT_AUTHOR_NAME" GIT_COMMITTER_EMAIL="$GIT_AUTHOR_EM
 export GIT_AUTHOR_DATE="2000-01-01T00:00:00Z" GIT_COMMITTER_DATE="2000-01-01T00:00:00Z"
 
 log() { echo ">> $*" >&2; }
+
+# docker_build ARGS... is a quiet docker build with the classic builder (the
+# daemon may be Debian's 20.10, without BuildKit), minus the deprecation
+# notice newer CLIs print for it.
+docker_build() {
+	DOCKER_BUILDKIT=0 docker build -q "$@" 2>&1 >/dev/null |
+		{ grep -v -e DEPRECATED -e 'BuildKit is currently disabled' -e 'environment-variable' -e '^$' >&2 || true; }
+}
 die() { echo "error: $*" >&2; exit 1; }
 
 # istio_module_dir VERSION prints the extracted (read-only) module source dir.

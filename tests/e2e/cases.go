@@ -67,7 +67,7 @@ func SubsetsAndWeightedSplit(t *testing.T, env Env) {
 
 	env.Apply(t, fmt.Sprintf(`apiVersion: networking.istio.io/v1
 kind: DestinationRule
-metadata: {name: reviews, namespace: default}
+metadata: {name: reviews, namespace: %[2]s}
 spec:
   host: %[1]s
   subsets:
@@ -76,14 +76,14 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
-metadata: {name: reviews, namespace: default}
+metadata: {name: reviews, namespace: %[2]s}
 spec:
   hosts: [%[1]s]
   http:
   - route:
     - {destination: {host: %[1]s, subset: v1}, weight: 80}
     - {destination: {host: %[1]s, subset: v2}, weight: 20}
-`, s.Name+".service.consul"))
+`, s.Name+".service.consul", env.ClientNamespace()))
 	// 1000 calls: v2's share has a standard deviation of ~1.3 points; allow ±6.
 	require.Eventually(t, func() bool {
 		n := Counts(c, 1000)

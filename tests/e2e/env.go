@@ -29,6 +29,9 @@ type Env interface {
 	// Apply creates Istio config (YAML) in the cluster istiod watches, and
 	// deletes it at t's cleanup.
 	Apply(t *testing.T, yaml string)
+	// ClientNamespace is the namespace of the clients Dial returns: config
+	// there (a DestinationRule, say) applies to their calls.
+	ClientNamespace() string
 }
 
 // Caller makes one gRPC call and returns the id of the server that answered.

@@ -87,3 +87,7 @@ func (l *Local) Apply(t *testing.T, yaml string) {
 	require.NoError(t, l.Kube.Apply(context.Background(), []byte(yaml)))
 	t.Cleanup(func() { _ = l.Kube.Delete(context.Background(), []byte(yaml)) })
 }
+
+// ClientNamespace implements Env: the xDS client's node is in "default"
+// (harness.NewMesh).
+func (l *Local) ClientNamespace() string { return "default" }

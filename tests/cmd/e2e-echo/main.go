@@ -1,6 +1,8 @@
 // Command e2e-echo is the workload image of the kind suite (tests/e2e/kind):
 //
-//	e2e-echo serve -name ID [-port 8080]   gRPC server answering with ID
+//	e2e-echo serve -name ID [-port 8080] [-xds]
+//	                                        gRPC server answering with ID; with
+//	                                        -xds, a proxyless server in the mesh
 //	e2e-echo client                         "<timeout> <host:port>" lines on
 //	                                        stdin, one call each, results on stdout
 //	e2e-echo sleep                          idle (a pod to exec the client in)
@@ -27,6 +29,7 @@ func main() {
 		fs := flag.NewFlagSet("serve", flag.ExitOnError)
 		name := fs.String("name", "", "name to answer with (the Consul instance ID)")
 		port := fs.Int("port", 8080, "port to listen on")
+		withXDS := fs.Bool("xds", false, "serve as a proxyless gRPC server: TLS and authorization from istiod")
 		_ = fs.Parse(os.Args[2:])
 		if *name == "" {
 			usage()
@@ -34,6 +37,15 @@ func main() {
 		l, err := net.Listen("tcp", net.JoinHostPort("", strconv.Itoa(*port)))
 		if err != nil {
 			fail(err)
+		}
+		if *withXDS {
+			srv, err := echo.ServeXDS(l, *name)
+			if err != nil {
+				fail(err)
+			}
+			waitForSignal()
+			srv.Stop()
+			return
 		}
 		srv := echo.Serve(l, *name)
 		waitForSignal()
@@ -56,7 +68,7 @@ func waitForSignal() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: e2e-echo serve -name ID [-port 8080] | client | sleep")
+	fmt.Fprintln(os.Stderr, "usage: e2e-echo serve -name ID [-port 8080] [-xds] | client | sleep")
 	os.Exit(2)
 }
 

@@ -18,7 +18,7 @@ import (
 	xdscreds "google.golang.org/grpc/credentials/xds"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
-	_ "google.golang.org/grpc/xds" // the xds:/// resolver and its balancers
+	"google.golang.org/grpc/xds" // also registers the xds:/// resolver and its balancers
 )
 
 type server struct {
@@ -36,6 +36,23 @@ func Serve(l net.Listener, name string) *grpc.Server {
 	testgrpc.RegisterTestServiceServer(srv, &server{name: name})
 	go func() { _ = srv.Serve(l) }()
 	return srv
+}
+
+// ServeXDS is Serve for a proxyless gRPC server in the mesh: istiod's inbound
+// listener for the port (through the pod's agent, GRPC_XDS_BOOTSTRAP) sets
+// its TLS (PeerAuthentication) and authorization (AuthorizationPolicy).
+func ServeXDS(l net.Listener, name string) (*xds.GRPCServer, error) {
+	creds, err := xdscreds.NewServerCredentials(xdscreds.ServerOptions{FallbackCreds: insecure.NewCredentials()})
+	if err != nil {
+		return nil, err
+	}
+	srv, err := xds.NewGRPCServer(grpc.Creds(creds))
+	if err != nil {
+		return nil, err
+	}
+	testgrpc.RegisterTestServiceServer(srv, &server{name: name})
+	go func() { _ = srv.Serve(l) }()
+	return srv, nil
 }
 
 // Call makes one call on cc and returns the name of the server that answered.

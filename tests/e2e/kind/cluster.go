@@ -36,6 +36,10 @@ type Cluster struct {
 	kube       *harness.Kube
 	rootToken  string
 	consul     *api.Client
+	// istiodToken is the ACL token istiod reads Consul with (the Secret's).
+	istiodToken *api.ACLToken
+	// atReady is what istiod showed when istioctl install saw it Ready.
+	atReady readySnapshot
 	stopTunnel func()
 	logf       func(string, ...any)
 }
@@ -61,7 +65,9 @@ func Setup(ctx context.Context, cfg Config, logf func(string, ...any)) (c *Clust
 		{"cluster DNS without any upstream", c.configureDNS},
 		{"loading images " + strings.Join(c.images(), ", "), c.loadImages},
 		{"deploying Consul (ACL default deny) and a read-only token for istiod", c.deployConsul},
+		{fmt.Sprintf("registering %d Consul services for istiod to sync at start-up", len(presync)), c.registerPresync},
 		{"installing Istio with out/istioctl and build/install/istio-operator.yaml", c.installIstio},
+		{"reading istiod's registry as it turned Ready", c.snapshotAtReady},
 		{"deploying the client pod (proxyless gRPC, injected by istiod)", c.deployClient},
 	}
 	for _, s := range steps {
@@ -185,19 +191,27 @@ func (c *Cluster) deployConsul(ctx context.Context) error {
 		}
 		time.Sleep(time.Second)
 	}
-	tok, _, err := c.consul.ACL().TokenCreate(&api.ACLToken{Description: "istiod",
-		Policies: []*api.ACLTokenPolicyLink{{Name: "istiod-read"}}}, nil)
-	if err != nil {
-		return fmt.Errorf("create ACL token: %w", err)
+	if c.istiodToken, err = c.newReadToken(); err != nil {
+		return err
 	}
 	if err := c.kube.EnsureNamespace(ctx, "istio-system"); err != nil {
 		return err
 	}
 	_, err = c.kube.Client.CoreV1().Secrets("istio-system").Create(ctx, &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: "istiod-consul-token"},
-		StringData: map[string]string{"token": tok.SecretID},
+		StringData: map[string]string{"token": c.istiodToken.SecretID},
 	}, metav1.CreateOptions{})
 	return err
+}
+
+// newReadToken creates a Consul ACL token with the read policy istiod needs.
+func (c *Cluster) newReadToken() (*api.ACLToken, error) {
+	tok, _, err := c.consul.ACL().TokenCreate(&api.ACLToken{Description: "istiod",
+		Policies: []*api.ACLTokenPolicyLink{{Name: "istiod-read"}}}, nil)
+	if err != nil {
+		return nil, fmt.Errorf("create ACL token: %w", err)
+	}
+	return tok, nil
 }
 
 // installIstio runs the patched tree's istioctl with our overlay, exactly as

@@ -2,6 +2,7 @@ package kind
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"testing"
 	"time"
@@ -72,9 +73,78 @@ func (c *Cluster) Dial(t *testing.T, target string) e2e.Caller {
 	return caller
 }
 
+// ClientNamespace implements e2e.Env: the client pod's (manifests/client.yaml).
+func (c *Cluster) ClientNamespace() string { return "e2e-client" }
+
 // Apply implements e2e.Env.
 func (c *Cluster) Apply(t *testing.T, yaml string) {
 	t.Helper()
 	require.NoError(t, c.kube.Apply(context.Background(), []byte(yaml)))
 	t.Cleanup(func() { _ = c.kube.Delete(context.Background(), []byte(yaml)) })
+}
+
+// The meshed server of the mTLS case: its namespace and service account.
+const (
+	meshedNS = "mtls-server"
+	meshedSA = "echo-server"
+)
+
+// startMeshedServer runs a proxyless gRPC server (e2e-echo serve -xds) in a
+// pod injected with the grpc-agent template, in a namespace with STRICT
+// mTLS, behind a Kubernetes Service (istiod builds a proxyless server's
+// inbound listener from the services its pod belongs to). Returns its IP.
+func (c *Cluster) startMeshedServer(t *testing.T, id string) string {
+	t.Helper()
+	ctx := context.Background()
+	objects := fmt.Sprintf(`apiVersion: v1
+kind: Namespace
+metadata: {name: %[1]s, labels: {istio-injection: enabled}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: %[2]s, namespace: %[1]s}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo-secure, namespace: %[1]s}
+spec:
+  selector: {app: echo-secure}
+  ports: [{name: grpc, port: %[3]d, targetPort: %[3]d}]
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: strict, namespace: %[1]s}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: %[4]s
+  namespace: %[1]s
+  labels: {app: echo-secure}
+  annotations:
+    inject.istio.io/templates: grpc-agent
+    proxy.istio.io/config: '{"holdApplicationUntilProxyStarts": true}'
+spec:
+  serviceAccountName: %[2]s
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: echo
+    image: %[5]s
+    imagePullPolicy: IfNotPresent
+    args: [serve, -xds, -name, %[4]s, -port, "%[3]d"]
+    ports: [{containerPort: %[3]d}]
+`, meshedNS, meshedSA, echoPort, id, c.cfg.EchoImage)
+	c.Apply(t, objects)
+	var ip string
+	require.Eventually(t, func() bool {
+		p, err := c.kube.Client.CoreV1().Pods(meshedNS).Get(ctx, id, metav1.GetOptions{})
+		if err != nil || !podReady(p) {
+			return false
+		}
+		require.NoError(t, checkProxyless(p))
+		ip = p.Status.PodIP
+		return ip != ""
+	}, 3*time.Minute, time.Second, "meshed server pod %s never ready", id)
+	return ip
 }

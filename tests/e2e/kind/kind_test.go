@@ -6,7 +6,15 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/pilot-consul/pilot-consul/tests/e2e"
 )
@@ -28,6 +36,9 @@ func TestMain(m *testing.M) {
 	cluster, err = Setup(context.Background(), cfg, logf)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "kind suite setup failed:", err)
+		if cluster != nil {
+			cluster.DumpIstiodLog()
+		}
 		os.Exit(1)
 	}
 	code := m.Run()
@@ -38,10 +49,179 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// The install the suite did is the one README tells users to do: our image,
+// the Consul registry on.
+func TestInstalledAsUsersDo(t *testing.T) {
+	ctx := context.Background()
+	d, err := cluster.kube.Client.AppsV1().Deployments("istio-system").Get(ctx, "istiod", metav1.GetOptions{})
+	require.NoError(t, err)
+	c := d.Spec.Template.Spec.Containers[0]
+	assert.Equal(t, cluster.cfg.PilotImage, c.Image)
+	assert.Contains(t, c.Args, "--registries=Kubernetes,Consul")
+	assert.Contains(t, c.Args, "--consulTokenFile=/var/run/secrets/consul/token/token")
+	b, err := cluster.istiodDebug(ctx, cluster.atReady.pod, "/version")
+	if err == nil { // the debug port's version answer, when this istiod has one
+		t.Logf("istiod version: %s", strings.TrimSpace(string(b)))
+	}
+}
+
+// istiod's Deployment is Ready only once the registry has read Consul: the
+// registry logged its sync before the pod turned Ready, and every service
+// registered before the install was served at that point.
+func TestIstiodReadyOnlyAfterConsulSync(t *testing.T) {
+	s := cluster.atReady
+	require.False(t, s.syncedAt.IsZero(), "istiod never logged the registry's sync")
+	require.False(t, s.readyAt.IsZero(), "istiod's Ready condition not found")
+	t.Logf("registry synced at %v, pod Ready at %v", s.syncedAt, s.readyAt)
+	// The Ready condition has second precision.
+	assert.False(t, s.readyAt.Before(s.syncedAt.Truncate(time.Second)), "istiod was Ready before the registry synced")
+	for _, name := range presync {
+		assert.Contains(t, s.registryz, name+".service.consul", "served when istiod turned Ready")
+	}
+}
+
 // The same cases the local suite runs (tests/integration TestSharedCases),
-// here with Envoy sidecars, in-cluster Consul and our image.
+// here with proxyless gRPC pods injected by istiod, in-cluster Consul and our
+// images.
 func TestSharedCases(t *testing.T) {
 	for _, c := range e2e.Cases {
 		t.Run(c.Name, func(t *testing.T) { c.Run(t, cluster) })
 	}
+}
+
+// A meshed server pod registered in Consul with tls-mode=istio and its
+// service account gets mutual TLS from a meshed client: the server checks
+// the client's SPIFFE identity (AuthorizationPolicy), the client the
+// server's (the identity Consul meta names).
+func TestMutualTLSFromConsulMeta(t *testing.T) {
+	ctx := context.Background()
+	ip := cluster.startMeshedServer(t, "secure-0")
+	good := "spiffe://cluster.local/ns/" + meshedNS + "/sa/" + meshedSA
+	register := func(name, identity string) string {
+		require.NoError(t, cluster.consul.Agent().ServiceRegister(&api.AgentServiceRegistration{
+			ID: name, Name: name, Address: ip, Port: echoPort,
+			Meta: map[string]string{"protocol": "grpc", "tls-mode": "istio", "service-account": identity},
+		}))
+		t.Cleanup(func() { _ = cluster.consul.Agent().ServiceDeregister(name) })
+		return name + ".service.consul"
+	}
+	secure := register("secure", good)
+	impostor := register("secure-impostor", "spiffe://cluster.local/ns/elsewhere/sa/someone")
+	plain := register("secure-plain", good)
+	// Proxyless clients take TLS from the DestinationRule (no auto mTLS).
+	cluster.Apply(t, fmt.Sprintf(`apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: secure, namespace: %[1]s}
+spec:
+  host: %[2]s
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: secure-impostor, namespace: %[1]s}
+spec:
+  host: %[3]s
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+`, meshedNS, secure, impostor))
+	allow := func(principal string) string {
+		return fmt.Sprintf(`apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: only-client, namespace: %s}
+spec:
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: [%q]}}]
+`, meshedNS, principal)
+	}
+	cluster.Apply(t, allow("cluster.local/ns/e2e-client/sa/client"))
+
+	c := cluster.Dial(t, secure+fmt.Sprintf(":%d", echoPort))
+	e2e.EventuallyServedBy(t, c, "secure-0")
+
+	// The server requires mTLS (PeerAuthentication STRICT): plaintext fails.
+	_, err := cluster.Dial(t, plain+fmt.Sprintf(":%d", echoPort)).Call(5 * time.Second)
+	require.Error(t, err, "a plaintext call to a STRICT mTLS server must fail")
+	t.Logf("plaintext call refused: %v", err)
+
+	// The client checks the server's identity against Consul's meta.
+	_, err = cluster.Dial(t, impostor+fmt.Sprintf(":%d", echoPort)).Call(5 * time.Second)
+	require.Error(t, err, "the client must refuse a server whose identity is not the one Consul names")
+	t.Logf("server with the wrong identity refused: %v", err)
+
+	// The server checks the client's identity: allowing only another
+	// principal denies this client.
+	require.NoError(t, cluster.kube.Apply(ctx, []byte(allow("cluster.local/ns/elsewhere/sa/someone"))))
+	require.Eventually(t, func() bool {
+		_, err := c.Call(5 * time.Second)
+		return err != nil && strings.Contains(err.Error(), "PermissionDenied")
+	}, 60*time.Second, 500*time.Millisecond, "the server never denied a client whose identity the policy does not allow")
+}
+
+// A new token written into the Secret, the old one deleted in Consul: istiod
+// keeps serving Consul's changes without a restart (kubelet refreshes the
+// Secret volume; the registry re-reads the token file).
+func TestTokenRotationWithoutRestart(t *testing.T) {
+	ctx := context.Background()
+	s := e2e.NewService(t, cluster, "rotate", 1, e2e.GRPCMeta, nil)
+	c := cluster.Dial(t, s.Target())
+	e2e.EventuallyServedBy(t, c, s.ID(0))
+	before, err := cluster.istiodPod(ctx)
+	require.NoError(t, err)
+
+	fresh, err := cluster.newReadToken()
+	require.NoError(t, err)
+	secrets := cluster.kube.Client.CoreV1().Secrets("istio-system")
+	sec, err := secrets.Get(ctx, "istiod-consul-token", metav1.GetOptions{})
+	require.NoError(t, err)
+	sec.Data = map[string][]byte{"token": []byte(fresh.SecretID)}
+	_, err = secrets.Update(ctx, sec, metav1.UpdateOptions{})
+	require.NoError(t, err)
+	_, err = cluster.consul.ACL().TokenDelete(cluster.istiodToken.AccessorID, nil)
+	require.NoError(t, err)
+	cluster.istiodToken = fresh
+	start := time.Now()
+
+	// Until kubelet refreshes the volume istiod's reads fail (old token
+	// gone) and it serves the last good state; then the change arrives.
+	s.Add(1, e2e.GRPCMeta, nil)
+	require.Eventually(t, func() bool {
+		n := e2e.Counts(c, 20)
+		return n[s.ID(0)] > 0 && n[s.ID(1)] > 0 && n["error"] == 0
+	}, 4*time.Minute, time.Second, "istiod never served the change made after the token rotation")
+	t.Logf("change after token rotation served within %v", time.Since(start).Round(time.Second))
+
+	after, err := cluster.istiodPod(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, before.Name, after.Name, "istiod pod replaced")
+	assert.Equal(t, restarts(before), restarts(after), "istiod restarted")
+}
+
+// istiod's pod deleted while Consul changes: the new pod serves Consul's truth.
+func TestIstiodPodRestart(t *testing.T) {
+	ctx := context.Background()
+	s := e2e.NewService(t, cluster, "restart", 2, e2e.GRPCMeta, nil)
+	c := cluster.Dial(t, s.Target())
+	e2e.EventuallyServedBy(t, c, s.ID(0), s.ID(1))
+	old, err := cluster.istiodPod(ctx)
+	require.NoError(t, err)
+
+	require.NoError(t, cluster.kube.Client.CoreV1().Pods("istio-system").Delete(ctx, old.Name, metav1.DeleteOptions{}))
+	s.SetHealth(1, api.HealthCritical)
+	s.Add(2, e2e.GRPCMeta, nil)
+	var fresh *corev1.Pod
+	require.Eventually(t, func() bool {
+		fresh, err = cluster.istiodPod(ctx)
+		return err == nil && fresh.Name != old.Name
+	}, 3*time.Minute, time.Second, "no new istiod pod became Ready")
+	t.Logf("istiod %s replaced by %s", old.Name, fresh.Name)
+	e2e.EventuallyServedBy(t, c, s.ID(0), s.ID(2))
+	cluster.atReady.pod = fresh.Name
+}
+
+func restarts(p *corev1.Pod) int32 {
+	var n int32
+	for _, s := range p.Status.ContainerStatuses {
+		n += s.RestartCount
+	}
+	return n
 }
