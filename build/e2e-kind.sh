@@ -13,7 +13,7 @@
 # Everything made for the run is removed at the end (KEEP=1 keeps the
 # cluster, and so the daemon and network it needs).
 #
-# usage: build/e2e-kind.sh   (make test-kind / make e2e-kind)
+# usage: build/e2e-kind.sh   (make test-kind / make e2e-kind; E2E_RUN=REGEXP runs only those tests)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -79,4 +79,4 @@ got=$(docker network inspect kind --format '{{range .IPAM.Config}}{{.Subnet}} {{
 E2E_NODE_IMAGE="$node_image" E2E_OWN_NODE_IMAGE="$own_node" \
 	E2E_PILOT_IMAGE="$hub/pilot:$tag" E2E_PROXY_HUB="$hub" E2E_PROXY_TAG="$tag" \
 	E2E_ECHO_IMAGE="$hub/e2e-echo:$tag" E2E_CONSUL_IMAGE="$consul_image" \
-	go test -tags e2ekind -count=1 -v -timeout 40m ./tests/e2e/kind/
+	go test -tags e2ekind -count=1 -v -timeout 40m ${E2E_RUN:+-run "$E2E_RUN"} ./tests/e2e/kind/

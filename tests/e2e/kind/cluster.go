@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -31,17 +32,19 @@ var (
 
 // Cluster is a kind cluster with Consul, our istiod and a client pod.
 type Cluster struct {
-	cfg        Config
-	dir        string // kubeconfig, logs
-	kube       *harness.Kube
-	rootToken  string
-	consul     *api.Client
+	cfg       Config
+	dir       string // kubeconfig, logs
+	kube      *harness.Kube
+	rootToken string
+	consul    *api.Client
 	// istiodToken is the ACL token istiod reads Consul with (the Secret's).
 	istiodToken *api.ACLToken
 	// atReady is what istiod showed when istioctl install saw it Ready.
-	atReady readySnapshot
+	atReady    readySnapshot
 	stopTunnel func()
 	logf       func(string, ...any)
+	clientMu   sync.Mutex
+	client     *execSession // calls from the client pod (Dial)
 }
 
 // Setup creates the cluster and installs everything; on error, what was
@@ -83,6 +86,9 @@ func Setup(ctx context.Context, cfg Config, logf func(string, ...any)) (c *Clust
 
 // Teardown deletes the cluster (kept with KEEP=1, with a note how to reach it).
 func (c *Cluster) Teardown() {
+	if c.client != nil {
+		c.client.Close()
+	}
 	if c.stopTunnel != nil {
 		c.stopTunnel()
 	}

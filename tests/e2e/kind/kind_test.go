@@ -108,7 +108,8 @@ func TestMutualTLSFromConsulMeta(t *testing.T) {
 	secure := register("secure", good)
 	impostor := register("secure-impostor", "spiffe://cluster.local/ns/elsewhere/sa/someone")
 	plain := register("secure-plain", good)
-	// Proxyless clients take TLS from the DestinationRule (no auto mTLS).
+	// Proxyless clients take TLS from a DestinationRule (no auto mTLS) in
+	// their own namespace.
 	cluster.Apply(t, fmt.Sprintf(`apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: secure, namespace: %[1]s}
@@ -122,7 +123,7 @@ metadata: {name: secure-impostor, namespace: %[1]s}
 spec:
   host: %[3]s
   trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
-`, meshedNS, secure, impostor))
+`, cluster.ClientNamespace(), secure, impostor))
 	allow := func(principal string) string {
 		return fmt.Sprintf(`apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -142,11 +143,13 @@ spec:
 	_, err := cluster.Dial(t, plain+fmt.Sprintf(":%d", echoPort)).Call(5 * time.Second)
 	require.Error(t, err, "a plaintext call to a STRICT mTLS server must fail")
 	t.Logf("plaintext call refused: %v", err)
+	assert.Contains(t, err.Error(), "server preface", "the server must close a plaintext connection, not xDS resolution fail")
 
 	// The client checks the server's identity against Consul's meta.
 	_, err = cluster.Dial(t, impostor+fmt.Sprintf(":%d", echoPort)).Call(5 * time.Second)
 	require.Error(t, err, "the client must refuse a server whose identity is not the one Consul names")
 	t.Logf("server with the wrong identity refused: %v", err)
+	assert.Contains(t, err.Error(), "do not match any of the accepted SANs", "the call must fail on the server's identity")
 
 	// The server checks the client's identity: allowing only another
 	// principal denies this client.

@@ -64,15 +64,16 @@ func portForward(cfg *rest.Config, ns, pod string, port int) (string, func(), er
 	return fmt.Sprintf("127.0.0.1:%d", ports[0].Local), func() { once.Do(func() { close(stop) }) }, nil
 }
 
-// execCaller is an e2e.Caller that runs `e2e-echo client` in the client pod
-// (kubectl exec) and sends it one request line per call: the call leaves
-// the pod through its Envoy sidecar, as an application's would.
-type execCaller struct {
+// execSession runs `e2e-echo client` in the client pod (kubectl exec) and
+// sends it one request line per call to its target: the call is made by the
+// pod's own proxyless gRPC stack, as an application's would be.
+type execSession struct {
 	target string
 	mu     sync.Mutex
 	in     io.WriteCloser
 	lines  chan string
 	cancel context.CancelFunc
+	done   chan struct{}
 	stderr syncBuffer
 }
 
@@ -94,7 +95,7 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func startExecCaller(cfg *rest.Config, client kubernetes.Interface, ns, pod, container, target string) (*execCaller, error) {
+func startExecSession(cfg *rest.Config, client kubernetes.Interface, ns, pod, container, target string) (*execSession, error) {
 	req := client.CoreV1().RESTClient().Post().Resource("pods").Namespace(ns).Name(pod).SubResource("exec").
 		VersionedParams(&corev1.PodExecOptions{Container: container, Command: []string{"/e2e-echo", "client"},
 			Stdin: true, Stdout: true, Stderr: true}, scheme.ParameterCodec)
@@ -111,10 +112,11 @@ func startExecCaller(cfg *rest.Config, client kubernetes.Interface, ns, pod, con
 	ctx, cancel := context.WithCancel(context.Background())
 	inR, inW := io.Pipe()
 	outR, outW := io.Pipe()
-	c := &execCaller{target: target, in: inW, lines: make(chan string), cancel: cancel}
+	c := &execSession{target: target, in: inW, lines: make(chan string), cancel: cancel, done: make(chan struct{})}
 	go func() {
 		err := exec.StreamWithContext(ctx, remotecommand.StreamOptions{Stdin: inR, Stdout: outW, Stderr: &c.stderr})
 		outW.CloseWithError(fmt.Errorf("exec ended: %v", err))
+		close(c.done)
 	}()
 	go func() {
 		defer close(c.lines)
@@ -126,11 +128,12 @@ func startExecCaller(cfg *rest.Config, client kubernetes.Interface, ns, pod, con
 	return c, nil
 }
 
-// Call implements e2e.Caller.
-func (c *execCaller) Call(timeout time.Duration) (string, error) {
+// call makes one call to the session's target (host:port).
+func (c *execSession) call(timeout time.Duration) (string, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if _, err := fmt.Fprintf(c.in, "%s %s\n", timeout, c.target); err != nil {
+	target := c.target
+	if _, err := fmt.Fprintf(c.in, "%s %s\n", timeout, target); err != nil {
 		return "", fmt.Errorf("exec client: %w (stderr: %s)", err, c.stderr.String())
 	}
 	select {
@@ -141,7 +144,7 @@ func (c *execCaller) Call(timeout time.Duration) (string, error) {
 		if who, ok := strings.CutPrefix(line, "ok "); ok {
 			return who, nil
 		}
-		return "", fmt.Errorf("call %s: %s", c.target, strings.TrimPrefix(line, "err "))
+		return "", fmt.Errorf("call %s: %s", target, strings.TrimPrefix(line, "err "))
 	case <-time.After(timeout + 30*time.Second):
 		// The stream is stuck; later answers would be out of step.
 		c.Close()
@@ -149,8 +152,18 @@ func (c *execCaller) Call(timeout time.Duration) (string, error) {
 	}
 }
 
+// ended reports whether the exec session is over.
+func (c *execSession) ended() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
 // Close ends the exec session.
-func (c *execCaller) Close() {
+func (c *execSession) Close() {
 	_ = c.in.Close()
 	c.cancel()
 }
