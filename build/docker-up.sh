@@ -43,11 +43,16 @@ stop() {
 	rm -f "$pidfile"
 	iptables -D DOCKER-USER "${fw_rule[@]}" 2>/dev/null || true
 	ip link del "$bridge" 2>/dev/null || true
-	# dockerd unmounts what it mounted; a killed one may leave its exec root.
-	if mountpoint -q "$execroot" 2>/dev/null || grep -q " $execroot" /proc/self/mounts; then
-		grep " $execroot" /proc/self/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l || true
+	# dockerd unmounts what it mounted; a killed one may leave mounts behind.
+	local m
+	for m in $(grep -E " ($execroot|$state)[/ ]" /proc/self/mounts | awk '{print $2}' | sort -r); do
+		umount -l "$m" || true
+	done
+	rm -rf --one-file-system "$execroot"
+	if grep -qE " ($execroot|$state)[/ ]" /proc/self/mounts; then
+		log "warning: mounts of our dockerd are left:"
+		grep -E " ($execroot|$state)[/ ]" /proc/self/mounts >&2
 	fi
-	rm -rf "$execroot"
 }
 
 if [[ "${1:-}" == stop ]]; then

@@ -22,12 +22,15 @@ tag=${E2E_TAG:-e2e}
 kind_subnet=198.19.254.0/24
 
 dockerd_pid=""
-made_network=""
 cleanup() {
 	local rc=$?
 	if [[ -z "${KEEP:-}" ]]; then
-		if [[ -n "$made_network" ]]; then docker network rm kind >/dev/null 2>&1 || true; fi
+		# Ours, by label: also one a killed earlier run left behind.
+		if [[ "$(docker network inspect kind --format '{{index .Labels "io.pilot-consul"}}' 2>/dev/null)" == kind-tier ]]; then
+			docker network rm kind >/dev/null 2>&1 || true
+		fi
 		docker rmi "$hub/pilot:$tag" "$hub/proxyv2:$tag" "$hub/e2e-echo:$tag" >/dev/null 2>&1 || true
+		docker image prune -f >/dev/null 2>&1 || true # untagged leftovers of earlier builds
 		if [[ -n "$dockerd_pid" ]]; then "$root/build/docker-up.sh" stop; fi
 	fi
 	exit $rc
@@ -69,8 +72,7 @@ docker_build -t "$hub/e2e-echo:$tag" "$ctx/echo"
 
 if ! docker network inspect kind >/dev/null 2>&1; then
 	docker network create kind --subnet "$kind_subnet" --gateway "${kind_subnet%.0/24}.1" \
-		-o com.docker.network.bridge.enable_ip_masquerade=false >/dev/null
-	made_network=1
+		--label io.pilot-consul=kind-tier -o com.docker.network.bridge.enable_ip_masquerade=false >/dev/null
 fi
 got=$(docker network inspect kind --format '{{range .IPAM.Config}}{{.Subnet}} {{end}}')
 [[ "$got" == "$kind_subnet " ]] || die "the Docker network 'kind' has subnet(s) $got, want $kind_subnet

@@ -5,7 +5,9 @@ package kind
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -227,4 +229,58 @@ func restarts(p *corev1.Pod) int32 {
 		n += s.RestartCount
 	}
 	return n
+}
+
+// Every address the cluster uses is inside 198.18.0.0/15: nodes, pods,
+// services, and the node's routes (its default route leads to our Docker
+// network's gateway, where our dockerd drops what would leave the range).
+func TestAddressesStayInBenchmarkRange(t *testing.T) {
+	ctx := context.Background()
+	bench := netip.MustParsePrefix("198.18.0.0/15")
+	inRange := func(what, addr string) {
+		t.Helper()
+		a, err := netip.ParseAddr(addr)
+		if assert.NoError(t, err, "%s: %q", what, addr) {
+			assert.True(t, bench.Contains(a), "%s uses %s, outside %s", what, addr, bench)
+		}
+	}
+	nodes, err := cluster.kube.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	require.NoError(t, err)
+	for _, n := range nodes.Items {
+		for _, a := range n.Status.Addresses {
+			if a.Type == corev1.NodeInternalIP || a.Type == corev1.NodeExternalIP {
+				inRange("node "+n.Name, a.Address)
+			}
+		}
+		out, err := exec.Command("docker", "exec", n.Name, "ip", "-4", "route", "show").CombinedOutput()
+		require.NoError(t, err, "%s", out)
+		for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			f := strings.Fields(line)
+			for i := 0; i+1 < len(f); i++ {
+				if f[i] == "via" || f[i] == "src" {
+					inRange("route "+line, f[i+1])
+				}
+			}
+			if f[0] != "default" {
+				dst, _, _ := strings.Cut(f[0], "/")
+				inRange("route "+line, dst)
+			}
+		}
+	}
+	pods, err := cluster.kube.Client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	require.NoError(t, err)
+	for _, p := range pods.Items {
+		for _, ip := range p.Status.PodIPs {
+			inRange("pod "+p.Namespace+"/"+p.Name, ip.IP)
+		}
+	}
+	svcs, err := cluster.kube.Client.CoreV1().Services("").List(ctx, metav1.ListOptions{})
+	require.NoError(t, err)
+	for _, s := range svcs.Items {
+		for _, ip := range s.Spec.ClusterIPs {
+			if ip != corev1.ClusterIPNone {
+				inRange("service "+s.Namespace+"/"+s.Name, ip)
+			}
+		}
+	}
 }
