@@ -28,21 +28,27 @@ pool=198.19.240.0/21
 # The only DNS server containers get: our bridge address, where nothing
 # listens, so no lookup ever leaves for the machine's own resolvers.
 dns=198.19.255.1
-# Forwarded packets from our networks may go to our networks only.
+# Forwarded packets from our networks may go to our networks only (and
+# dockerd runs with --ip-masq=false: nothing is NATed out).
 fw_rule=(-s 198.18.0.0/15 ! -d 198.18.0.0/15 -j DROP)
 
 stop() {
-	local pid
-	pid=$(cat "$pidfile" 2>/dev/null) || { log "no dockerd of ours is running"; return 0; }
-	if kill -0 "$pid" 2>/dev/null && grep -q dockerd "/proc/$pid/comm" 2>/dev/null; then
+	local pid nets=""
+	pid=$(cat "$pidfile" 2>/dev/null) || log "no dockerd of ours is running; removing what one left"
+	if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && grep -q dockerd "/proc/$pid/comm" 2>/dev/null; then
+		# dockerd keeps its networks' bridges for its next start: remove them.
+		DOCKER_HOST="unix://$sock" docker network prune -f >/dev/null 2>&1 || true
+		nets=$(DOCKER_HOST="unix://$sock" docker network ls -q --filter driver=bridge 2>/dev/null || true)
 		log "stopping our dockerd (pid $pid)"
 		kill "$pid"
 		for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
 		kill -0 "$pid" 2>/dev/null && { log "dockerd $pid still running after 30s: killing it"; kill -9 "$pid"; }
 	fi
 	rm -f "$pidfile"
-	iptables -D DOCKER-USER "${fw_rule[@]}" 2>/dev/null || true
+	local n
+	for n in $nets; do ip link del "br-${n:0:12}" 2>/dev/null || true; done
 	ip link del "$bridge" 2>/dev/null || true
+	remove_docker_iptables
 	# dockerd unmounts what it mounted; a killed one may leave mounts behind.
 	local m
 	for m in $(grep -E " ($execroot|$state)[/ ]" /proc/self/mounts | awk '{print $2}' | sort -r); do
@@ -52,6 +58,37 @@ stop() {
 	if grep -qE " ($execroot|$state)[/ ]" /proc/self/mounts; then
 		log "warning: mounts of our dockerd are left:"
 		grep -E " ($execroot|$state)[/ ]" /proc/self/mounts >&2
+	fi
+}
+
+# remove_docker_iptables deletes the chains and rules dockerd leaves in
+# iptables, unless another Docker daemon (the system's) still uses them.
+remove_docker_iptables() {
+	if docker -H unix:///var/run/docker.sock info >/dev/null 2>&1; then
+		return 0
+	fi
+	local table rule chain
+	for table in filter nat; do
+		iptables -t "$table" -S | grep -E '^-A (INPUT|OUTPUT|FORWARD|PREROUTING|POSTROUTING) .*(DOCKER|pcdocker0|br-|198\.19\.)' |
+			while read -r rule; do
+				# shellcheck disable=SC2086 # the rule's words are iptables arguments
+				iptables -t "$table" ${rule/#-A/-D} 2>/dev/null || true
+			done
+		for chain in $(iptables -t "$table" -S | sed -n 's/^-N \(DOCKER[A-Z0-9-]*\)$/\1/p'); do
+			iptables -t "$table" -F "$chain" 2>/dev/null || true
+		done
+		for chain in $(iptables -t "$table" -S | sed -n 's/^-N \(DOCKER[A-Z0-9-]*\)$/\1/p'); do
+			iptables -t "$table" -X "$chain" 2>/dev/null || true
+		done
+	done
+	rmdir /run/docker/plugins /run/docker 2>/dev/null || true
+	# dockerd turns forwarding on and the FORWARD policy to DROP: put back what was.
+	if [[ -f "$state/host-net" ]]; then
+		local policy forward
+		read -r policy forward <"$state/host-net"
+		iptables -P FORWARD "$policy" || true
+		sysctl -qw "net.ipv4.ip_forward=$forward" || true
+		rm -f "$state/host-net"
 	fi
 }
 
@@ -100,13 +137,15 @@ if ! ip link show "$bridge" >/dev/null 2>&1; then
 	ip link set "$bridge" up
 fi
 
+# What dockerd changes on the host, for stop to restore.
+[[ -f "$state/host-net" ]] || echo "$(iptables -S FORWARD | sed -n 's/^-P FORWARD //p') $(cat /proc/sys/net/ipv4/ip_forward)" >"$state/host-net"
 log "starting a private dockerd (socket $sock, data root $state/data)"
 # A killed earlier run leaves a stale pid file and socket.
 rm -f "$pidfile" "$sock"
 nohup dockerd \
 	--host "unix://$sock" --data-root "$state/data" --exec-root "$execroot" --pidfile "$pidfile" \
 	--bridge "$bridge" --default-address-pool "base=$pool,size=24" --dns "$dns" \
-	--storage-driver overlay2 --log-level warn \
+	--ip-masq=false --storage-driver overlay2 --log-level warn \
 	"${runtime_args[@]}" >"$state/dockerd.log" 2>&1 &
 for _ in $(seq 1 120); do
 	DOCKER_HOST="unix://$sock" docker info >/dev/null 2>&1 && break

@@ -137,5 +137,7 @@ docker commit --change 'ENTRYPOINT [ "/usr/local/bin/entrypoint", "/sbin/init" ]
 docker rm -f -v "$cid" >/dev/null && cid=""
 docker rmi "$image-stage" >/dev/null
 docker rmi "${images[@]}" >/dev/null # they live inside the node image now
+# Earlier node images (other inputs) would only fill the disk.
+docker images --format '{{.Repository}}:{{.Tag}}' pilot-consul/kind-node | grep -vx "$image" | xargs -r docker rmi >/dev/null 2>&1 || true
 log "built kind node image $image in $((SECONDS - start))s"
 echo "$image"
