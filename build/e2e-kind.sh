@@ -25,6 +25,8 @@ dockerd_pid=""
 cleanup() {
 	local rc=$?
 	if [[ -z "${KEEP:-}" ]]; then
+		# The suite deletes its cluster; this covers a suite that was killed.
+		"$root/bin/kind" delete cluster --name "${E2E_KIND_CLUSTER:-pilot-consul-e2e}" >/dev/null 2>&1 || true
 		# Ours, by label: also one a killed earlier run left behind.
 		if [[ "$(docker network inspect kind --format '{{index .Labels "io.pilot-consul"}}' 2>/dev/null)" == kind-tier ]]; then
 			docker network rm kind >/dev/null 2>&1 || true
