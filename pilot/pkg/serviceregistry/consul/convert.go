@@ -54,6 +54,9 @@ type conversion struct {
 	instances []*instance
 	// warnings name each skipped entry and why.
 	warnings []string
+	// hidden says why a service with registrations is not served at all
+	// (none of them is a workload), when that is by design, not bad input.
+	hidden string
 }
 
 // instance is one valid Consul registration of a service.
@@ -100,6 +103,7 @@ func (c *converter) convert(name string, entries []*api.ServiceEntry) conversion
 	var cands []candidate
 	// port -> protocol -> number of registrations declaring it
 	portProtocols := map[int]map[protocol.Instance]int{}
+	kinds := map[api.ServiceKind]int{}
 	for _, e := range entries {
 		inst, proto, warn := c.instanceOf(name, e)
 		if warn != "" {
@@ -107,13 +111,28 @@ func (c *converter) convert(name string, entries []*api.ServiceEntry) conversion
 			continue
 		}
 		if inst == nil {
-			continue // not a workload (connect proxy, gateway): skipped on purpose
+			kinds[e.Service.Kind]++ // not a workload (connect proxy, gateway): skipped on purpose
+			continue
 		}
 		if portProtocols[inst.port] == nil {
 			portProtocols[inst.port] = map[protocol.Instance]int{}
 		}
 		portProtocols[inst.port][proto]++
 		cands = append(cands, candidate{entry: e, inst: inst, protocol: proto, status: e.Checks.AggregatedStatus()})
+	}
+
+	// A service with registrations but no workload among them would be an
+	// Istio service without ports or endpoints, holding a VIP: Connect's
+	// <name>-sidecar-proxy beside every service, gateways, or bad input only.
+	if len(entries) > 0 && len(cands) == 0 {
+		if len(kinds) > 0 && len(out.warnings) == 0 {
+			out.hidden = fmt.Sprintf("consul service %q is not served: none of its %d registrations is a workload (kinds: %v)",
+				name, len(entries), kindCounts(kinds))
+		} else {
+			out.warnings = append(out.warnings, fmt.Sprintf("consul service %q is not served: none of its %d registrations is valid",
+				name, len(entries)))
+		}
+		return out
 	}
 
 	svc := &model.Service{
@@ -323,6 +342,14 @@ func protocolCounts(counts map[protocol.Instance]int) string {
 	parts := make([]string, 0, len(counts))
 	for _, p := range sortedKeys(counts) {
 		parts = append(parts, fmt.Sprintf("%s×%d", p, counts[p]))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func kindCounts(kinds map[api.ServiceKind]int) string {
+	var parts []string
+	for _, k := range sortedKeys(kinds) {
+		parts = append(parts, fmt.Sprintf("%s×%d", k, kinds[k]))
 	}
 	return strings.Join(parts, ", ")
 }

@@ -121,7 +121,9 @@ func TestMapping(t *testing.T) {
 	t.Run("bad port skipped", func(t *testing.T) {
 		out := c.convert("web", []*api.ServiceEntry{entry(reg{id: "a", addr: "10.0.0.1", port: 0}), entry(reg{id: "b", addr: "10.0.0.1", port: 70000})})
 		assert.Empty(t, out.endpoints)
-		assert.Len(t, out.warnings, 2)
+		assert.Nil(t, out.service, "no valid registration: not served at all")
+		require.Len(t, out.warnings, 3)
+		assert.Contains(t, out.warnings[2], `consul service "web" is not served: none of its 2 registrations is valid`)
 	})
 	t.Run("invalid service names skipped", func(t *testing.T) {
 		for _, name := range []string{"Web", "web_api", "web.api", strings.Repeat("a", 64), ""} {
@@ -134,6 +136,18 @@ func TestMapping(t *testing.T) {
 		out := c.convert("web", []*api.ServiceEntry{entry(reg{id: "p", addr: "10.0.0.1", port: 80, kind: api.ServiceKindConnectProxy})})
 		assert.Empty(t, out.endpoints)
 		assert.Empty(t, out.warnings)
+		assert.Nil(t, out.service, "a Connect sidecar-proxy service is no Istio service")
+		assert.Contains(t, out.hidden, "none of its 1 registrations is a workload (kinds: connect-proxy×1)")
+
+		// Next to a workload, the proxy is skipped and the service served.
+		out = c.convert("web", []*api.ServiceEntry{
+			entry(reg{id: "p", addr: "10.0.0.1", port: 21000, kind: api.ServiceKindConnectProxy}),
+			entry(reg{id: "w", addr: "10.0.0.1", port: 80}),
+		})
+		require.NotNil(t, out.service)
+		assert.Len(t, out.service.Ports, 1)
+		assert.Len(t, out.endpoints, 1)
+		assert.Empty(t, out.hidden)
 	})
 	t.Run("locality: datacenter / zone / subzone", func(t *testing.T) {
 		out := c.convert("web", []*api.ServiceEntry{

@@ -150,6 +150,9 @@ func (c *Controller) processNext(ctx context.Context) bool {
 	for _, w := range conv.warnings {
 		log.Warn(w)
 	}
+	if conv.hidden != "" {
+		log.Debug(conv.hidden)
+	}
 	c.apply(name, entries, conv, meta.LastIndex)
 	return true
 }

@@ -203,6 +203,33 @@ func TestServiceLifecycle(t *testing.T) {
 	assert.NotNil(t, f.reg.GetService("alpha.service.consul"), "other services untouched")
 }
 
+// Services with registrations but no workload among them are not Istio
+// services: Consul Connect's <name>-sidecar-proxy, or only bad input. Once
+// a workload registers, the service appears.
+func TestServicesWithoutWorkloadsAreNotServed(t *testing.T) {
+	f := newFixture(t, nil)
+	f.register(api.AgentServiceRegistration{ID: "web-1", Name: "web", Address: "127.0.0.51", Port: 80,
+		Connect: &api.AgentServiceConnect{SidecarService: &api.AgentServiceRegistration{}}})
+	f.register(api.AgentServiceRegistration{ID: "bad-1", Name: "onlybad", Address: "bad.example.com", Port: 80})
+	f.waitSynced()
+	sidecar, _, err := f.consul.Client.Agent().Service("web-1-sidecar-proxy", nil)
+	require.NoError(t, err, "Consul registered the Connect sidecar proxy")
+	require.Equal(t, "web-sidecar-proxy", sidecar.Service)
+	require.Equal(t, api.ServiceKindConnectProxy, sidecar.Kind)
+
+	var hosts []string
+	for _, svc := range f.reg.Services() {
+		hosts = append(hosts, string(svc.Hostname))
+	}
+	sort.Strings(hosts)
+	assert.Equal(t, []string{"consul.service.consul", "web.service.consul"}, hosts, "Consul itself and web; no sidecar proxy, no all-bad service")
+
+	f.register(api.AgentServiceRegistration{ID: "good-1", Name: "onlybad", Address: "127.0.0.52", Port: 80})
+	f.waitEvent("xds full", "onlybad.service.consul")
+	require.NotNil(t, f.reg.GetService("onlybad.service.consul"))
+	f.eventuallyEndpoints("onlybad", "127.0.0.52:80")
+}
+
 func TestInstanceWithoutChecks(t *testing.T) {
 	f := newFixture(t, nil)
 	f.register(api.AgentServiceRegistration{ID: "c-1", Name: "gamma", Address: "127.0.0.41", Port: 80})
