@@ -45,8 +45,19 @@ if [[ -x "$out/pilot-discovery" && -x "$out/pilot-agent" && "$(cat "$out/.pilot-
 	exit 0
 fi
 
+# The same inputs built from another clone: reuse (only for the pinned
+# module source; an ISTIO_SRC tree can change under the same name).
+saved=""
+[[ -n "${ISTIO_SRC:-}" ]] || saved="$cache/istiod/$(echo "$stamp" | sha256sum | cut -c1-16)"
+if [[ -n "$saved" && -x "$saved/pilot-discovery" && -x "$saved/pilot-agent" ]]; then
+	cp "$saved/pilot-discovery" "$saved/pilot-agent" "$out/"
+	echo "$stamp" >"$out/.pilot-discovery.stamp"
+	log "out/pilot-discovery and out/pilot-agent reused from $saved ($version)"
+	exit 0
+fi
+
 # pilot-agent comes from the same tree: the proxy image of proxyless gRPC
-# pods runs it without Envoy (build/images.sh). One go build shares the compile.
+# pods runs it without Envoy (build/docker.sh). One go build shares the compile.
 log "compiling pilot-discovery and pilot-agent $version (cold: a few minutes)"
 start=$SECONDS
 pkgver=istio.io/istio/pkg/version
@@ -54,6 +65,10 @@ rm -rf "$out/.build" && mkdir -p "$out/.build"
 (cd "$tree" && CGO_ENABLED=0 go build -o "$out/.build/" \
 	-ldflags "-s -w -X $pkgver.buildVersion=$version -X $pkgver.buildGitRevision=$istio_base -X $pkgver.buildTag=pilot-consul-$PILOT_CONSUL_VERSION -X $pkgver.buildStatus=Clean" \
 	./pilot/cmd/pilot-discovery ./pilot/cmd/pilot-agent)
+if [[ -n "$saved" ]]; then
+	mkdir -p "$saved.tmp" && cp "$out/.build/pilot-discovery" "$out/.build/pilot-agent" "$saved.tmp/"
+	rm -rf "$saved" && mv "$saved.tmp" "$saved"
+fi
 mv "$out/.build/pilot-discovery" "$out/.build/pilot-agent" "$out/"
 rmdir "$out/.build"
 echo "$stamp" >"$out/.pilot-discovery.stamp"
