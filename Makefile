@@ -24,7 +24,9 @@ demo: build tools ## Run the local mesh demo (KEEP=1 leaves it up until Ctrl-C).
 	bin/demo $(if $(KEEP),-keep)
 
 .PHONY: test
-test: test-local test-kind ## Run every test: the local tiers, then the kind tier.
+test: ## Run every test: the local tiers, then the kind tier.
+	build/docker-up.sh check # fail now, not after the local tiers, where the kind tier cannot run
+	$(MAKE) test-local test-kind
 
 .PHONY: bench
 bench: build tools ## Benchmark Route A (our registry) vs Route B (ServiceEntry/WorkloadEntry) into results/ (BENCH_ARGS=...).
@@ -38,7 +40,7 @@ build: ## Build out/pilot-discovery (pinned Istio + patches/ + pilot/).
 	build/build.sh
 
 .PHONY: tools
-tools: ## Build/install the real servers tests use (Consul, kube-apiserver, etcd) into bin/.
+tools: ## Build the real servers the local tier uses (Consul, kube-apiserver; etcd from Debian), cached by version.
 	build/tools.sh all
 
 .PHONY: manifests

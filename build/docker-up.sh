@@ -15,6 +15,8 @@
 # usage: eval "$(build/docker-up.sh)"   prints export DOCKER_HOST=... and,
 #                                       when it started a daemon, its PID
 #        build/docker-up.sh stop        stops the daemon it started, by PID
+#        build/docker-up.sh check       fails, saying why, where no daemon
+#                                       answers and none could be started
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -97,6 +99,20 @@ if [[ "${1:-}" == stop ]]; then
 	exit 0
 fi
 
+# can_start fails, naming what is missing, where no daemon could be started.
+can_start() {
+	[[ $(id -u) -eq 0 ]] || die "no Docker daemon answers, and starting one needs root.
+  Start Docker (or point DOCKER_HOST at one), or run as root on Debian/Ubuntu so
+  the suite can install docker.io with apt-get and start its own."
+	command -v dockerd >/dev/null 2>&1 || command -v apt-get >/dev/null 2>&1 || die "no Docker daemon answers and no apt-get to install docker.io.
+  Install Docker (a daemon this user can reach) and run again."
+}
+
+if [[ "${1:-}" == check ]]; then
+	docker info >/dev/null 2>&1 || DOCKER_HOST="unix://$sock" docker info >/dev/null 2>&1 || can_start
+	exit 0
+fi
+
 if docker info >/dev/null 2>&1; then
 	log "using the Docker daemon that already answers ($(docker info --format '{{.Name}} {{.ServerVersion}}'))"
 	echo "export DOCKER_HOST=${DOCKER_HOST:-}"
@@ -108,12 +124,8 @@ if DOCKER_HOST="unix://$sock" docker info >/dev/null 2>&1; then
 	exit 0
 fi
 
-[[ $(id -u) -eq 0 ]] || die "no Docker daemon answers, and starting one needs root.
-  Start Docker (or point DOCKER_HOST at one), or run as root on Debian/Ubuntu so
-  the suite can install docker.io with apt-get and start its own."
+can_start
 if ! command -v dockerd >/dev/null 2>&1; then
-	command -v apt-get >/dev/null 2>&1 || die "no Docker daemon answers and no apt-get to install docker.io.
-  Install Docker (a daemon this user can reach) and run again."
 	log "installing Debian's docker.io package (dockerd, containerd, runc)"
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io iptables >/dev/null
