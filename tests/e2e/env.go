@@ -1,7 +1,8 @@
 // Package e2e holds the end-to-end cases that run in every environment: the
-// local mesh on this machine (tests/integration: processes, proxyless gRPC
-// clients) and a kind cluster (tests/e2e/kind: pods, Envoy sidecars). A case
-// sees only Env, so both suites run the same code against the same claims.
+// local mesh (tests/integration: processes, proxyless gRPC clients talking to
+// istiod) and a kind cluster (tests/e2e/kind: pods, proxyless gRPC through
+// pilot-agent). A case sees only Env, so both tiers run the same code
+// against the same claims.
 package e2e
 
 import (
