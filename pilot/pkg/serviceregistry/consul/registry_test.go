@@ -207,10 +207,15 @@ func TestServiceLifecycle(t *testing.T) {
 // services: Consul Connect's <name>-sidecar-proxy, or only bad input. Once
 // a workload registers, the service appears.
 func TestServicesWithoutWorkloadsAreNotServed(t *testing.T) {
-	f := newFixture(t, nil)
-	f.register(api.AgentServiceRegistration{ID: "web-1", Name: "web", Address: "127.0.0.51", Port: 80,
+	c, err := harness.StartConsul(t)
+	require.NoError(t, err)
+	// Registered before the registry starts: its first listing, which
+	// HasSynced waits for, holds all of them.
+	pre := &fixture{t: t, consul: c}
+	pre.register(api.AgentServiceRegistration{ID: "web-1", Name: "web", Address: "127.0.0.51", Port: 80,
 		Connect: &api.AgentServiceConnect{SidecarService: &api.AgentServiceRegistration{}}})
-	f.register(api.AgentServiceRegistration{ID: "bad-1", Name: "onlybad", Address: "bad.example.com", Port: 80})
+	pre.register(api.AgentServiceRegistration{ID: "bad-1", Name: "onlybad", Address: "bad.example.com", Port: 80})
+	f := startRegistry(t, c, nil)
 	f.waitSynced()
 	sidecar, _, err := f.consul.Client.Agent().Service("web-1-sidecar-proxy", nil)
 	require.NoError(t, err, "Consul registered the Connect sidecar proxy")
