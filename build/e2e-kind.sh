@@ -22,8 +22,10 @@ tag=${E2E_TAG:-e2e}
 kind_subnet=198.19.254.0/24
 
 dockerd_pid=""
+ctx=""
 cleanup() {
-	local rc=$?
+	local rc=$? # first: the suite's verdict is the script's
+	[[ -z "$ctx" ]] || rm -rf "$ctx"
 	if [[ -z "${KEEP:-}" ]]; then
 		# The suite deletes its cluster; this covers a suite that was killed.
 		"$root/bin/kind" delete cluster --name "${E2E_KIND_CLUSTER:-pilot-consul-e2e}" >/dev/null 2>&1 || true
@@ -56,7 +58,6 @@ if [[ -z "$node_image" ]]; then
 fi
 
 ctx=$(mktemp -d)
-trap 'rm -rf "$ctx"; cleanup' EXIT
 # Consul from our Consul build, cached by that build (its path names the version).
 consul_bin=$(readlink -f "$root/bin/consul")
 consul_image="pilot-consul/consul:$(basename "$(dirname "$consul_bin")")"
