@@ -4,8 +4,14 @@ SHELL := /usr/bin/env bash -o pipefail
 .DEFAULT_GOAL := help
 
 include VERSION
+# The Istio release to build and test: make build ISTIO=1.29.6.
+ISTIO ?= $(ISTIO_DEFAULT)
+export ISTIO
 HUB ?= localhost:5000/pilot-consul
-TAG ?= $(PILOT_CONSUL_VERSION)
+TAG ?= $(ISTIO)-pilot-consul-$(PILOT_CONSUL_VERSION)
+# Our module's tests run against the release's patched tree (build/build.sh
+# writes this workspace); go.mod's istio.io/istio is for editors only.
+WORKSPACE = GOWORK=$(CURDIR)/_work/$(ISTIO)/go.work
 FUZZTIME ?= 60s
 KEEP ?=
 BENCH_ARGS ?=
@@ -20,7 +26,7 @@ help: ## Show this help.
 
 .PHONY: demo
 demo: build tools ## Run the local mesh demo (KEEP=1 leaves it up until Ctrl-C).
-	go build -o bin/demo ./tests/cmd/demo
+	$(WORKSPACE) go build -o bin/demo ./tests/cmd/demo
 	bin/demo $(if $(KEEP),-keep)
 
 .PHONY: test
@@ -30,13 +36,13 @@ test: ## Run every test: the local tiers, then the kind tier.
 
 .PHONY: bench
 bench: build tools ## Benchmark Route A (our registry) vs Route B (ServiceEntry/WorkloadEntry) into results/ (BENCH_ARGS=...).
-	go build -o bin/bench ./tests/cmd/bench
+	$(WORKSPACE) go build -o bin/bench ./tests/cmd/bench
 	bin/bench -out results $(BENCH_ARGS)
 
 ##@ Build
 
 .PHONY: build
-build: ## Build out/pilot-discovery (pinned Istio + patches/ + pilot/).
+build: ## Build out/<release>/pilot-discovery and pilot-agent (Istio ISTIO, default ISTIO_DEFAULT, + patches/ + pilot/).
 	build/build.sh
 
 .PHONY: tools
@@ -62,7 +68,7 @@ rebase: ## Regenerate patches/ from the work tree after resolving conflicts.
 	build/rebase.sh
 
 .PHONY: verify-patches
-verify-patches: ## Check the queue: names, headers, parse, and that it applies to every listed Istio.
+verify-patches: ## Check the queue: names, headers, parse, and that it applies to both releases and the newest upstream source.
 	build/verify-patches.sh
 
 .PHONY: clean-work
@@ -72,16 +78,19 @@ clean-work: ## Remove the patched Istio work tree (the next build starts from pr
 ##@ Test
 
 .PHONY: test-unit
-test-unit: tools ## Unit and registry tests (real Consul agent) plus build-pipeline tests.
-	go test -count=1 ./pilot/... ./build/...
+test-unit: build tools ## Unit and registry tests (real Consul agent) plus build-pipeline tests.
+	$(WORKSPACE) go test -count=1 ./pilot/... ./build/...
 
 .PHONY: test-upstream
-test-upstream: build ## Upstream Istio tests of every package the patches touch, in the patched tree.
+test-upstream: ## Upstream Istio tests of every patched package, on the previous release (built too), then on ISTIO.
+	ISTIO=$(ISTIO_PREVIOUS) build/build.sh
+	ISTIO=$(ISTIO_PREVIOUS) build/test-upstream.sh
+	build/build.sh
 	build/test-upstream.sh
 
 .PHONY: test-integration
 test-integration: build tools ## End-to-end: patched istiod + Consul + kube-apiserver + gRPC xDS clients.
-	go test -count=1 -p 1 -timeout 20m ./tests/...
+	$(WORKSPACE) go test -count=1 -p 1 -timeout 20m ./tests/...
 
 .PHONY: test-local
 test-local: test-unit test-upstream test-integration ## The tiers that need no Docker (unit, upstream, local mesh).
@@ -96,9 +105,9 @@ e2e-kind: test-kind ## Same as test-kind.
 .PHONY: test-soak
 test-soak: build tools ## Long runs: churn soak (1,000 services, 500 changes/s, 60 s), then 10 minutes of fuzzing.
 	PILOT_CONSUL_SOAK_SERVICES=1000 PILOT_CONSUL_SOAK_RATE=500 PILOT_CONSUL_SOAK_SECONDS=60 \
-		go test -count=1 -v -timeout 30m -run TestChurnSoak ./tests/soak/
+		$(WORKSPACE) go test -count=1 -v -timeout 30m -run TestChurnSoak ./tests/soak/
 	$(MAKE) fuzz FUZZTIME=10m
 
 .PHONY: fuzz
-fuzz: ## Fuzz the Consul-to-Istio conversion for FUZZTIME (default 60s).
-	go test ./pilot/pkg/serviceregistry/consul -run '^$$' -fuzz FuzzConvert -fuzztime $(FUZZTIME)
+fuzz: build ## Fuzz the Consul-to-Istio conversion for FUZZTIME (default 60s).
+	$(WORKSPACE) go test ./pilot/pkg/serviceregistry/consul -run '^$$' -fuzz FuzzConvert -fuzztime $(FUZZTIME)

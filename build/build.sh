@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Builds out/pilot-discovery (and out/pilot-agent): the pinned Istio source +
-# patches/ + our pilot/.
+# Builds out/<tag>/pilot-discovery and pilot-agent for the Istio release
+# ISTIO (default: VERSION's ISTIO_DEFAULT): its pinned source + patches/ +
+# our pilot/, and links out/pilot-discovery and out/pilot-agent to them.
 # Incremental: each stage runs only when its inputs changed, and a no-op
 # build returns in seconds. See README "Rebasing onto a new Istio release".
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
-mkdir -p "$work" "$out"
+mkdir -p "$work"
 
 src=$(istio_source)
 
@@ -28,31 +29,43 @@ if [[ "$(cat "$work/patches.stamp" 2>/dev/null)" != "$patches_hash" ]]; then
 	echo "$patches_hash" >"$work/patches.stamp"
 fi
 
-# Stage 3: our code on top, and the Consul client in the tree's go.mod.
+# Stage 3: our code on top; upstream's dependency pins, or their listed
+# substitutes where the module proxy lacks them; the Consul client; the
+# workspace our tests run in.
 overlay
+substitute_deps
 add_consul_client
+write_workspace
 
 # Stage 4: compile, unless nothing that goes into the binary changed.
-istio_base="istio.io/istio@$ISTIO_VERSION"
-[[ -z "${ISTIO_SRC:-}" ]] || istio_base="$(git -C "$src" describe --tags --always 2>/dev/null || basename "$src")"
-version="${ISTIO_RELEASE_LINE}+pilot-consul-${PILOT_CONSUL_VERSION}"
+mkdir -p "$out"
+commit=$(pin COMMIT)
+version="${ISTIO}+pilot-consul-${PILOT_CONSUL_VERSION}"
 # Only what is compiled in counts: editing a test must not relink istiod.
 code_hash=$(find "$root/pilot" -type f -name '*.go' ! -name '*_test.go' ! -path '*/testdata/*' -print0 |
 	sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
-stamp="$(go version) $version $istio_base $patches_hash $code_hash $(hash_of "$root/go.mod" "$root/go.sum")"
+stamp="$(go version) $version $(git -C "$tree" rev-parse 'pristine^{tree}') $patches_hash $code_hash $(hash_of "$tree/go.mod" "$tree/go.sum")"
+
+# link_outputs points out/<binary> at this release's, for `out/pilot-discovery version`.
+link_outputs() {
+	local b
+	for b in pilot-discovery pilot-agent; do ln -sfn "$ISTIO/$b" "$root/out/$b"; done
+}
+
 if [[ -x "$out/pilot-discovery" && -x "$out/pilot-agent" && "$(cat "$out/.pilot-discovery.stamp" 2>/dev/null)" == "$stamp" ]]; then
-	log "out/pilot-discovery and out/pilot-agent are up to date ($version)"
+	link_outputs
+	log "out/$ISTIO/pilot-discovery and pilot-agent are up to date ($version)"
 	exit 0
 fi
 
-# The same inputs built from another clone: reuse (only for the pinned
-# module source; an ISTIO_SRC tree can change under the same name).
-saved=""
-[[ -n "${ISTIO_SRC:-}" ]] || saved="$cache/istiod/$(echo "$stamp" | sha256sum | cut -c1-16)"
-if [[ -n "$saved" && -x "$saved/pilot-discovery" && -x "$saved/pilot-agent" ]]; then
+# The same inputs built from another clone: reuse. The stamp names the
+# source by its git tree, so any source of the same Istio qualifies.
+saved="$cache/istiod/$(echo "$stamp" | sha256sum | cut -c1-16)"
+if [[ -x "$saved/pilot-discovery" && -x "$saved/pilot-agent" ]]; then
 	cp "$saved/pilot-discovery" "$saved/pilot-agent" "$out/"
 	echo "$stamp" >"$out/.pilot-discovery.stamp"
-	log "out/pilot-discovery and out/pilot-agent reused from $saved ($version)"
+	link_outputs
+	log "out/$ISTIO/pilot-discovery and pilot-agent reused from $saved ($version)"
 	exit 0
 fi
 
@@ -63,13 +76,12 @@ start=$SECONDS
 pkgver=istio.io/istio/pkg/version
 rm -rf "$out/.build" && mkdir -p "$out/.build"
 (cd "$tree" && CGO_ENABLED=0 go build -o "$out/.build/" \
-	-ldflags "-s -w -X $pkgver.buildVersion=$version -X $pkgver.buildGitRevision=$istio_base -X $pkgver.buildTag=pilot-consul-$PILOT_CONSUL_VERSION -X $pkgver.buildStatus=Clean" \
+	-ldflags "-s -w -X $pkgver.buildVersion=$version -X $pkgver.buildGitRevision=$commit -X $pkgver.buildTag=$ISTIO -X $pkgver.buildStatus=Clean" \
 	./pilot/cmd/pilot-discovery ./pilot/cmd/pilot-agent)
-if [[ -n "$saved" ]]; then
-	mkdir -p "$saved.tmp" && cp "$out/.build/pilot-discovery" "$out/.build/pilot-agent" "$saved.tmp/"
-	rm -rf "$saved" && mv "$saved.tmp" "$saved"
-fi
+mkdir -p "$saved.tmp" && cp "$out/.build/pilot-discovery" "$out/.build/pilot-agent" "$saved.tmp/"
+rm -rf "$saved" && mv "$saved.tmp" "$saved"
 mv "$out/.build/pilot-discovery" "$out/.build/pilot-agent" "$out/"
 rmdir "$out/.build"
 echo "$stamp" >"$out/.pilot-discovery.stamp"
-log "built out/pilot-discovery and out/pilot-agent in $((SECONDS - start))s"
+link_outputs
+log "built out/$ISTIO/pilot-discovery and pilot-agent in $((SECONDS - start))s"

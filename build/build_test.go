@@ -2,6 +2,7 @@
 package build_test
 
 import (
+	"archive/zip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,38 +13,67 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// istioDir is the pinned Istio module source (read-only).
+// istioDir is the default release's unpacked source (read-only), from
+// wherever the build gets it (the cache, ISTIO_SRC_ARCHIVES, a clone).
 func istioDir(t *testing.T) string {
 	t.Helper()
-	out, err := exec.Command("bash", "-c", "source ./lib.sh && istio_module_dir $ISTIO_VERSION").Output()
+	out, err := exec.Command("bash", "-c", "source ./lib.sh && ISTIO_SRC= istio_source").Output()
 	require.NoError(t, err)
 	return strings.TrimSpace(string(out))
+}
+
+// patchedFiles are the files the queue touches, plus go.mod: enough of an
+// Istio tree to apply the patches to.
+var patchedFiles = []string{"go.mod", "pilot/pkg/serviceregistry/provider/providers.go",
+	"pilot/pkg/bootstrap/options.go", "pilot/cmd/pilot-discovery/app/cmd.go",
+	"pilot/pkg/bootstrap/servicecontroller.go"}
+
+// movedSource copies patchedFiles of the default release into dir, with
+// upstream's own case added exactly where patch 0002 adds Consul's.
+func movedSource(t *testing.T, dir string) {
+	t.Helper()
+	istio := istioDir(t)
+	for _, f := range patchedFiles {
+		data, err := os.ReadFile(filepath.Join(istio, f))
+		require.NoError(t, err)
+		if strings.HasSuffix(f, "servicecontroller.go") {
+			before := "\t\tdefault:\n\t\t\treturn fmt.Errorf(\"service registry"
+			require.Contains(t, string(data), before)
+			data = []byte(strings.Replace(string(data), before,
+				"\t\tcase provider.External:\n\t\t\tlog.Infof(\"external\")\n"+before, 1))
+		}
+		require.NoError(t, os.MkdirAll(filepath.Dir(filepath.Join(dir, f)), 0o755))
+		require.NoError(t, os.WriteFile(filepath.Join(dir, f), data, 0o644))
+	}
+}
+
+// gitTree is the git tree ID of dir's files, as VERSION pins a release.
+func gitTree(t *testing.T, dir string) string {
+	t.Helper()
+	gitDir := t.TempDir()
+	git := func(args ...string) string {
+		cmd := exec.Command("git", args...)
+		cmd.Env = append(os.Environ(), "GIT_DIR="+gitDir, "GIT_WORK_TREE="+dir)
+		out, err := cmd.CombinedOutput()
+		require.NoError(t, err, "git %v: %s", args, out)
+		return strings.TrimSpace(string(out))
+	}
+	git("init", "-q")
+	git("add", "-A", "-f")
+	return git("write-tree")
 }
 
 // A source tree that moved under a patch makes the build stop, naming the
 // patch and the conflicting file and saying how to continue.
 func TestConflictingSourceNamesPatchAndFiles(t *testing.T) {
 	src := t.TempDir()
-	istio := istioDir(t)
-	// Only what the queue touches, plus go.mod: enough to apply patches.
-	for _, f := range []string{"go.mod", "pilot/pkg/serviceregistry/provider/providers.go",
-		"pilot/pkg/bootstrap/options.go", "pilot/cmd/pilot-discovery/app/cmd.go",
-		"pilot/pkg/bootstrap/servicecontroller.go"} {
-		data, err := os.ReadFile(filepath.Join(istio, f))
-		require.NoError(t, err)
-		if strings.HasSuffix(f, "servicecontroller.go") {
-			// Upstream adds its own case exactly where 0002 adds Consul's.
-			before := "\t\tdefault:\n\t\t\treturn fmt.Errorf(\"service registry"
-			require.Contains(t, string(data), before)
-			data = []byte(strings.Replace(string(data), before,
-				"\t\tcase provider.External:\n\t\t\tlog.Infof(\"external\")\n"+before, 1))
-		}
-		require.NoError(t, os.MkdirAll(filepath.Dir(filepath.Join(src, f)), 0o755))
-		require.NoError(t, os.WriteFile(filepath.Join(src, f), data, 0o644))
-	}
+	movedSource(t, src)
 	work := t.TempDir()
+	// A release VERSION does not know, pinned from the environment.
+	env := append(os.Environ(), "ISTIO=0.0.0-moved", "ISTIO_0_0_0_moved_TREE="+gitTree(t, src),
+		"ISTIO_SRC="+src, "WORK_DIR="+work)
 	cmd := exec.Command("./build.sh")
-	cmd.Env = append(os.Environ(), "ISTIO_SRC="+src, "WORK_DIR="+work)
+	cmd.Env = env
 	out, err := cmd.CombinedOutput()
 	require.Error(t, err, "build must fail:\n%s", out)
 	text := string(out)
@@ -53,14 +83,124 @@ func TestConflictingSourceNamesPatchAndFiles(t *testing.T) {
 	assert.Contains(t, text, "make rebase")
 	// The tree is left mid-am for inspection, and a rerun refuses to clobber it.
 	assert.DirExists(t, filepath.Join(work, "istio/.git/rebase-apply"))
-	out, err = exec.Command("env", "ISTIO_SRC="+src, "WORK_DIR="+work, "./build.sh").CombinedOutput()
+	cmd = exec.Command("./build.sh")
+	cmd.Env = env
+	out, err = cmd.CombinedOutput()
 	require.Error(t, err)
 	assert.Contains(t, string(out), "half-applied")
+}
+
+// A source that is not the pinned release is refused before anything is
+// built from it, whatever it calls itself.
+func TestWrongSourceIsRefused(t *testing.T) {
+	src := t.TempDir()
+	movedSource(t, src)
+	cmd := exec.Command("./build.sh")
+	cmd.Env = append(os.Environ(), "ISTIO=1.30.3", "ISTIO_SRC="+src, "WORK_DIR="+t.TempDir())
+	out, err := cmd.CombinedOutput()
+	require.Error(t, err, "build must fail:\n%s", out)
+	assert.Contains(t, string(out), "is not Istio 1.30.3: its git tree is "+gitTree(t, src)+
+		", VERSION pins 128882bdedf3a440c25456c500558a990292c52e")
+
+	cmd = exec.Command("./build.sh")
+	cmd.Env = append(os.Environ(), "ISTIO=1.2.3", "ISTIO_SRC=", "WORK_DIR="+t.TempDir())
+	out, err = cmd.CombinedOutput()
+	require.Error(t, err)
+	assert.Contains(t, string(out), "Istio 1.2.3 is not pinned: VERSION has no ISTIO_1_2_3_COMMIT")
 }
 
 func TestVerifyPatchesPasses(t *testing.T) {
 	out, err := exec.Command("./verify-patches.sh").CombinedOutput()
 	require.NoError(t, err, "%s", out)
-	assert.Contains(t, string(out), "queue applies to istio.io/istio@v0.0.0-20260826214018-9739e10eb9d7")
-	assert.Contains(t, string(out), "queue applies to istio.io/istio@v0.0.0-20260827124520-eed52ebb66ad")
+	for _, v := range []string{"Istio 1.30.3", "Istio 1.29.6",
+		"istio.io/istio@v0.0.0-20260826214018-9739e10eb9d7", "istio.io/istio@v0.0.0-20260827124520-eed52ebb66ad"} {
+		assert.Contains(t, string(out), "queue applies to "+v)
+	}
+}
+
+// verify-patches names the release and the files a patch conflicts with.
+// It runs from a copy of the project whose VERSION lists a moved release,
+// with that release's source in a private cache.
+func TestVerifyPatchesNamesVersionAndFiles(t *testing.T) {
+	root := t.TempDir()
+	for _, d := range []string{"build", "patches"} {
+		out, err := exec.Command("cp", "-r", filepath.Join("..", d), root).CombinedOutput()
+		require.NoError(t, err, "%s", out)
+	}
+	version, err := os.ReadFile("../VERSION")
+	require.NoError(t, err)
+	const commit = "0123456789abcdef0123456789abcdef01234567"
+	version = append(version, []byte("\nISTIO_PREVIOUS=9.9.9\nISTIO_9_9_9_COMMIT="+commit+"\nISTIO_VERIFY_MODULES=\n")...)
+	require.NoError(t, os.WriteFile(filepath.Join(root, "VERSION"), version, 0o644))
+
+	cache := t.TempDir()
+	require.NoError(t, os.MkdirAll(filepath.Join(cache, "istio-src"), 0o755))
+	def := istioDir(t)
+	require.NoError(t, os.Symlink(def, filepath.Join(cache, "istio-src", filepath.Base(def))))
+	movedSource(t, filepath.Join(cache, "istio-src", "istio-9.9.9-"+commit[:12]))
+
+	cmd := exec.Command(filepath.Join(root, "build/verify-patches.sh"))
+	cmd.Env = append(os.Environ(), "PILOT_CONSUL_CACHE="+cache)
+	out, err := cmd.CombinedOutput()
+	require.Error(t, err, "verify-patches must fail:\n%s", out)
+	assert.Contains(t, string(out), "queue applies to Istio 1.30.3")
+	assert.Contains(t, string(out), "0002-consul-run-the-Consul-registry-when-registries-lists.patch does not apply to Istio 9.9.9; "+
+		"conflicting files: pilot/pkg/bootstrap/servicecontroller.go")
+}
+
+// A listed substitute is used only for a pin the module proxy does not
+// serve: with every pin resolvable, none is applied. Runs substitute_deps
+// against a module proxy in a directory that serves one pin and not the other.
+func TestSubstitutionOnlyWhenPinDoesNotResolve(t *testing.T) {
+	dir := t.TempDir()
+	proxy := filepath.Join(dir, "proxy")
+	serve(t, proxy, "example.com/served", "v1.0.0")
+	serve(t, proxy, "example.com/missing", "v1.0.1")
+	tree := filepath.Join(dir, "tree")
+	require.NoError(t, os.MkdirAll(tree, 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(tree, "go.mod"), []byte(
+		"module t\n\ngo 1.21\n\nrequire (\n\texample.com/served v1.0.0\n\texample.com/missing v1.0.0\n)\n"), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(tree, "go.sum"), nil, 0o644))
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, "build/istio"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "build/istio/0.0.1.deps"), []byte(
+		"# why: a test\nsub example.com/served v1.0.0 v1.0.1\nsub example.com/missing v1.0.0 v1.0.1\n"+
+			"sum example.com/missing v1.0.1 h1:test=\n"), 0o644))
+
+	cmd := exec.Command("bash", "-c", `source ./lib.sh && root=$DIR tree=$DIR/tree ISTIO=0.0.1 substitute_deps`)
+	cmd.Env = append(os.Environ(), "DIR="+dir, "GOPROXY=file://"+proxy, "GOSUMDB=off", "GOFLAGS=-mod=mod",
+		"GOMODCACHE="+filepath.Join(dir, "modcache"))
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.Contains(t, string(out), "dependency pin example.com/served v1.0.0 resolves: used as upstream pins it")
+	assert.Contains(t, string(out), "SUBSTITUTED example.com/missing v1.0.0 => v1.0.1")
+	gomod, err := os.ReadFile(filepath.Join(tree, "go.mod"))
+	require.NoError(t, err)
+	assert.Contains(t, string(gomod), "replace example.com/missing v1.0.0 => example.com/missing v1.0.1")
+	assert.NotContains(t, string(gomod), "example.com/served v1.0.0 =>")
+	gosum, err := os.ReadFile(filepath.Join(tree, "go.sum"))
+	require.NoError(t, err)
+	assert.Contains(t, string(gosum), "example.com/missing v1.0.1 h1:test=")
+	// The module cache holds read-only files; let TempDir remove them.
+	_ = exec.Command("chmod", "-R", "u+w", dir).Run()
+}
+
+// serve puts module@version (a go.mod only) into a GOPROXY directory.
+func serve(t *testing.T, proxy, module, version string) {
+	t.Helper()
+	at := filepath.Join(proxy, module, "@v")
+	require.NoError(t, os.MkdirAll(at, 0o755))
+	gomod := []byte("module " + module + "\n\ngo 1.21\n")
+	require.NoError(t, os.WriteFile(filepath.Join(at, version+".mod"), gomod, 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(at, version+".info"),
+		[]byte(`{"Version":"`+version+`","Time":"2026-01-01T00:00:00Z"}`), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(at, "list"), []byte(version+"\n"), 0o644))
+	f, err := os.Create(filepath.Join(at, version+".zip"))
+	require.NoError(t, err)
+	z := zip.NewWriter(f)
+	w, err := z.Create(module + "@" + version + "/go.mod")
+	require.NoError(t, err)
+	_, err = w.Write(gomod)
+	require.NoError(t, err)
+	require.NoError(t, z.Close())
+	require.NoError(t, f.Close())
 }

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds (or pushes) the images of a release, with no registry access:
-#   HUB/pilot:TAG    istiod: our pilot-discovery (build/docker/Dockerfile.pilot)
+#   HUB/pilot:TAG    istiod: our pilot-discovery of Istio $ISTIO
+#                    (build/docker/Dockerfile.pilot); it pairs with upstream's
+#                    proxyv2:<release> sidecars and istioctl of the same release
 #   HUB/proxyv2:TAG  pilot-agent for proxyless gRPC pods (Dockerfile.proxyv2)
-# Both start FROM scratch with a small root filesystem made here (CA bundle,
-# users, /tmp); the kind tier tests exactly these images.
+# Both start FROM VERSION's IMAGE_BASE (scratch) with a small root filesystem
+# made here (CA bundle, users, /tmp); the kind tier tests exactly these images.
 #
 # usage: build/docker.sh build|push HUB TAG
 set -euo pipefail
@@ -43,8 +45,10 @@ build)
 	cp "$out/pilot-agent" "$tree/tools/packaging/common/envoy_bootstrap.json" "$ctx/proxyv2/"
 	for img in pilot proxyv2; do
 		docker_build \
-			--label "org.opencontainers.image.version=$PILOT_CONSUL_VERSION" \
-			--label "io.pilot-consul.istio-source=$(cat "$work/source")" \
+			--build-arg "BASE=$IMAGE_BASE" \
+			--label "org.opencontainers.image.version=$ISTIO+pilot-consul-$PILOT_CONSUL_VERSION" \
+			--label "io.pilot-consul.istio-release=$ISTIO" \
+			--label "io.pilot-consul.istio-commit=$(pin COMMIT)" \
 			-t "$hub/$img:$tag" "$ctx/$img"
 		log "built $hub/$img:$tag"
 	done

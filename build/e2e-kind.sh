@@ -69,7 +69,7 @@ if ! docker image inspect "$consul_image" >/dev/null 2>&1; then
 	log "built $consul_image"
 fi
 mkdir -p "$ctx/echo"
-CGO_ENABLED=0 go build -o "$ctx/echo/e2e-echo" ./tests/cmd/e2e-echo
+GOWORK="$work/go.work" CGO_ENABLED=0 go build -o "$ctx/echo/e2e-echo" ./tests/cmd/e2e-echo
 cp "$root/tests/e2e/kind/echo.Dockerfile" "$ctx/echo/Dockerfile"
 docker_build -t "$hub/e2e-echo:$tag" "$ctx/echo"
 
@@ -84,4 +84,4 @@ got=$(docker network inspect kind --format '{{range .IPAM.Config}}{{.Subnet}} {{
 E2E_NODE_IMAGE="$node_image" E2E_OWN_NODE_IMAGE="$own_node" \
 	E2E_PILOT_IMAGE="$hub/pilot:$tag" E2E_PROXY_HUB="$hub" E2E_PROXY_TAG="$tag" \
 	E2E_ECHO_IMAGE="$hub/e2e-echo:$tag" E2E_CONSUL_IMAGE="$consul_image" \
-	go test -tags e2ekind -count=1 -v -timeout 40m ${E2E_RUN:+-run "$E2E_RUN"} ./tests/e2e/kind/
+	GOWORK="$work/go.work" go test -tags e2ekind -count=1 -v -timeout 40m ${E2E_RUN:+-run "$E2E_RUN"} ./tests/e2e/kind/

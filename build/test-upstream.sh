@@ -6,8 +6,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 [[ -d "$tree/.git" ]] || die "no patched work tree; run 'make build' first"
 
-pkgs=$(for p in $(patch_files); do git apply --numstat "$p" | cut -f3; done |
-	grep '\.go$' | xargs -n1 dirname | sort -u | sed 's#^#./#')
-log "upstream tests of the patched packages:" $pkgs
+pkgs=$(patched_files | grep '\.go$' | xargs -n1 dirname | sort -u | sed 's#^#./#')
+log "Istio $ISTIO: upstream tests of the patched packages:" $pkgs
 cd "$tree"
 go test -count=1 -timeout 20m $pkgs

@@ -4,8 +4,10 @@
 #    and contiguous from 0001 (anything else would be silently unused);
 #  - each patch parses, changes something, and carries the header fields
 #    "What:", "Why not upstream:" and "Drop when:";
-#  - the queue applies, in order, to the pinned Istio and to every version in
-#    ISTIO_VERIFY_VERSIONS (apply-only: those do not build here).
+#  - the queue applies, in order and as the build applies it (3-way), to both
+#    releases VERSION names and to the newer upstream sources in
+#    ISTIO_VERIFY_MODULES (apply-only); a failure names the version, the
+#    patch and the conflicting files.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -40,24 +42,27 @@ done
 dups=$(for f in $(patch_files); do git patch-id --stable <"$f"; done | awk '{print $1}' | sort | uniq -d)
 [[ -z "$dups" ]] || bad "two patches make the same change (git patch-id $dups)"
 
-# apply_check SRC: apply the queue in order to a scratch copy of only the
-# files it touches (fast: no full-tree git repo needed).
+# apply_check SRC LABEL applies the queue in order, with git apply --3way as
+# the build's git am does, to a scratch repo of only the files it touches
+# (fast), with the default release's versions as merge bases.
 apply_check() {
-	local src=$1 label=$2 tmp f p
+	local src=$1 label=$2 tmp f p msg
 	tmp=$(mktemp -d)
-	for p in $(patch_files); do
-		for f in $(git apply --numstat "$p" | cut -f3); do
-			if [[ -f "$src/$f" && ! -f "$tmp/$f" ]]; then
-				mkdir -p "$tmp/$(dirname "$f")"
-				cp "$src/$f" "$tmp/$f"
-				chmod u+w "$tmp/$f"
-			fi
-		done
+	git -C "$tmp" init -q
+	for f in $(patched_files); do
+		if [[ -f "$src/$f" ]]; then
+			mkdir -p "$tmp/$(dirname "$f")"
+			cp "$src/$f" "$tmp/$f"
+			chmod u+w "$tmp/$f"
+		fi
 	done
+	git -C "$tmp" add -A
+	seed_pinned_blobs "$tmp"
 	local ok=1
 	for p in $(patch_files); do
-		if ! out=$(cd "$tmp" && git apply "$p" 2>&1); then
-			bad "$(basename "$p") does not apply to $label: $out"
+		if ! msg=$(cd "$tmp" && git apply --3way --index "$p" 2>&1); then
+			bad "$(basename "$p") does not apply to $label; conflicting files: $(conflicting_files "$tmp" "$p" "$msg" | paste -sd' ')
+$(sed 's/^/    /' <<<"$msg")"
 			ok=0
 			break
 		fi
@@ -67,7 +72,10 @@ apply_check() {
 }
 
 if [[ $errors -eq 0 ]]; then
-	for v in $ISTIO_VERSION $ISTIO_VERIFY_VERSIONS; do
+	for v in "$ISTIO_DEFAULT" "$ISTIO_PREVIOUS"; do
+		apply_check "$(ISTIO=$v ISTIO_SRC='' istio_source)" "Istio $v"
+	done
+	for v in $ISTIO_VERIFY_MODULES; do
 		apply_check "$(istio_module_dir "$v")" "istio.io/istio@$v"
 	done
 fi

@@ -65,7 +65,7 @@ func Watch(ctx context.Context, xdsAddr string, id int, kind Kind, data Dataset,
 		cc.Close()
 		return nil, fmt.Errorf("watcher %d: ads stream: %w", id, err)
 	}
-	meta := map[string]any{"NAMESPACE": "default", "CLUSTER_ID": "Kubernetes", "ISTIO_VERSION": "1.31.0",
+	meta := map[string]any{"NAMESPACE": "default", "CLUSTER_ID": "Kubernetes", "ISTIO_VERSION": harness.IstioRelease(),
 		"LABELS": map[string]any{"app": "bench"}}
 	if kind == Proxyless {
 		meta["GENERATOR"] = "grpc"

@@ -46,7 +46,7 @@ func ADSDump(xdsAddr, ns string, edsClusters ...string) (*Dump, error) {
 		return nil, fmt.Errorf("ads stream: %w", err)
 	}
 	meta, _ := structpb.NewStruct(map[string]any{
-		"NAMESPACE": ns, "CLUSTER_ID": "Kubernetes", "ISTIO_VERSION": "1.31.0", "LABELS": map[string]any{"app": "dump"},
+		"NAMESPACE": ns, "CLUSTER_ID": "Kubernetes", "ISTIO_VERSION": IstioRelease(), "LABELS": map[string]any{"app": "dump"},
 	})
 	node := &core.Node{Id: "sidecar~127.0.0.251~dump." + ns + "~" + ns + ".svc.cluster.local", Metadata: meta}
 	fetch := func(typeURL string, names []string) ([]*discovery.DiscoveryResponse, error) {

@@ -58,7 +58,7 @@ func Binary(name string) (string, error) {
 		path = filepath.Join(Root(), "bin", name)
 		build = []string{"build/tools.sh", name}
 	case "pilot-discovery":
-		path = filepath.Join(Root(), "out", name)
+		path = filepath.Join(OutDir(), name)
 		build = []string{"build/build.sh"}
 	case "etcd":
 		if p, err := exec.LookPath("etcd"); err == nil {

@@ -143,7 +143,7 @@ func (k *Kube) setup() error {
 	if err := k.EnsureNamespace(ctx, "istio-system"); err != nil {
 		return err
 	}
-	crds, err := os.ReadFile(filepath.Join(Root(), "_work/istio/manifests/charts/base/files/crd-all.gen.yaml"))
+	crds, err := os.ReadFile(filepath.Join(IstioTree(), "manifests/charts/base/files/crd-all.gen.yaml"))
 	if err != nil {
 		return fmt.Errorf("istio CRDs (run 'make build' to create the Istio work tree): %w", err)
 	}

@@ -19,9 +19,9 @@ import (
 // images never pulled (kind loads them). Fails here, in seconds, before the
 // kind tier spends minutes on a cluster.
 func TestKindSuiteOverlayRenders(t *testing.T) {
-	render(t) // builds out/istioctl if needed
+	render(t) // builds out/<release>/istioctl if needed
 	cfg := kind.Config{PilotImage: hub + "/pilot:" + tag, ProxyHub: "proxy.example.test/istio", ProxyTag: "1.2.3"}
-	out, err := exec.Command(filepath.Join(harness.Root(), "out/istioctl"),
+	out, err := exec.Command(filepath.Join(harness.OutDir(), "istioctl"),
 		append([]string{"manifest", "generate"}, kind.OverlayArgs(cfg)...)...).CombinedOutput()
 	require.NoError(t, err, "istioctl manifest generate:\n%s", out)
 

@@ -49,7 +49,7 @@ func render(t *testing.T) []byte {
 	cmd.Env = append(os.Environ(), "HUB="+hub, "TAG="+tag)
 	out, err := cmd.CombinedOutput()
 	require.NoError(t, err, "build/manifests.sh:\n%s", out)
-	operator, err := os.ReadFile(filepath.Join(harness.Root(), "out/manifests/istio.yaml"))
+	operator, err := os.ReadFile(filepath.Join(harness.OutDir(), "manifests/istio.yaml"))
 	require.NoError(t, err)
 	return operator
 }

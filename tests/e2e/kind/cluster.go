@@ -224,7 +224,7 @@ func (c *Cluster) newReadToken() (*api.ACLToken, error) {
 // README "Install on a cluster" tells users to.
 func (c *Cluster) installIstio(ctx context.Context) error {
 	args := append([]string{"install", "-y", "--kubeconfig", c.kubeconfig()}, OverlayArgs(c.cfg)...)
-	return run(ctx, filepath.Join(harness.Root(), "out/istioctl"), args...)
+	return run(ctx, filepath.Join(harness.OutDir(), "istioctl"), args...)
 }
 
 // OverlayArgs are the istioctl args (files and --set) the suite installs
