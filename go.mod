@@ -9,7 +9,7 @@ require (
 	github.com/stretchr/testify v1.11.1
 	google.golang.org/grpc v1.80.0
 	google.golang.org/protobuf v1.36.11
-	istio.io/istio v0.0.0-20260423205519-b01690e6db7d
+	istio.io/istio v0.0.0-20260423205519-b01690e6db7d // for editors and plain go commands; make builds and tests against VERSION's release (_work/<tag>/go.work)
 	k8s.io/api v0.35.3
 	k8s.io/apimachinery v0.35.3
 	k8s.io/client-go v0.35.3

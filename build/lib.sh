@@ -291,7 +291,8 @@ $json"
 	case $err in
 	*"checksum mismatch"* | *SECURITY*) die "$1: $err" ;;
 	*"403 Forbidden"* | *"404 Not Found"* | *"410 Gone"* | *"not available"* | *"unknown revision"* | *"GOPROXY=off"* | file://*"no such file or directory"* | *": reading file://"*"no such file or directory"*)
-		echo "${err##*server response: }" | head -c 200 ;;
+		err=${err##*server response: }
+		echo "${err%.}" | head -c 200 ;;
 	*) die "cannot tell whether the module proxy serves $1: $err" ;;
 	esac
 }

@@ -45,6 +45,11 @@ type Options struct {
 // non-passing health checks with two blocking queries and reads only the
 // services that changed.
 type Controller struct {
+	// Istio 1.29's ServiceDiscovery includes the ambient index methods
+	// (1.30 dropped them); Consul services have no ambient data yet, so
+	// the no-op set, as upstream's ServiceEntry controller had there.
+	model.NoopAmbientIndexes
+
 	args      Args
 	opts      Options
 	client    *api.Client
