@@ -84,23 +84,29 @@ istio_source() {
 	rm -rf "$tmp" && mkdir -p "$tmp"
 	if [[ -n "${ISTIO_SRC_ARCHIVES:-}" ]]; then
 		local archive="$ISTIO_SRC_ARCHIVES/istio-$ISTIO.tar.xz"
-		[[ -f "$archive" ]] || die "ISTIO_SRC_ARCHIVES=$ISTIO_SRC_ARCHIVES holds no istio-$ISTIO.tar.xz"
+		[[ -f "$archive" ]] || unfinished "$tmp" "ISTIO_SRC_ARCHIVES=$ISTIO_SRC_ARCHIVES holds no istio-$ISTIO.tar.xz"
 		# git archive records the commit in the tar header; reading it stops xz early.
 		got=$(xz -dc "$archive" 2>/dev/null | git get-tar-commit-id) || true
-		[[ "$got" == "$commit" ]] || die "$archive is commit ${got:-(none recorded)}; VERSION pins Istio $ISTIO at $commit"
+		[[ "$got" == "$commit" ]] || unfinished "$tmp" "$archive is commit ${got:-(none recorded)}; VERSION pins Istio $ISTIO at $commit"
 		log "unpacking $archive into $dir"
-		tar -xJf "$archive" -C "$tmp" --strip-components=1 || die "could not unpack $archive"
+		tar -xJf "$archive" -C "$tmp" --strip-components=1 || unfinished "$tmp" "could not unpack $archive"
 	else
 		local url=${ISTIO_GIT_URL:-https://github.com/istio/istio.git}
 		log "cloning Istio $ISTIO from $url (offline: set ISTIO_SRC_ARCHIVES or ISTIO_SRC, see README)"
 		git clone -q -c advice.detachedHead=false --depth 1 --branch "$ISTIO" "$url" "$tmp" ||
-			die "could not clone tag $ISTIO from $url; offline, point ISTIO_SRC_ARCHIVES at a directory holding istio-$ISTIO.tar.xz"
+			unfinished "$tmp" "could not clone tag $ISTIO from $url; offline, point ISTIO_SRC_ARCHIVES at a directory holding istio-$ISTIO.tar.xz"
 		got=$(git -C "$tmp" rev-parse HEAD)
-		[[ "$got" == "$commit" ]] || die "tag $ISTIO of $url is commit $got; VERSION pins $commit"
+		[[ "$got" == "$commit" ]] || unfinished "$tmp" "tag $ISTIO of $url is commit $got; VERSION pins $commit"
 		rm -rf "$tmp/.git"
 	fi
 	mv "$tmp" "$dir"
 	echo "$dir"
+}
+
+# unfinished DIR MESSAGE removes a half-made DIR and stops.
+unfinished() {
+	rm -rf "$1"
+	die "$2"
 }
 
 # patch_files lists the queue in application order.

@@ -19,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/pilot-consul/pilot-consul/tests/e2e"
+	"github.com/pilot-consul/pilot-consul/tests/harness"
 )
 
 // cluster is shared by every case: one kind cluster per run.
@@ -61,6 +62,13 @@ func TestInstalledAsUsersDo(t *testing.T) {
 	assert.Equal(t, cluster.cfg.PilotImage, c.Image)
 	assert.Contains(t, c.Args, "--registries=Kubernetes,Consul")
 	assert.Contains(t, c.Args, "--consulTokenFile=/var/run/secrets/consul/token/token")
+
+	// The running istiod is the release VERSION names, with our registry.
+	pod, err := cluster.istiodPod(ctx)
+	require.NoError(t, err)
+	v, err := cluster.istiodDebug(ctx, pod.Name, "/version")
+	require.NoError(t, err)
+	assert.True(t, strings.HasPrefix(string(v), harness.IstioRelease()+"+pilot-consul-"), "istiod /version: %s", v)
 }
 
 // istiod's Deployment is Ready only once the registry has read Consul: the
