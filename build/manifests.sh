@@ -10,7 +10,7 @@ source "$(dirname "$0")/lib.sh"
 "$root/build/build.sh" # the patched tree, with the Consul provider ID istioctl validates against
 
 # Only the Istio source and the patches go into istioctl, not our pilot/.
-stamp="$(go version) $ISTIO $(git -C "$tree" rev-parse 'pristine^{tree}') $(cat "$work/patches.stamp") $(hash_of "$tree/go.mod" "$tree/go.sum")"
+stamp="$(go version) $ISTIO stamped $(git -C "$tree" rev-parse 'pristine^{tree}') $(cat "$work/patches.stamp") $(hash_of "$tree/go.mod" "$tree/go.sum")"
 saved="$cache/istioctl/$(echo "$stamp" | sha256sum | cut -c1-16)"
 if [[ -x "$saved/istioctl" && "$(cat "$out/.istioctl.stamp" 2>/dev/null)" != "$stamp" ]]; then
 	cp "$saved/istioctl" "$out/istioctl"
@@ -21,8 +21,11 @@ if [[ ! -x "$out/istioctl" || "$(cat "$out/.istioctl.stamp" 2>/dev/null)" != "$s
 	log "compiling the patched tree's istioctl (cold: a few minutes)"
 	start=$SECONDS
 	pkgver=istio.io/istio/pkg/version
+	# Stamped as upstream's istioctl of the release: it writes its version into
+	# resource labels (operator.istio.io/version), where "+" is not allowed,
+	# and it is upstream's code (the patches touch only pilot-discovery).
 	(cd "$tree" && CGO_ENABLED=0 go build -o "$out/istioctl.tmp" \
-		-ldflags "-s -w -X $pkgver.buildVersion=${ISTIO}+pilot-consul-${PILOT_CONSUL_VERSION} -X $pkgver.buildGitRevision=$(pin COMMIT) -X $pkgver.buildTag=$ISTIO -X $pkgver.buildStatus=Clean" \
+		-ldflags "-s -w -X $pkgver.buildVersion=$ISTIO -X $pkgver.buildGitRevision=$(pin COMMIT) -X $pkgver.buildTag=$ISTIO -X $pkgver.buildStatus=Clean" \
 		./istioctl/cmd/istioctl)
 	mv "$out/istioctl.tmp" "$out/istioctl"
 	echo "$stamp" >"$out/.istioctl.stamp"
