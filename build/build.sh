@@ -42,8 +42,7 @@ mkdir -p "$out"
 commit=$(pin COMMIT)
 version="${ISTIO}+pilot-consul-${PILOT_CONSUL_VERSION}"
 # Only what is compiled in counts: editing a test must not relink istiod.
-code_hash=$(find "$root/pilot" -type f -name '*.go' ! -name '*_test.go' ! -path '*/testdata/*' -print0 |
-	sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
+code_hash=$(find "$root/pilot" -type f -name '*.go' ! -name '*_test.go' ! -path '*/testdata/*' -print0 | hash_files)
 stamp="$(go version) $version $(git -C "$tree" rev-parse 'pristine^{tree}') $patches_hash $code_hash $(hash_of "$tree/go.mod" "$tree/go.sum")"
 
 # link_outputs points out/<binary> at this release's, for `out/pilot-discovery version`.

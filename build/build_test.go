@@ -204,3 +204,19 @@ func serve(t *testing.T, proxy, module, version string) {
 	require.NoError(t, z.Close())
 	require.NoError(t, f.Close())
 }
+
+// Build stamps hash inputs by content and clone-relative path: a fresh clone
+// elsewhere gets the same stamp, so it reuses what another clone built.
+func TestHashIsTheSameInAnotherClone(t *testing.T) {
+	hash := func(clone string, rename string) string {
+		require.NoError(t, os.MkdirAll(filepath.Join(clone, "patches"), 0o755))
+		require.NoError(t, os.WriteFile(filepath.Join(clone, "patches", rename), []byte("same"), 0o644))
+		out, err := exec.Command("bash", "-c", `source ./lib.sh && root=$1 work=$1/_work hash_of "$1/patches"`,
+			"-", clone).Output()
+		require.NoError(t, err)
+		return strings.TrimSpace(string(out))
+	}
+	a := hash(t.TempDir(), "0001-x.patch")
+	assert.Equal(t, a, hash(t.TempDir(), "0001-x.patch"))
+	assert.NotEqual(t, a, hash(t.TempDir(), "0002-x.patch"), "a renamed file is another input")
+}

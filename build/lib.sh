@@ -116,7 +116,14 @@ patch_files() {
 
 # hash_of prints one content hash over the given files and directories.
 hash_of() {
-	find "$@" -type f -print0 2>/dev/null | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16
+	find "$@" -type f -print0 2>/dev/null | hash_files
+}
+
+# hash_files hashes the NUL-separated files on stdin by content and by path
+# relative to the clone (or work dir), so other clones of the same inputs
+# get the same hash and reuse what one of them built.
+hash_files() {
+	sort -z | xargs -0 sha256sum | sed -e "s#  $work/#  #" -e "s#  $root/#  #" | sha256sum | cut -c1-16
 }
 
 # init_pristine SRC makes $tree a throwaway git repo whose first commit, tagged
