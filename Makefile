@@ -72,7 +72,7 @@ verify-patches: ## Check the queue: names, headers, parse, and that it applies t
 	build/verify-patches.sh
 
 .PHONY: clean-work
-clean-work: ## Remove the patched Istio work tree (the next build starts from pristine).
+clean-work: ## Remove the patched Istio work trees of every release (the next build starts from pristine).
 	rm -rf _work
 
 ##@ Test
