@@ -102,6 +102,23 @@ func TestWrongSourceIsRefused(t *testing.T) {
 	assert.Contains(t, string(out), "is not Istio 1.30.3: its git tree is "+gitTree(t, src)+
 		", VERSION pins 128882bdedf3a440c25456c500558a990292c52e")
 
+	// A checkout is judged by its commit.
+	for _, args := range [][]string{{"init", "-q"}, {"add", "-A"}, {"commit", "-q", "-m", "not 1.30.3"}} {
+		git := exec.Command("git", append([]string{"-C", src}, args...)...)
+		git.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@t.invalid",
+			"GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@t.invalid")
+		out, err := git.CombinedOutput()
+		require.NoError(t, err, "git %v: %s", args, out)
+	}
+	head, err := exec.Command("git", "-C", src, "rev-parse", "HEAD").Output()
+	require.NoError(t, err)
+	cmd = exec.Command("./build.sh")
+	cmd.Env = append(os.Environ(), "ISTIO=1.30.3", "ISTIO_SRC="+src, "WORK_DIR="+t.TempDir())
+	out, err = cmd.CombinedOutput()
+	require.Error(t, err, "build must fail:\n%s", out)
+	assert.Contains(t, string(out), "is at commit "+strings.TrimSpace(string(head))+
+		"; VERSION pins Istio 1.30.3 at 56df41f63e513f834c9a3af33d8aed82d1d961f2")
+
 	cmd = exec.Command("./build.sh")
 	cmd.Env = append(os.Environ(), "ISTIO=1.2.3", "ISTIO_SRC=", "WORK_DIR="+t.TempDir())
 	out, err = cmd.CombinedOutput()
