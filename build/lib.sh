@@ -303,7 +303,7 @@ $json"
 	fi
 	case $err in
 	*"checksum mismatch"* | *SECURITY*) die "$1: $err" ;;
-	*"403 Forbidden"* | *"404 Not Found"* | *"410 Gone"* | *"not available"* | *"unknown revision"* | *"GOPROXY=off"* | file://*"no such file or directory"* | *": reading file://"*"no such file or directory"*)
+	*"403 Forbidden"* | *"404 Not Found"* | *"410 Gone"* | *"not available"* | *"unknown revision"* | *"GOPROXY=off"* | *": reading file://"*"no such file or directory"*)
 		err=${err##*server response: }
 		echo "${err%.}" | head -c 200 ;;
 	*) die "cannot tell whether the module proxy serves $1: $err" ;;
