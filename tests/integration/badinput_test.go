@@ -125,7 +125,7 @@ func TestBadInputIsSkippedGoodInputServed(t *testing.T) {
 	}
 	assert.Contains(t, log, `registrations declare different protocols on port`)
 	for _, name := range badNames {
-		assert.Contains(t, log, fmt.Sprintf(`consul service %q skipped: name is not a DNS label`, name))
+		assert.Contains(t, log, fmt.Sprintf(`consul service %q is not served: name is not a DNS label`, name))
 		assert.Empty(t, registryVIP(t, name+".service.consul"))
 	}
 }

@@ -1,17 +1,21 @@
-// Package consul is a HashiCorp Consul service registry for istiod: it watches
-// a Consul catalog with blocking queries and serves its services and healthy
-// instances to Istio's xDS server, pushing only what changed.
 package consul
+
+// args.go owns the registry's settings: flags, Consul's environment
+// variables, validation, and their expansion into one registry per Consul
+// cluster and datacenter.
 
 import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"istio.io/istio/pkg/cluster"
 )
 
 // Args are the registry's settings. Each has a command-line flag; where Consul
@@ -150,19 +154,16 @@ func (a *Args) Complete(getenv func(string) string) error {
 	if strings.EqualFold(getenv("CONSUL_HTTP_SSL"), "true") {
 		scheme = "https"
 	}
-	var urls []string
-	for _, u := range strings.Split(a.ServerURL, ",") {
-		name, addr := splitName(strings.TrimSpace(u))
-		if addr == "" {
-			return fmt.Errorf("--consulServerURL=%q: empty address", a.ServerURL)
+	servers, err := serverURLs(a.ServerURL, scheme)
+	if err != nil {
+		return err
+	}
+	urls := make([]string, len(servers))
+	for i, s := range servers {
+		urls[i] = s.url
+		if s.name != "" {
+			urls[i] = s.name + "=" + s.url
 		}
-		if !strings.Contains(addr, "://") {
-			addr = scheme + "://" + addr
-		}
-		if name != "" {
-			addr = name + "=" + addr
-		}
-		urls = append(urls, addr)
 	}
 	a.ServerURL = strings.Join(urls, ",")
 	switch a.Consistency {
@@ -182,12 +183,28 @@ func (a *Args) Complete(getenv func(string) string) error {
 	return nil
 }
 
-// splitName splits "name=url" (a Consul cluster's registry name) from a URL.
-func splitName(s string) (name, url string) {
-	if n, u, ok := strings.Cut(s, "="); ok && !strings.ContainsAny(n, ":/") {
-		return n, u
+// serverURL is one --consulServerURL entry: [name=]url.
+type serverURL struct{ name, url string }
+
+// serverURLs parses a --consulServerURL list; an address without a scheme
+// gets scheme.
+func serverURLs(list, scheme string) ([]serverURL, error) {
+	var out []serverURL
+	for _, entry := range strings.Split(list, ",") {
+		entry = strings.TrimSpace(entry)
+		s := serverURL{url: entry}
+		if n, u, ok := strings.Cut(entry, "="); ok && !strings.ContainsAny(n, ":/") {
+			s = serverURL{name: n, url: strings.TrimSpace(u)}
+		}
+		if s.url == "" {
+			return nil, fmt.Errorf("--consulServerURL=%q: empty address", list)
+		}
+		if !strings.Contains(s.url, "://") {
+			s.url = scheme + "://" + s.url
+		}
+		out = append(out, s)
 	}
-	return "", s
+	return out, nil
 }
 
 // secret is a string flag value that never prints itself, in any form:
@@ -215,3 +232,47 @@ func (s *secret) Set(v string) error { *s = secret(v); return nil }
 
 // Type implements pflag.Value.
 func (s secret) Type() string { return "string" }
+
+// target is one registry to run: a Consul cluster's endpoint and one of its
+// datacenters. Each has its own cluster ID and so its own endpoint shard: an
+// outage of one never touches the endpoints of another.
+type target struct {
+	clusterID  cluster.ID
+	url        string
+	datacenter string // "" = the agent's own
+	local      bool   // hostnames without the datacenter
+}
+
+// targets expands completed Args: every --consulServerURL entry × every
+// --consulDatacenter entry. IDs: "consul" for the first endpoint, its name
+// ("name=url") or "consul-<n>" for others; "-<dc>" for non-local datacenters.
+func (a *Args) targets() []target {
+	dcs := []string{""}
+	if a.Datacenter != "" {
+		dcs = dcs[:0]
+		for _, dc := range strings.Split(a.Datacenter, ",") {
+			if dc = strings.TrimSpace(dc); dc != "" {
+				dcs = append(dcs, dc)
+			}
+		}
+	}
+	servers, _ := serverURLs(a.ServerURL, "http") // validated by Complete
+	var out []target
+	for i, s := range servers {
+		name, url := s.name, s.url
+		if name == "" {
+			name = "consul"
+			if i > 0 {
+				name += "-" + strconv.Itoa(i+1)
+			}
+		}
+		for j, dc := range dcs {
+			id := name
+			if j > 0 {
+				id += "-" + dc
+			}
+			out = append(out, target{clusterID: cluster.ID(id), url: url, datacenter: dc, local: j == 0})
+		}
+	}
+	return out
+}

@@ -80,5 +80,5 @@ func TestSyncTimeoutReleasesReadiness(t *testing.T) {
 	assert.Never(t, reg.HasSynced, 500*time.Millisecond, 20*time.Millisecond, "not synced before the timeout")
 	assert.Eventually(t, reg.HasSynced, 3*time.Second, 20*time.Millisecond)
 	assert.Empty(t, reg.Services())
-	assert.False(t, reg.reachable.Load())
+	assert.False(t, reachable(reg))
 }

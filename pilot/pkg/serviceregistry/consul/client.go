@@ -1,22 +1,37 @@
 package consul
 
+// client.go owns how the registry talks to Consul: the HTTP client (TLS,
+// connection cap, the ACL token on every request), read options, and the
+// slots that bound concurrent reads.
+
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 )
 
+// consulClient is the Consul API client with the registry's read options.
+type consulClient struct {
+	*api.Client
+	transport *transport
+	base      api.QueryOptions
+	// slots bound reads besides the two watches (MaxConcurrentRequests):
+	// service reads and the pinpoint read share them.
+	slots chan struct{}
+}
+
 // newClient builds the Consul API client. Connections are capped at
 // MaxConcurrentRequests + 2 (the two blocking watches; the occasional
-// pinpoint read waits for a free one), so the registry stays far below Consul's http_max_conns_per_client (200) however large the catalog.
-func newClient(a Args) (*api.Client, *transport, error) {
+// pinpoint read waits for a free slot), so the registry stays far below
+// Consul's http_max_conns_per_client (200) however large the catalog.
+func newClient(a Args) (*consulClient, error) {
 	cfg := api.DefaultNonPooledConfig()
 	cfg.Address = a.ServerURL
 	cfg.Datacenter = a.Datacenter
@@ -30,7 +45,7 @@ func newClient(a Args) (*api.Client, *transport, error) {
 		InsecureSkipVerify: a.TLSSkipVerify,
 	})
 	if err != nil {
-		return nil, nil, fmt.Errorf("consul TLS settings: %w", err)
+		return nil, fmt.Errorf("consul TLS settings: %w", err)
 	}
 	maxConns := a.MaxConcurrentRequests + 2
 	base := &http.Transport{
@@ -47,19 +62,52 @@ func newClient(a Args) (*api.Client, *transport, error) {
 	cfg.Scheme = "" // taken from Address
 	client, err := api.NewClient(cfg)
 	if err != nil {
-		return nil, nil, fmt.Errorf("consul client for %s: %w", a.ServerURL, err)
+		return nil, fmt.Errorf("consul client for %s: %w", a.ServerURL, err)
 	}
-	return client, t, nil
+	q := api.QueryOptions{Namespace: a.EnterpriseNamespace, Partition: a.Partition}
+	switch a.Consistency {
+	case "stale":
+		q.AllowStale = true
+	case "consistent":
+		q.RequireConsistent = true
+	}
+	return &consulClient{Client: client, transport: t, base: q, slots: make(chan struct{}, a.MaxConcurrentRequests)}, nil
 }
 
-// transport adds the ACL token to each request and counts requests, so the
-// metrics and tests can see how hard the registry drives Consul.
+// query returns the read options every request carries.
+func (r *consulClient) query(ctx context.Context) *api.QueryOptions {
+	q := r.base
+	return q.WithContext(ctx)
+}
+
+// slot waits for a free read slot and returns its release.
+func (r *consulClient) slot() (release func()) {
+	r.slots <- struct{}{}
+	return func() { <-r.slots }
+}
+
+// readService reads every registration of one service with its checks.
+func (r *consulClient) readService(ctx context.Context, name string) ([]*api.ServiceEntry, uint64, error) {
+	defer r.slot()()
+	entries, meta, err := r.Health().Service(name, "", false, r.query(ctx))
+	if err != nil {
+		return nil, 0, fmt.Errorf("read service %q: %w", name, err)
+	}
+	if err := aclFiltered(meta, len(entries), "service \""+name+"\" and node_prefix"); err != nil {
+		return nil, 0, fmt.Errorf("read service %q: %w", name, err)
+	}
+	return entries, meta.LastIndex, nil
+}
+
+// closeIdle drops idle keep-alive connections: they hold goroutines, and a
+// stopped registry leaves none.
+func (r *consulClient) closeIdle() { r.transport.base.(*http.Transport).CloseIdleConnections() }
+
+// transport adds the ACL token to each request and counts requests
+// (pilot_consul_requests_total), so operators see how hard istiod drives Consul.
 type transport struct {
-	base     http.RoundTripper
-	token    *tokenSource
-	inflight atomic.Int64
-	peak     atomic.Int64
-	total    atomic.Int64
+	base  http.RoundTripper
+	token *tokenSource
 }
 
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -69,11 +117,6 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		req = req.Clone(req.Context())
 		req.Header.Set("X-Consul-Token", tok)
 	}
-	n := t.inflight.Add(1)
-	defer t.inflight.Add(-1)
-	for p := t.peak.Load(); n > p && !t.peak.CompareAndSwap(p, n); p = t.peak.Load() {
-	}
-	t.total.Add(1)
 	consulRequests.Increment()
 	return t.base.RoundTrip(req)
 }

@@ -1,5 +1,8 @@
 package consul
 
+// convert.go owns the mapping from one Consul service's registrations to
+// Istio's model (README, "Mapping"): pure, so every row is testable.
+
 import (
 	"fmt"
 	"net/netip"
@@ -46,25 +49,86 @@ type converter struct {
 
 // conversion is the result for one Consul service.
 type conversion struct {
-	// service is nil when the service itself is invalid (e.g. its name).
+	// service is nil when the service is not served (see notServed).
 	service *model.Service
 	// endpoints are the instances that get traffic (or UNHEALTHY ones if asked).
 	endpoints []*model.IstioEndpoint
 	// instances are all valid registrations, routable or not, for proxy lookups.
 	instances []*instance
-	// warnings name each skipped entry and why.
-	warnings []string
-	// hidden says why a service with registrations is not served at all
-	// (none of them is a workload), when that is by design, not bad input.
-	hidden string
+	// skipped are the registrations left out, each with why.
+	skipped []skipped
+	// notServed says why the service as a whole is not served; "" when it is.
+	notServed string
+	// badInput: notServed because of invalid input (logged as a warning),
+	// not by design (no workload among the registrations) or because the
+	// service just left.
+	badInput bool
+	// conflicts are ports whose registrations declare different protocols.
+	conflicts []protocolConflict
+}
+
+// skipped is one registration left out of a service.
+type skipped struct {
+	Instance string `json:"instance"`
+	Node     string `json:"node"`
+	Reason   string `json:"reason"`
+	// byDesign: not a workload (a Connect proxy, a gateway), not bad input.
+	byDesign bool
+}
+
+// protocolConflict is a port whose registrations disagree on its protocol.
+type protocolConflict struct {
+	Port     int               `json:"port"`
+	Declared string            `json:"declared"` // e.g. "grpc×1, http×2"
+	Chosen   protocol.Instance `json:"chosen"`
+}
+
+// warnings are the log lines for bad input, naming each entry and why.
+func (c *conversion) warnings(name string) []string {
+	var out []string
+	for _, s := range c.skipped {
+		if s.byDesign {
+			continue
+		}
+		if s.Instance == "" && s.Node == "" {
+			out = append(out, fmt.Sprintf("consul service %q: skipped an entry: %s", name, s.Reason))
+		} else {
+			out = append(out, fmt.Sprintf("consul service %q instance %q on node %q skipped: %s", name, s.Instance, s.Node, s.Reason))
+		}
+	}
+	for _, p := range c.conflicts {
+		out = append(out, fmt.Sprintf("consul service %q: registrations declare different protocols on port %d (%s); using %s",
+			name, p.Port, p.Declared, p.Chosen))
+	}
+	if c.badInput {
+		out = append(out, fmt.Sprintf("consul service %q is not served: %s", name, c.notServed))
+	}
+	return out
+}
+
+// byDesign: the service is not served only because none of its
+// registrations is a workload (Connect's <name>-sidecar-proxy, gateways).
+func (c *conversion) byDesign() bool {
+	if len(c.skipped) == 0 {
+		return false
+	}
+	for _, s := range c.skipped {
+		if !s.byDesign {
+			return false
+		}
+	}
+	return true
 }
 
 // instance is one valid Consul registration of a service.
 type instance struct {
-	node    string
-	address string
-	port    int
-	labels  labels.Instance
+	id, node string
+	address  string
+	port     int
+	labels   labels.Instance
+	status   string // Consul's aggregated check status
+	weight   uint32
+	routed   bool // sent to istiod (healthy, or UNHEALTHY with --consulSendUnhealthy)
 }
 
 // hostname follows Consul DNS: <service>.service[.<ns>.ns][.<partition>.ap]
@@ -90,47 +154,48 @@ func (c *converter) hostname(name string) host.Name {
 func (c *converter) convert(name string, entries []*api.ServiceEntry) conversion {
 	var out conversion
 	if errs := validation.IsDNS1123Label(name); len(errs) > 0 {
-		out.warnings = append(out.warnings, fmt.Sprintf("consul service %q skipped: name is not a DNS label (%s)",
-			name, strings.Join(errs, "; ")))
+		out.notServed, out.badInput = fmt.Sprintf("name is not a DNS label (%s)", strings.Join(errs, "; ")), true
+		return out
+	}
+	if len(entries) == 0 {
+		// Listed, but its last instance left before the read: gone.
+		out.notServed = "no registrations"
 		return out
 	}
 	type candidate struct {
 		entry    *api.ServiceEntry
 		inst     *instance
 		protocol protocol.Instance
-		status   string
 	}
 	var cands []candidate
 	// port -> protocol -> number of registrations declaring it
 	portProtocols := map[int]map[protocol.Instance]int{}
 	kinds := map[api.ServiceKind]int{}
 	for _, e := range entries {
-		inst, proto, warn := c.instanceOf(name, e)
-		if warn != "" {
-			out.warnings = append(out.warnings, warn)
-			continue
-		}
+		inst, proto, skip := c.instanceOf(name, e)
 		if inst == nil {
-			kinds[e.Service.Kind]++ // not a workload (connect proxy, gateway): skipped on purpose
+			if skip.byDesign {
+				kinds[e.Service.Kind]++
+			}
+			out.skipped = append(out.skipped, skip)
 			continue
 		}
 		if portProtocols[inst.port] == nil {
 			portProtocols[inst.port] = map[protocol.Instance]int{}
 		}
 		portProtocols[inst.port][proto]++
-		cands = append(cands, candidate{entry: e, inst: inst, protocol: proto, status: e.Checks.AggregatedStatus()})
+		inst.status = e.Checks.AggregatedStatus()
+		cands = append(cands, candidate{entry: e, inst: inst, protocol: proto})
 	}
 
 	// A service with registrations but no workload among them would be an
 	// Istio service without ports or endpoints, holding a VIP: Connect's
 	// <name>-sidecar-proxy beside every service, gateways, or bad input only.
-	if len(entries) > 0 && len(cands) == 0 {
-		if len(kinds) > 0 && len(out.warnings) == 0 {
-			out.hidden = fmt.Sprintf("consul service %q is not served: none of its %d registrations is a workload (kinds: %v)",
-				name, len(entries), kindCounts(kinds))
+	if len(cands) == 0 {
+		if out.byDesign() {
+			out.notServed = fmt.Sprintf("none of its %d registrations is a workload (kinds: %v)", len(entries), kindCounts(kinds))
 		} else {
-			out.warnings = append(out.warnings, fmt.Sprintf("consul service %q is not served: none of its %d registrations is valid",
-				name, len(entries)))
+			out.notServed, out.badInput = fmt.Sprintf("none of its %d registrations is valid", len(entries)), true
 		}
 		return out
 	}
@@ -148,9 +213,7 @@ func (c *converter) convert(name string, entries []*api.ServiceEntry) conversion
 	for _, port := range sortedKeys(portProtocols) {
 		proto := pickProtocol(portProtocols[port])
 		if len(portProtocols[port]) > 1 {
-			out.warnings = append(out.warnings, fmt.Sprintf(
-				"consul service %q: registrations declare different protocols on port %d (%v); using %s",
-				name, port, protocolCounts(portProtocols[port]), proto))
+			out.conflicts = append(out.conflicts, protocolConflict{Port: port, Declared: protocolCounts(portProtocols[port]), Chosen: proto})
 		}
 		portNames[port] = strings.ToLower(string(proto)) + "-" + fmt.Sprint(port)
 		svc.Ports = append(svc.Ports, &model.Port{Name: portNames[port], Port: port, Protocol: proto})
@@ -159,7 +222,7 @@ func (c *converter) convert(name string, entries []*api.ServiceEntry) conversion
 	sas := map[string]struct{}{}
 	for _, cd := range cands {
 		out.instances = append(out.instances, cd.inst)
-		ep := c.endpoint(name, cd.entry, cd.inst, portNames[cd.inst.port], cd.status)
+		ep := c.endpoint(cd.entry, cd.inst, portNames[cd.inst.port])
 		if ep == nil {
 			continue
 		}
@@ -176,37 +239,36 @@ func (c *converter) convert(name string, entries []*api.ServiceEntry) conversion
 	return out
 }
 
-// instanceOf validates one registration. It returns (nil, "", "") for entries
-// that are not workloads, and a warning for entries that are invalid.
-func (c *converter) instanceOf(name string, e *api.ServiceEntry) (*instance, protocol.Instance, string) {
+// instanceOf validates one registration: an instance, or why it is skipped.
+func (c *converter) instanceOf(name string, e *api.ServiceEntry) (*instance, protocol.Instance, skipped) {
 	if e == nil || e.Service == nil || e.Node == nil {
-		return nil, "", fmt.Sprintf("consul service %q: skipped an entry without service or node data", name)
+		return nil, "", skipped{Reason: "no service or node data"}
 	}
 	s := e.Service
+	skip := skipped{Instance: s.ID, Node: e.Node.Node}
 	if s.Kind != api.ServiceKindTypical {
-		return nil, "", ""
+		skip.Reason, skip.byDesign = fmt.Sprintf("kind %s is not a workload", s.Kind), true
+		return nil, "", skip
 	}
-	id := fmt.Sprintf("consul service %q instance %q on node %q", name, s.ID, e.Node.Node)
 	addr := s.Address
 	if addr == "" {
 		addr = e.Node.Address
 	}
-	if addr == "" {
-		return nil, "", id + " skipped: neither the service nor its node has an address"
-	}
 	ip, err := netip.ParseAddr(addr)
-	if err != nil || ip.IsUnspecified() {
-		return nil, "", fmt.Sprintf("%s skipped: address %q is not an IP address "+
-			"(Consul hostnames are not resolved; register an IP)", id, addr)
+	switch {
+	case addr == "":
+		skip.Reason = "neither the service nor its node has an address"
+	case err != nil || ip.IsUnspecified():
+		skip.Reason = fmt.Sprintf("address %q is not an IP address (Consul hostnames are not resolved; register an IP)", addr)
+	case ip.Zone() != "":
+		skip.Reason = fmt.Sprintf("address %q is scoped to a network interface", addr)
+	case s.Port < 1 || s.Port > 65535:
+		skip.Reason = fmt.Sprintf("port %d is out of range 1-65535", s.Port)
+	default:
+		return &instance{id: s.ID, node: e.Node.Node, address: ip.Unmap().String(), port: s.Port, labels: instanceLabels(s)},
+			c.protocolOf(name, s.Meta[MetaProtocol]), skipped{}
 	}
-	if ip.Zone() != "" {
-		return nil, "", fmt.Sprintf("%s skipped: address %q is scoped to a network interface", id, addr)
-	}
-	if s.Port < 1 || s.Port > 65535 {
-		return nil, "", fmt.Sprintf("%s skipped: port %d is out of range 1-65535", id, s.Port)
-	}
-	return &instance{node: e.Node.Node, address: ip.Unmap().String(), port: s.Port, labels: instanceLabels(s)},
-		c.protocolOf(name, s.Meta[MetaProtocol]), ""
+	return nil, "", skip
 }
 
 // protocolOf: ServiceMeta "protocol", else a protocol prefix of the service
@@ -223,10 +285,12 @@ func (c *converter) protocolOf(name, meta string) protocol.Instance {
 	return c.defaultProtocol
 }
 
-func (c *converter) endpoint(name string, e *api.ServiceEntry, inst *instance, portName, status string) *model.IstioEndpoint {
+// endpoint is inst's endpoint, or nil when its health keeps it out; it
+// records the instance's weight and whether it is routed.
+func (c *converter) endpoint(e *api.ServiceEntry, inst *instance, portName string) *model.IstioEndpoint {
 	health := model.Healthy
 	weight := e.Service.Weights.Passing
-	switch status {
+	switch inst.status {
 	case api.HealthPassing:
 	case api.HealthWarning:
 		weight = e.Service.Weights.Warning
@@ -237,12 +301,11 @@ func (c *converter) endpoint(name string, e *api.ServiceEntry, inst *instance, p
 	default: // critical, maintenance
 		health = model.UnHealthy
 	}
+	inst.weight = uint32(max(weight, 1))
 	if health == model.UnHealthy && !c.sendUnhealthy {
 		return nil
 	}
-	if weight < 1 {
-		weight = 1
-	}
+	inst.routed = true
 	tlsMode := model.DisabledTLSModeLabel
 	if strings.EqualFold(e.Service.Meta[MetaTLSMode], model.IstioMutualTLSModeLabel) {
 		tlsMode = model.IstioMutualTLSModeLabel
@@ -255,7 +318,7 @@ func (c *converter) endpoint(name string, e *api.ServiceEntry, inst *instance, p
 		Labels:                 inst.labels,
 		ServiceAccount:         c.serviceAccount(e.Service.Meta[MetaServiceAccount]),
 		Locality:               model.Locality{Label: locality(e), ClusterID: c.clusterID},
-		LbWeight:               uint32(weight),
+		LbWeight:               inst.weight,
 		TLSMode:                tlsMode,
 		Namespace:              c.namespace,
 		WorkloadName:           e.Service.ID,

@@ -91,8 +91,9 @@ func TestMapping(t *testing.T) {
 			entry(reg{id: "b", addr: "10.0.0.2", port: 80, meta: map[string]string{"protocol": "grpc"}}),
 		})
 		assert.Equal(t, protocol.GRPC, out.service.Ports[0].Protocol)
-		require.Len(t, out.warnings, 1)
-		assert.Contains(t, out.warnings[0], "different protocols on port 80")
+		require.Len(t, out.warnings("web"), 1)
+		assert.Contains(t, out.warnings("web")[0], "different protocols on port 80")
+		assert.Equal(t, []protocolConflict{{Port: 80, Declared: "GRPC×1, HTTP×1", Chosen: protocol.GRPC}}, out.conflicts)
 	})
 	t.Run("labels: key=value and key|value tags, then meta; invalid dropped", func(t *testing.T) {
 		out := c.convert("web", []*api.ServiceEntry{entry(reg{id: "a", addr: "10.0.0.1", port: 80,
@@ -112,32 +113,38 @@ func TestMapping(t *testing.T) {
 		require.Len(t, out.endpoints, 2)
 		assert.Equal(t, []string{"10.0.0.1"}, out.endpoints[0].Addresses)
 		assert.Equal(t, []string{"10.0.0.9"}, out.endpoints[1].Addresses)
-		require.Len(t, out.warnings, 3)
-		assert.Contains(t, out.warnings[2], "scoped to a network interface")
-		assert.Contains(t, out.warnings[0], `"c"`)
-		assert.Contains(t, out.warnings[0], "not an IP")
-		assert.Contains(t, out.warnings[1], "neither the service nor its node has an address")
+		warnings := out.warnings("web")
+		require.Len(t, warnings, 3)
+		assert.Contains(t, warnings[2], "scoped to a network interface")
+		assert.Contains(t, warnings[0], `"c"`)
+		assert.Contains(t, warnings[0], "not an IP")
+		assert.Contains(t, warnings[1], "neither the service nor its node has an address")
+		assert.Equal(t, skipped{Instance: "c", Node: "n1",
+			Reason: `address "db.example.com" is not an IP address (Consul hostnames are not resolved; register an IP)`}, out.skipped[0])
 	})
 	t.Run("bad port skipped", func(t *testing.T) {
 		out := c.convert("web", []*api.ServiceEntry{entry(reg{id: "a", addr: "10.0.0.1", port: 0}), entry(reg{id: "b", addr: "10.0.0.1", port: 70000})})
 		assert.Empty(t, out.endpoints)
 		assert.Nil(t, out.service, "no valid registration: not served at all")
-		require.Len(t, out.warnings, 3)
-		assert.Contains(t, out.warnings[2], `consul service "web" is not served: none of its 2 registrations is valid`)
+		require.Len(t, out.warnings("web"), 3)
+		assert.Contains(t, out.warnings("web")[2], `consul service "web" is not served: none of its 2 registrations is valid`)
+		assert.Equal(t, "port 0 is out of range 1-65535", out.skipped[0].Reason)
 	})
 	t.Run("invalid service names skipped", func(t *testing.T) {
 		for _, name := range []string{"Web", "web_api", "web.api", strings.Repeat("a", 64), ""} {
 			out := c.convert(name, []*api.ServiceEntry{entry(reg{id: "a", addr: "10.0.0.1", port: 80})})
 			assert.Nil(t, out.service, name)
-			assert.Len(t, out.warnings, 1, name)
+			assert.Len(t, out.warnings(name), 1, name)
+			assert.Contains(t, out.notServed, "name is not a DNS label", name)
 		}
 	})
 	t.Run("non-workload kinds skipped", func(t *testing.T) {
 		out := c.convert("web", []*api.ServiceEntry{entry(reg{id: "p", addr: "10.0.0.1", port: 80, kind: api.ServiceKindConnectProxy})})
 		assert.Empty(t, out.endpoints)
-		assert.Empty(t, out.warnings)
+		assert.Empty(t, out.warnings("web"))
 		assert.Nil(t, out.service, "a Connect sidecar-proxy service is no Istio service")
-		assert.Contains(t, out.hidden, "none of its 1 registrations is a workload (kinds: connect-proxy×1)")
+		assert.Contains(t, out.notServed, "none of its 1 registrations is a workload (kinds: connect-proxy×1)")
+		assert.Equal(t, "kind connect-proxy is not a workload", out.skipped[0].Reason)
 
 		// Next to a workload, the proxy is skipped and the service served.
 		out = c.convert("web", []*api.ServiceEntry{
@@ -147,7 +154,7 @@ func TestMapping(t *testing.T) {
 		require.NotNil(t, out.service)
 		assert.Len(t, out.service.Ports, 1)
 		assert.Len(t, out.endpoints, 1)
-		assert.Empty(t, out.hidden)
+		assert.Empty(t, out.notServed)
 	})
 	t.Run("locality: datacenter / zone / subzone", func(t *testing.T) {
 		out := c.convert("web", []*api.ServiceEntry{

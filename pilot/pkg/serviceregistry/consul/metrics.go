@@ -1,5 +1,7 @@
 package consul
 
+// metrics.go owns the registry's log scope and metrics (README, Architecture).
+
 import (
 	istiolog "istio.io/istio/pkg/log"
 	"istio.io/istio/pkg/monitoring"
@@ -15,7 +17,7 @@ var (
 	consulEndpoints = monitoring.NewGauge("pilot_consul_endpoints",
 		"Consul endpoints (routable instance ports) served to istiod.")
 	consulWatchErrors = monitoring.NewSum("pilot_consul_watch_errors_total",
-		"Failed Consul reads, by watch (catalog, checks, service).")
+		"Failed Consul reads, by reader (catalog, health, checks, service).")
 	consulRequests = monitoring.NewSum("pilot_consul_requests_total",
 		"HTTP requests sent to Consul.")
 	consulLastSync = monitoring.NewGauge("pilot_consul_last_sync_timestamp_seconds",

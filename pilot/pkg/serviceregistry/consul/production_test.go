@@ -81,7 +81,7 @@ func TestACLTokens(t *testing.T) {
 		f.eventuallyEndpoints("web", "127.0.0.11:80")
 
 		require.NoError(t, os.WriteFile(file, []byte(wrong), 0o600))
-		require.Eventually(t, func() bool { return !f.reg.reachable.Load() }, 10*time.Second, 20*time.Millisecond)
+		require.Eventually(t, func() bool { return !reachable(f.reg) }, 10*time.Second, 20*time.Millisecond)
 		assert.Contains(t, lastError(f.reg), "ACL not found")
 		assert.Equal(t, []string{"127.0.0.11:80"}, f.endpoints("web"), "a bad token must not wipe endpoints")
 
@@ -174,9 +174,7 @@ func newRegistries(t *testing.T, edit func(*Args)) []*Controller {
 }
 
 func endpointsOf(r *Controller, h host.Name) []*model.IstioEndpoint {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	if s := r.byHost[h]; s != nil {
+	if s := r.store.byHostname(h); s != nil {
 		return s.endpoints
 	}
 	return nil
@@ -235,7 +233,7 @@ func TestSeveralConsulClusters(t *testing.T) {
 		}, 20*time.Second, 20*time.Millisecond)
 	}
 	west.Stop()
-	require.Eventually(t, func() bool { return !regs[1].reachable.Load() }, 20*time.Second, 20*time.Millisecond)
+	require.Eventually(t, func() bool { return !reachable(regs[1]) }, 20*time.Second, 20*time.Millisecond)
 	assert.Len(t, endpointsOf(regs[1], "web.service.consul"), 1, "west keeps its last good state")
 	assert.Len(t, endpointsOf(regs[0], "web.service.consul"), 1, "east untouched")
 	assert.NoError(t, regs[0].LastError())

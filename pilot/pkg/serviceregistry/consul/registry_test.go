@@ -20,12 +20,14 @@ import (
 	"github.com/pilot-consul/pilot-consul/tests/harness"
 )
 
-// fixture is a real Consul agent and a registry watching it.
+// fixture is a real Consul agent and a registry watching it; xds records
+// what istiod receives, and istiod holds the endpoint shards it would.
 type fixture struct {
 	t      *testing.T
 	consul *harness.Consul
 	reg    *Controller
 	xds    *xdsfake.Updater
+	istiod *istiodSide
 }
 
 func newFixture(t *testing.T, edit func(*Args)) *fixture {
@@ -44,17 +46,19 @@ func startRegistry(t *testing.T, c *harness.Consul, edit func(*Args)) *fixture {
 		edit(&args)
 	}
 	require.NoError(t, args.Complete(func(string) string { return "" }))
-	xds := xdsfake.NewFakeXDS()
+	side := newIstiodSide()
+	xds := xdsfake.NewWithDelegate(side)
 	reg, err := New(args, Options{XDSUpdater: xds})
 	require.NoError(t, err)
 	reg.AppendServiceHandler(bootstrapHandler(t, xds))
+	reg.AppendServiceHandler(side.handler)
 	stop, done := make(chan struct{}), make(chan struct{})
 	go func() { reg.Run(stop); close(done) }()
 	t.Cleanup(func() {
 		close(stop)
 		<-done // Run must return once stopped
 	})
-	return &fixture{t: t, consul: c, reg: reg, xds: xds}
+	return &fixture{t: t, consul: c, reg: reg, xds: xds, istiod: side}
 }
 
 // bootstrapHandler does what istiod's bootstrap service handler does
@@ -92,9 +96,10 @@ func (f *fixture) waitSynced() {
 
 // endpoints the registry currently serves for a service, as "addr:port".
 func (f *fixture) endpoints(name string) []string {
-	f.reg.mu.RLock()
-	defer f.reg.mu.RUnlock()
-	s := f.reg.services[name]
+	return endpointAddrs(f.reg.store.get(name))
+}
+
+func endpointAddrs(s *serviceState) []string {
 	if s == nil {
 		return nil
 	}
@@ -166,11 +171,7 @@ func TestWarningOptionAndWeights(t *testing.T) {
 		Weights: &api.AgentWeights{Passing: 7, Warning: 3}})
 	f.waitSynced()
 	f.eventuallyEndpoints("api", "127.0.0.21:80")
-	weight := func() uint32 {
-		f.reg.mu.RLock()
-		defer f.reg.mu.RUnlock()
-		return f.reg.services["api"].endpoints[0].LbWeight
-	}
+	weight := func() uint32 { return f.reg.store.get("api").endpoints[0].LbWeight }
 	assert.Equal(t, uint32(7), weight())
 	f.setHealth("api-1", api.HealthWarning)
 	assert.Eventually(t, func() bool { return len(f.endpoints("api")) == 1 && weight() == 3 }, 10*time.Second, 10*time.Millisecond)
@@ -298,13 +299,12 @@ func TestOutageKeepsLastGoodStateThenResyncs(t *testing.T) {
 		f.setHealth("k-1", []string{api.HealthWarning, api.HealthPassing}[i%2])
 	}
 	require.Eventually(t, func() bool {
-		f.reg.mu.RLock()
-		defer f.reg.mu.RUnlock()
-		return f.reg.fetched["keep"] > 60
+		index, _ := f.reg.store.readIndex("keep")
+		return index > 60
 	}, 10*time.Second, 10*time.Millisecond)
 
 	f.consul.Stop()
-	require.Eventually(t, func() bool { return !f.reg.reachable.Load() }, 15*time.Second, 50*time.Millisecond)
+	require.Eventually(t, func() bool { return !reachable(f.reg) }, 15*time.Second, 50*time.Millisecond)
 	assert.Len(t, f.endpoints("stay"), 3, "outage must not wipe endpoints")
 	assert.Len(t, f.endpoints("gone"), 1)
 
@@ -325,20 +325,37 @@ func TestOutageKeepsLastGoodStateThenResyncs(t *testing.T) {
 	f.eventuallyEndpoints("keep")
 }
 
+// settled waits until the baseline read of every check (which follows the
+// first sync) is done and no service read is pending.
+func settled(t *testing.T, reg *Controller) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		v := reg.debugView("-")
+		return v.Consul.ChecksIndex > 0 && v.Counts.PendingReads == 0
+	}, 20*time.Second, 20*time.Millisecond)
+}
+
+// reachable is what /debug/consulz says of Consul.
+func reachable(reg *Controller) bool { return reg.debugView("").Consul.Reachable }
+
 // An idle catalog costs only the two watches: a blocking query that times out
 // (same index, same content) is no change and must not re-read services.
 func TestIdleCatalogCostsOnlyTheWatches(t *testing.T) {
-	f := newFixture(t, func(a *Args) { a.WaitTime = time.Second })
+	c, err := harness.StartConsul(t)
+	require.NoError(t, err)
+	counter, err := harness.StartFaultProxy(t, c.URL())
+	require.NoError(t, err)
+	f := startRegistry(t, c, func(a *Args) { a.ServerURL, a.WaitTime = counter.URL, time.Second })
 	for i := range 20 {
 		f.register(api.AgentServiceRegistration{ID: fmt.Sprintf("idle-%d", i), Name: fmt.Sprintf("idle-%d", i),
 			Address: "127.0.0.50", Port: 80})
 	}
 	f.waitSynced()
 	require.Eventually(t, func() bool { return len(f.reg.Services()) == 21 }, 10*time.Second, 10*time.Millisecond)
-	time.Sleep(1500 * time.Millisecond) // let the registration reads settle
-	before := f.reg.transport.total.Load()
-	time.Sleep(4 * time.Second) // ~4 blocking-query timeouts per watch
-	used := f.reg.transport.total.Load() - before
+	settled(t, f.reg)
+	before := counter.Requests()
+	time.Sleep(4 * time.Second) // the measurement window: ~4 blocking-query timeouts per watch
+	used := counter.Requests() - before
 	t.Logf("%d Consul requests in 4 idle seconds", used)
 	assert.Less(t, used, int64(16), "only watch timeouts, no per-service re-reads")
 }

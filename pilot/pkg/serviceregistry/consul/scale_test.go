@@ -52,27 +52,27 @@ func TestTenThousandServicesWithinConnectionLimit(t *testing.T) {
 	require.NoError(t, err)
 	loadCatalog(t, c.Client, n)
 
+	counter, err := harness.StartFaultProxy(t, c.URL())
+	require.NoError(t, err)
 	start := time.Now()
-	f := startRegistry(t, c, nil)
+	f := startRegistry(t, c, func(a *Args) { a.ServerURL = counter.URL })
 	require.Eventually(t, f.reg.HasSynced, 120*time.Second, 10*time.Millisecond)
 	took := time.Since(start)
-	f.reg.mu.RLock()
-	services := len(f.reg.services)
-	f.reg.mu.RUnlock()
-	t.Logf("synced %d services in %v with %d requests, peak %d concurrent", services, took,
-		f.reg.transport.total.Load(), f.reg.transport.peak.Load())
+	services := len(f.reg.Services())
+	t.Logf("synced %d services in %v with %d requests, peak %d connections", services, took,
+		counter.Requests(), counter.PeakConnections())
 	assert.Equal(t, n+1, services, "every service (plus consul itself)")
-	assert.LessOrEqual(t, f.reg.transport.peak.Load(), int64(DefaultArgs().MaxConcurrentRequests+2))
+	assert.LessOrEqual(t, counter.PeakConnections(), int64(DefaultArgs().MaxConcurrentRequests+2))
 
 	// Let the post-sync reads settle, then flip one check.
-	time.Sleep(2 * time.Second)
-	before := f.reg.transport.total.Load()
+	settled(t, f.reg)
+	before := counter.Requests()
 	_, _, _, err = c.Client.Txn().Txn(api.TxnOps{{Check: &api.CheckTxnOp{Verb: api.CheckSet, Check: api.HealthCheck{
 		Node: "bulk", CheckID: "chk-svc-04242", Name: "chk", Status: api.HealthCritical, ServiceID: "svc-04242"}}}}, nil)
 	require.NoError(t, err)
 	f.eventuallyEndpoints("svc-04242")
-	time.Sleep(500 * time.Millisecond) // any extra reads would show up here
-	used := f.reg.transport.total.Load() - before
+	settled(t, f.reg) // extra reads (a full re-read) would be queued by now
+	used := counter.Requests() - before
 	t.Logf("one health flip cost %d Consul requests", used)
 	assert.LessOrEqual(t, used, int64(2))
 }

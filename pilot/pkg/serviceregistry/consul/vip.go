@@ -1,5 +1,7 @@
 package consul
 
+// vip.go owns VIP allocation; the store holds the allocator.
+
 import (
 	"hash/fnv"
 	"math/big"
@@ -47,6 +49,14 @@ func (v *vipAllocator) allocate(h host.Name) string {
 	}
 	log.Errorf("consul VIP range %s is exhausted; %s gets no VIP", v.prefix, h)
 	return ""
+}
+
+// capacity is how many VIPs the range holds.
+func (v *vipAllocator) capacity() uint64 {
+	if v.size < 3 {
+		return 0
+	}
+	return v.size - 2
 }
 
 func (v *vipAllocator) release(h host.Name) {

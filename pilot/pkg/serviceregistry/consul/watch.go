@@ -1,35 +1,15 @@
 package consul
 
+// watch.go owns the blocking-query loop every watch (catalog.go, health.go)
+// runs: wait on Consul's index, back off on errors, hedge reads after a
+// failure, and start over when Consul's index goes backwards.
+
 import (
 	"context"
-	"math/rand/v2"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 )
-
-// Backoff bounds for failed Consul reads. The cap is low on purpose: a
-// failing read costs Consul one small request, and istiod must converge
-// within a couple of seconds of Consul coming back after an outage.
-const (
-	backoffMin = 100 * time.Millisecond
-	backoffMax = 500 * time.Millisecond
-)
-
-// backoff is exponential with full jitter: a fleet of istiods restarting
-// together does not hit a recovering Consul in lock-step.
-type backoff struct{ next time.Duration }
-
-func (b *backoff) fail() time.Duration {
-	if b.next == 0 {
-		b.next = backoffMin
-	}
-	d := b.next/2 + rand.N(b.next/2+1)
-	b.next = min(2*b.next, backoffMax)
-	return d
-}
-
-func (b *backoff) reset() { b.next = 0 }
 
 // A watchRead fetches one answer from Consul and returns its index and how
 // to store it. The watch calls apply, one answer at a time.
@@ -43,18 +23,17 @@ type watchRead func(q *api.QueryOptions) (index uint64, apply func(), err error)
 func (c *Controller) blockingWatch(ctx context.Context, what string, read watchRead) {
 	var index uint64
 	var bo backoff
-	failed := false
 	for ctx.Err() == nil {
 		var next uint64
 		var apply func()
 		var err error
-		if failed || index == 0 {
+		if bo.failures > 0 || index == 0 {
 			// After a failure, read without blocking: the Consul that answers
 			// may be a rebuilt one whose index is below ours, and a blocking
 			// query on our index would hang there until the wait time runs out.
-			next, apply, err = c.hedgedRead(ctx, read)
+			next, apply, err = hedgedRead(ctx, c.consul.query, read)
 		} else {
-			q := c.queryOptions(ctx)
+			q := c.consul.query(ctx)
 			q.WaitIndex, q.WaitTime = index, c.args.WaitTime
 			next, apply, err = read(q)
 		}
@@ -63,17 +42,15 @@ func (c *Controller) blockingWatch(ctx context.Context, what string, read watchR
 				return
 			}
 			d := bo.fail()
-			c.readFailed(what, err, d, !failed)
-			failed = true
+			c.status.readFailed(what, err, d, bo.first())
 			if !sleep(ctx, d) {
 				return
 			}
 			continue
 		}
 		log.Debugf("consul %s read: index %d -> %d", what, index, next)
-		failed = false
 		bo.reset()
-		c.readSucceeded()
+		c.status.readSucceeded()
 		apply()
 		switch {
 		case next < index:
@@ -96,14 +73,14 @@ func (c *Controller) blockingWatch(ctx context.Context, what string, read watchR
 const hedgeAfter = time.Second
 
 // hedgedRead runs a non-blocking read. Requests that reach a Consul agent
-// while it starts up can stay unanswered for 7–15 s after it answers new
-// ones (measured in TestConsulOutage), which alone broke the 2 s
-// reconvergence target. So while the first request is pending, a fresh one
-// is sent every hedgeAfter, replacing the previous fresh one: at most two
+// while it starts up can stay unanswered for many seconds after it answers
+// new ones (README, Architecture), far longer than istiod may take to
+// reconverge. So while the first request is pending, a fresh one is sent
+// every hedgeAfter, replacing the previous fresh one: at most two
 // requests in flight, and the first keeps waiting, so a Consul that is just
 // slow still gets answered. The first answer wins; the rest are cancelled.
 // It fails when the first request fails.
-func (c *Controller) hedgedRead(ctx context.Context, read watchRead) (uint64, func(), error) {
+func hedgedRead(ctx context.Context, query func(context.Context) *api.QueryOptions, read watchRead) (uint64, func(), error) {
 	type answer struct {
 		index uint64
 		apply func()
@@ -118,7 +95,7 @@ func (c *Controller) hedgedRead(ctx context.Context, read watchRead) (uint64, fu
 		rctx, cancel := context.WithCancel(ctx)
 		ended := make(chan struct{})
 		go func() {
-			index, apply, err := read(c.queryOptions(rctx))
+			index, apply, err := read(query(rctx))
 			close(ended)
 			select {
 			case answers <- answer{index, apply, err, first}:
@@ -152,16 +129,12 @@ func (c *Controller) hedgedRead(ctx context.Context, read watchRead) (uint64, fu
 	}
 }
 
-// queryOptions are the read options every request carries.
-func (c *Controller) queryOptions(ctx context.Context) *api.QueryOptions {
-	q := &api.QueryOptions{Namespace: c.args.EnterpriseNamespace, Partition: c.args.Partition}
-	switch c.args.Consistency {
-	case "stale":
-		q.AllowStale = true
-	case "consistent":
-		q.RequireConsistent = true
-	}
-	return q.WithContext(ctx)
+// indexReset handles a Consul whose indexes went backwards (snapshot
+// restore, a fresh agent): the indexes of earlier service reads mean nothing
+// any more, so they are dropped and every service is re-read.
+func (c *Controller) indexReset() {
+	c.store.forgetReadIndexes()
+	c.dirty.mark(c.catalog.names()...)
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {

@@ -31,10 +31,11 @@ func fakeRead(calls *atomic.Int32, delay func(n int32) time.Duration, err func(n
 	}
 }
 
+func plainQuery(ctx context.Context) *api.QueryOptions { return (&api.QueryOptions{}).WithContext(ctx) }
+
 // A request that Consul leaves hanging (as during its start-up) is overtaken
 // by a fresh one a second later.
 func TestHedgedReadOvertakesAHangingRequest(t *testing.T) {
-	c := &Controller{}
 	var calls atomic.Int32
 	read := fakeRead(&calls, func(n int32) time.Duration {
 		if n == 1 {
@@ -43,7 +44,7 @@ func TestHedgedReadOvertakesAHangingRequest(t *testing.T) {
 		return 0
 	}, nil)
 	start := time.Now()
-	index, apply, err := c.hedgedRead(context.Background(), read)
+	index, apply, err := hedgedRead(context.Background(), plainQuery, read)
 	require.NoError(t, err)
 	assert.EqualValues(t, 102, index, "the fresh request's answer")
 	assert.NotNil(t, apply)
@@ -53,7 +54,6 @@ func TestHedgedReadOvertakesAHangingRequest(t *testing.T) {
 // A Consul that is only slow answers the first request, however many fresh
 // ones were sent and replaced meanwhile; at most two are in flight.
 func TestHedgedReadWaitsForASlowConsul(t *testing.T) {
-	c := &Controller{}
 	var calls, inflight, peak atomic.Int32
 	slow := fakeRead(&calls, func(int32) time.Duration { return 3500 * time.Millisecond }, nil)
 	read := func(q *api.QueryOptions) (uint64, func(), error) {
@@ -63,7 +63,7 @@ func TestHedgedReadWaitsForASlowConsul(t *testing.T) {
 		}
 		return slow(q)
 	}
-	index, _, err := c.hedgedRead(context.Background(), read)
+	index, _, err := hedgedRead(context.Background(), plainQuery, read)
 	require.NoError(t, err)
 	assert.EqualValues(t, 101, index, "the first request's answer")
 	assert.GreaterOrEqual(t, calls.Load(), int32(3), "fresh requests were sent")
@@ -73,7 +73,6 @@ func TestHedgedReadWaitsForASlowConsul(t *testing.T) {
 // When the first request fails, the read fails (the watch backs off), even
 // if fresh requests are pending; a failing fresh request changes nothing.
 func TestHedgedReadFailsWithTheFirstRequest(t *testing.T) {
-	c := &Controller{}
 	var calls atomic.Int32
 	refused := errors.New("connection refused")
 	read := fakeRead(&calls, func(n int32) time.Duration {
@@ -87,6 +86,6 @@ func TestHedgedReadFailsWithTheFirstRequest(t *testing.T) {
 		}
 		return nil
 	})
-	_, _, err := c.hedgedRead(context.Background(), read)
+	_, _, err := hedgedRead(context.Background(), plainQuery, read)
 	require.ErrorIs(t, err, refused)
 }

@@ -1,5 +1,8 @@
 package consul
 
+// registries.go builds the registries istiod runs: one per Consul cluster
+// and datacenter.
+
 import (
 	"fmt"
 
@@ -29,7 +32,7 @@ func NewForIstiod(args *Args, xds model.XDSUpdater, meshHolder mesh.Holder, othe
 			if m := meshHolder.Mesh(); m != nil && m.TrustDomain != "" {
 				return m.TrustDomain
 			}
-			return "cluster.local"
+			return defaultTrustDomain
 		},
 		KubernetesHas: func(h host.Name) bool {
 			for _, r := range others.GetRegistries() {

@@ -1,0 +1,265 @@
+package consul
+
+// pinpoint.go owns the pinpoint detector. A catalog index that moves means
+// an instance was registered, re-registered or deregistered somewhere, and
+// the catalog listing cannot say where (one listing may also cover several
+// writes). The detector then reads every check once (coalesced, never more
+// than one read at a time) and marks each service with a check created or
+// modified since its last read, or one that vanished. A catalog change
+// counts as explained when a check was created or modified at its index,
+// when checks vanished in a range of indexes that holds it, or when a
+// service read's own index equals it. Anything else (an instance without
+// checks, a re-registration that leaves its checks alone) marks every
+// service once: rare, costly at scale, always correct. Health changes alone
+// never move the catalog index, so they never cost a pinpoint read.
+//
+// The gap: an instance without checks that joins or leaves in the same
+// listing as another change, or inside a range where checks vanished, is
+// found only when its service is next read for another reason (README,
+// Known limits).
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+
+	"istio.io/istio/pkg/util/sets"
+)
+
+const (
+	// grace is how long after a pinpoint read the reads it marked get to
+	// explain the catalog changes it covered before every service is re-read.
+	grace = time.Second
+	// graceTries bounds the extra grace periods a busy dirty set gets.
+	graceTries = 10
+	// goneKeep is how long a range of vanished checks can explain catalog changes.
+	goneKeep = 30 * time.Second
+)
+
+type pinpointer struct {
+	mu      sync.Mutex
+	checks  map[checkKey]string // every check at the last read -> its service ("" for node checks); nil before the first
+	index   uint64              // Consul index of the last read
+	pending []uint64            // catalog indexes not yet explained
+	// gone are index ranges in which checks vanished (deregistrations), from
+	// recent reads: a catalog change inside one is explained, even if it is
+	// seen only after the read that found the vanished check.
+	gone    []span
+	verdict []verdict      // catalog changes a read covered, to judge after the grace period
+	wake    chan struct{} // buffered 1: requests for a read coalesce
+}
+
+// span is a range (lo, hi] of indexes and when it was recorded.
+type span struct {
+	lo, hi uint64
+	at     time.Time
+}
+
+// verdict: the catalog changes covered by one read, judged at due.
+type verdict struct {
+	covered []uint64
+	due     time.Time
+	tries   int
+}
+
+func newPinpointer() *pinpointer { return &pinpointer{wake: make(chan struct{}, 1)} }
+
+// catalogMoved records a catalog change at index and asks for a read, unless
+// a recent deregistration explains it. Requests made while one waits
+// coalesce: the read sees every change up to when it runs, so none is lost.
+func (p *pinpointer) catalogMoved(index uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, g := range p.gone {
+		if g.lo < index && index <= g.hi {
+			return
+		}
+	}
+	p.pending = append(p.pending, index)
+	p.request()
+}
+
+func (p *pinpointer) request() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// explain marks a catalog change at index as understood.
+func (p *pinpointer) explain(index uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.explainLocked(index)
+}
+
+func (p *pinpointer) explainLocked(index uint64) {
+	if i := slices.Index(p.pending, index); i >= 0 {
+		p.pending = slices.Delete(p.pending, i, i+1)
+	}
+}
+
+// lastIndex is the Consul index of the last read; 0 before the first.
+func (p *pinpointer) lastIndex() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.index
+}
+
+// runPinpoint runs pinpoint reads on request and judges their verdicts,
+// until ctx ends. One goroutine does both, so nothing outlives Run.
+func (c *Controller) runPinpoint(ctx context.Context) {
+	p := c.pinpoint
+	// The first read records every check as the baseline for "vanished". It
+	// waits for the first sync: until then every service is read anyway, and
+	// the whole check list (40 MB at 100,000 instances) would only compete
+	// with those reads.
+	select {
+	case <-ctx.Done():
+		return
+	case <-c.sync.done:
+	}
+	p.request()
+	var bo backoff
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		p.mu.Lock()
+		due := time.Hour
+		if len(p.verdict) > 0 {
+			due = time.Until(p.verdict[0].due)
+		}
+		p.mu.Unlock()
+		timer.Reset(due)
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+			c.judge()
+		case <-p.wake:
+			// The catalog changes this read must explain: those seen before
+			// it started. (Its own index is the checks table's, which need not reach them.)
+			p.mu.Lock()
+			covered := slices.Clone(p.pending)
+			p.mu.Unlock()
+			if err := c.pinpointRead(ctx); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				d := bo.fail()
+				c.status.readFailed("checks", err, d, bo.first())
+				if !sleep(ctx, d) {
+					return
+				}
+				p.request()
+				continue
+			}
+			bo.reset()
+			c.status.readSucceeded()
+			p.mu.Lock()
+			p.verdict = append(p.verdict, verdict{covered: covered, due: time.Now().Add(grace), tries: graceTries})
+			p.mu.Unlock()
+		}
+	}
+}
+
+// pinpointRead reads every check and marks the services whose instances
+// changed since their last read.
+func (c *Controller) pinpointRead(ctx context.Context) error {
+	checks, meta, err := c.consul.readAllChecks(ctx)
+	if err != nil {
+		return err
+	}
+	c.dirty.mark(c.pinpoint.changed(checks, meta.LastIndex, c.store)...)
+	return nil
+}
+
+// changed compares a full check list with the last one and with each
+// service's last read.
+func (p *pinpointer) changed(checks api.HealthChecks, index uint64, st *store) []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	seen := make(map[checkKey]string, len(checks))
+	dirty := sets.New[string]()
+	for _, hc := range checks {
+		k := checkKey{hc.Node, hc.CheckID}
+		seen[k] = hc.ServiceName
+		for _, name := range checkServices(hc.Node, hc.ServiceName, st.onNode) {
+			// Not read yet, or a read may be in flight from before this
+			// change: read (again) rather than trust it.
+			if idx, ok := st.readIndex(name); !ok || hc.ModifyIndex > idx {
+				dirty.Insert(name)
+			}
+		}
+		p.explainLocked(hc.CreateIndex)
+		p.explainLocked(hc.ModifyIndex)
+	}
+	vanished := false
+	if p.checks != nil {
+		for k, svc := range p.checks {
+			if _, ok := seen[k]; !ok {
+				vanished = true
+				dirty.InsertAll(checkServices(k.node, svc, st.onNode)...)
+			}
+		}
+	}
+	if vanished {
+		// Deleted after the last read's index, at or before this one's.
+		now := time.Now()
+		p.gone = slices.DeleteFunc(p.gone, func(g span) bool { return now.Sub(g.at) > goneKeep })
+		p.gone = append(p.gone, span{p.index, index, now})
+		p.pending = slices.DeleteFunc(p.pending, func(i uint64) bool { return p.index < i && i <= index })
+	}
+	p.checks, p.index = seen, index
+	return dirty.UnsortedList()
+}
+
+// judge takes the oldest due verdict: once the reads its pinpoint read
+// marked are done (or it ran out of grace periods), a catalog change it
+// covered that is still unexplained re-reads every service.
+func (c *Controller) judge() {
+	p := c.pinpoint
+	p.mu.Lock()
+	v := p.verdict[0]
+	if c.dirty.len() > 0 && v.tries > 0 {
+		p.verdict[0].tries--
+		p.verdict[0].due = time.Now().Add(grace)
+		p.mu.Unlock()
+		return
+	}
+	p.verdict = p.verdict[1:]
+	var unexplained []uint64
+	p.pending = slices.DeleteFunc(p.pending, func(i uint64) bool {
+		if slices.Contains(v.covered, i) {
+			unexplained = append(unexplained, i)
+			return true
+		}
+		return false
+	})
+	p.mu.Unlock()
+	if len(unexplained) == 0 {
+		return
+	}
+	names := c.catalog.names()
+	consulFullReads.Increment()
+	log.Debugf("consul catalog changed at %v with no check or service read to explain it: re-reading all %d services",
+		unexplained, len(names))
+	c.dirty.mark(names...)
+}
+
+// readAllChecks reads every check in the datacenter.
+func (r *consulClient) readAllChecks(ctx context.Context) (api.HealthChecks, *api.QueryMeta, error) {
+	defer r.slot()()
+	checks, meta, err := r.Health().State(api.HealthAny, r.query(ctx))
+	if err != nil {
+		return nil, nil, fmt.Errorf("list health checks: %w", err)
+	}
+	if meta.ResultsFilteredByACLs && len(checks) == 0 {
+		return nil, nil, fmt.Errorf("list health checks: %w: the token needs read on service_prefix and node_prefix", errACLFiltered)
+	}
+	return checks, meta, nil
+}

@@ -1,0 +1,178 @@
+// Package consul is a HashiCorp Consul service registry for istiod: it watches
+// a Consul catalog with blocking queries and serves its services and healthy
+// instances to Istio's xDS server, pushing only what changed.
+package consul
+
+// registry.go owns the registry's shape: what it is built from, what it runs
+// and how it stops. The data path, in order: detectors (catalog.go,
+// health.go, pinpoint.go) mark services; the consumer (service.go) reads,
+// converts (convert.go), stores (store.go) and pushes.
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"istio.io/istio/pilot/pkg/model"
+	"istio.io/istio/pilot/pkg/serviceregistry"
+	"istio.io/istio/pilot/pkg/serviceregistry/provider"
+	"istio.io/istio/pkg/cluster"
+	"istio.io/istio/pkg/config/host"
+	"istio.io/istio/pkg/config/protocol"
+)
+
+// Provider is the registry's provider ID; the patched Istio tree names the
+// same value provider.Consul.
+const Provider provider.ID = "Consul"
+
+// defaultTrustDomain is Istio's, used until mesh config names one.
+const defaultTrustDomain = "cluster.local"
+
+var _ serviceregistry.Instance = &Controller{}
+
+// Options are what istiod hands the registry besides Args.
+type Options struct {
+	// ClusterID is this registry's cluster ID, and so its endpoint shard.
+	ClusterID cluster.ID
+	// XDSUpdater receives the registry's pushes.
+	XDSUpdater model.XDSUpdater
+	// TrustDomain returns the mesh's trust domain, for SPIFFE identities.
+	TrustDomain func() string
+	// KubernetesHas reports whether a Kubernetes registry serves a hostname;
+	// such a hostname is never served from Consul (Kubernetes wins).
+	KubernetesHas func(host.Name) bool
+	// RemoteDatacenter puts Args.Datacenter into hostnames (a non-local DC).
+	RemoteDatacenter bool
+}
+
+// Controller is the Consul registry for one Consul cluster and datacenter.
+type Controller struct {
+	// Istio 1.29's ServiceDiscovery includes the ambient index methods
+	// (1.30 dropped them); Consul services have no ambient data yet, so
+	// the no-op set, as upstream's ServiceEntry controller had there.
+	model.NoopAmbientIndexes
+	model.NetworkGatewaysHandler
+
+	args     Args
+	opts     Options
+	consul   *consulClient
+	conv     converter
+	handlers model.ControllerHandlers
+
+	catalog  *catalogWatch
+	health   *healthWatch
+	pinpoint *pinpointer
+	dirty    *dirtySet
+	store    *store
+
+	status *status
+	sync   *syncTracker
+}
+
+// New builds a registry from completed Args.
+func New(args Args, opts Options) (*Controller, error) {
+	client, err := newClient(args)
+	if err != nil {
+		return nil, err
+	}
+	if opts.TrustDomain == nil {
+		opts.TrustDomain = func() string { return defaultTrustDomain }
+	}
+	if opts.KubernetesHas == nil {
+		opts.KubernetesHas = func(host.Name) bool { return false }
+	}
+	if opts.ClusterID == "" {
+		opts.ClusterID = "consul"
+	}
+	var remoteDC string
+	if opts.RemoteDatacenter {
+		remoteDC = args.Datacenter
+	}
+	return &Controller{
+		args:   args,
+		opts:   opts,
+		consul: client,
+		conv: converter{
+			domain:          args.Domain,
+			entNamespace:    args.EnterpriseNamespace,
+			partition:       args.Partition,
+			namespace:       args.Namespace,
+			clusterID:       opts.ClusterID,
+			includeWarning:  args.IncludeWarning,
+			sendUnhealthy:   args.SendUnhealthy,
+			defaultProtocol: protocol.Parse(args.DefaultProtocol),
+			defaultSA:       args.DefaultServiceAccount,
+			trustDomain:     opts.TrustDomain,
+			remoteDC:        remoteDC,
+		},
+		catalog:  &catalogWatch{},
+		health:   newHealthWatch(),
+		pinpoint: newPinpointer(),
+		dirty:    newDirtySet("consul-" + string(opts.ClusterID)),
+		store:    newStore(args.VIPRange),
+		status:   &status{cluster: opts.ClusterID, server: args.ServerURL},
+		sync:     newSyncTracker(),
+	}, nil
+}
+
+// Provider implements serviceregistry.Instance.
+func (c *Controller) Provider() provider.ID { return Provider }
+
+// Cluster implements serviceregistry.Instance.
+func (c *Controller) Cluster() cluster.ID { return c.opts.ClusterID }
+
+// Run watches Consul until stop closes. Everything it starts (goroutines,
+// timers, the dirty set) has ended when it returns.
+func (c *Controller) Run(stop <-chan struct{}) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c.sync.started = time.Now()
+	log.Infof("consul registry %s: watching %s (consistency %s, at most %d connections)",
+		c.opts.ClusterID, c.args.ServerURL, c.args.Consistency, c.args.MaxConcurrentRequests+2)
+
+	var wg sync.WaitGroup
+	for range c.args.MaxConcurrentRequests {
+		wg.Go(func() { c.work(ctx) })
+	}
+	wg.Go(func() { c.blockingWatch(ctx, "catalog", c.readCatalog) })
+	wg.Go(func() { c.blockingWatch(ctx, "health", c.readHealth) })
+	wg.Go(func() { c.runPinpoint(ctx) })
+	wg.Go(func() { c.awaitSync(ctx) })
+
+	<-stop
+	cancel()
+	c.dirty.shutDown()
+	wg.Wait()
+	c.consul.closeIdle()
+	log.Infof("consul registry %s stopped", c.opts.ClusterID)
+}
+
+// HasSynced is true once every service of the first catalog listing has been
+// read, or once SyncTimeout has passed (so an unreachable Consul cannot keep
+// istiod unready forever).
+func (c *Controller) HasSynced() bool { return c.sync.synced.Load() }
+
+// awaitSync logs the end of the first sync, or gives up waiting for it
+// after SyncTimeout.
+func (c *Controller) awaitSync(ctx context.Context) {
+	timeout := time.NewTimer(c.args.SyncTimeout)
+	defer timeout.Stop()
+	select {
+	case <-ctx.Done():
+		return
+	case <-c.sync.done:
+	case <-timeout.C:
+		if missing, ended := c.sync.timeout(); ended {
+			log.Errorf("consul registry %s: NOT SYNCED after %v (Consul at %s unreachable or slow; %d services unread); "+
+				"reporting ready anyway, serving what was read so far", c.opts.ClusterID, c.args.SyncTimeout, c.args.ServerURL, missing)
+			return
+		}
+	}
+	services, endpoints, _ := c.store.counts()
+	log.Infof("consul registry %s synced: %d services, %d endpoints in %v",
+		c.opts.ClusterID, services, endpoints, time.Since(c.sync.started).Round(time.Millisecond))
+}
+
+// LastError is the error of the latest failed Consul read, nil after a
+// successful one. Messages never contain the ACL token.
+func (c *Controller) LastError() error { return c.status.err() }

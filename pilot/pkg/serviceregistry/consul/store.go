@@ -1,0 +1,298 @@
+package consul
+
+// store.go owns what the registry serves: each Consul service's Istio
+// service, endpoints and instances; the indexes istiod's lookups need (by
+// hostname, instance IP and node); the VIPs; and what the last read of each
+// listed service found. Only the consumer (service.go) writes to it.
+
+import (
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"istio.io/istio/pilot/pkg/model"
+	"istio.io/istio/pkg/config/host"
+	"istio.io/istio/pkg/util/sets"
+)
+
+// serviceState is what the registry serves for one Consul service. It is
+// never modified once stored: an update stores a new one.
+type serviceState struct {
+	name        string
+	service     *model.Service
+	endpoints   []*model.IstioEndpoint
+	instances   []*instance
+	fingerprint string
+	epKey       string
+	nodes       []string
+}
+
+// readRecord is what the last read of one listed service found, served or not.
+type readRecord struct {
+	index     uint64 // Consul's index of the answer
+	at        time.Time
+	skipped   []skipped
+	notServed string
+	conflicts []protocolConflict
+}
+
+type store struct {
+	mu        sync.RWMutex
+	services  map[string]*serviceState // by Consul name; served services only
+	byHost    map[host.Name]*serviceState
+	byIP      map[string][]*serviceState
+	nodes     map[string]sets.String // node -> services with instances there
+	reads     map[string]readRecord  // by Consul name; every service read since it was listed
+	vips      *vipAllocator
+	endpoints int // of all services, so the gauge costs O(1) per update
+}
+
+func newStore(vipRange string) *store {
+	return &store{
+		services: map[string]*serviceState{},
+		byHost:   map[host.Name]*serviceState{},
+		byIP:     map[string][]*serviceState{},
+		nodes:    map[string]sets.String{},
+		reads:    map[string]readRecord{},
+		vips:     newVIPAllocator(vipRange),
+	}
+}
+
+// change is what one update did to a service.
+type change struct {
+	prev, next       *serviceState // next is nil when the service is no longer served
+	serviceChanged   bool          // new, removed, or ports / VIP / identities changed
+	endpointsChanged bool
+}
+
+// update stores the result of reading service name. A conversion without a
+// service removes it.
+func (s *store) update(name string, conv conversion, rec readRecord) change {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.reads[name] = rec
+	prev := s.services[name]
+	if conv.service == nil {
+		if prev == nil {
+			return change{}
+		}
+		s.removeLocked(prev)
+		return change{prev: prev, serviceChanged: true, endpointsChanged: true}
+	}
+	svc := conv.service
+	svc.DefaultAddress = s.vips.allocate(svc.Hostname)
+	next := &serviceState{
+		name:        name,
+		service:     svc,
+		endpoints:   conv.endpoints,
+		instances:   conv.instances,
+		fingerprint: serviceFingerprint(svc),
+		epKey:       endpointsKey(conv.endpoints),
+		nodes:       nodesOf(conv.instances),
+	}
+	ch := change{
+		prev:             prev,
+		next:             next,
+		serviceChanged:   prev == nil || prev.fingerprint != next.fingerprint,
+		endpointsChanged: prev == nil || prev.epKey != next.epKey,
+	}
+	switch {
+	case !ch.serviceChanged:
+		// Keep the object istiod already holds: same service, same identity.
+		next.service = prev.service
+	case prev != nil:
+		svc.CreationTime = prev.service.CreationTime
+	default:
+		svc.CreationTime = time.Now()
+	}
+	if prev != nil {
+		s.unindexLocked(prev)
+	}
+	s.indexLocked(next)
+	return ch
+}
+
+// remove forgets a service that left the catalog; it returns what was
+// served for it, if anything.
+func (s *store) remove(name string) *serviceState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.reads, name)
+	prev := s.services[name]
+	if prev != nil {
+		s.removeLocked(prev)
+	}
+	return prev
+}
+
+func (s *store) removeLocked(prev *serviceState) {
+	s.unindexLocked(prev)
+	s.vips.release(prev.service.Hostname)
+	s.recordGauges()
+}
+
+func (s *store) indexLocked(st *serviceState) {
+	s.services[st.name] = st
+	s.byHost[st.service.Hostname] = st
+	s.endpoints += len(st.endpoints)
+	for _, ip := range addressesOf(st.instances) {
+		s.byIP[ip] = append(s.byIP[ip], st)
+	}
+	for _, n := range st.nodes {
+		if s.nodes[n] == nil {
+			s.nodes[n] = sets.New[string]()
+		}
+		s.nodes[n].Insert(st.name)
+	}
+	s.recordGauges()
+}
+
+func (s *store) unindexLocked(st *serviceState) {
+	delete(s.services, st.name)
+	if s.byHost[st.service.Hostname] == st {
+		delete(s.byHost, st.service.Hostname)
+	}
+	s.endpoints -= len(st.endpoints)
+	for _, ip := range addressesOf(st.instances) {
+		s.byIP[ip] = slices.DeleteFunc(s.byIP[ip], func(x *serviceState) bool { return x.name == st.name })
+		if len(s.byIP[ip]) == 0 {
+			delete(s.byIP, ip)
+		}
+	}
+	for _, n := range st.nodes {
+		s.nodes[n].Delete(st.name)
+		if s.nodes[n].IsEmpty() {
+			delete(s.nodes, n)
+		}
+	}
+}
+
+// recordGauges is O(1): it runs on every update (a count over every service
+// made the first sync of 10,000 services quadratic).
+func (s *store) recordGauges() {
+	consulServices.Record(float64(len(s.services)))
+	consulEndpoints.Record(float64(s.endpoints))
+}
+
+// get returns what is served for a Consul service, or nil.
+func (s *store) get(name string) *serviceState {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.services[name]
+}
+
+func (s *store) byHostname(h host.Name) *serviceState {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.byHost[h]
+}
+
+// list returns every served service, sorted by name.
+func (s *store) list() []*serviceState {
+	s.mu.RLock()
+	out := make([]*serviceState, 0, len(s.services))
+	for _, st := range s.services {
+		out = append(out, st)
+	}
+	s.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
+	return out
+}
+
+// atIP returns the services with an instance at ip.
+func (s *store) atIP(ip string) []*serviceState {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return slices.Clone(s.byIP[ip])
+}
+
+// onNode returns the services with an instance on node.
+func (s *store) onNode(node string) []string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.nodes[node].UnsortedList()
+}
+
+// readIndex is the Consul index of the last read of a listed service.
+func (s *store) readIndex(name string) (uint64, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	r, ok := s.reads[name]
+	return r.index, ok
+}
+
+// forgetReadIndexes drops every read's index: after Consul's indexes went
+// backwards they compare with nothing.
+func (s *store) forgetReadIndexes() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for name, r := range s.reads {
+		r.index = 0
+		s.reads[name] = r
+	}
+}
+
+// reads returns the read records, by Consul name.
+func (s *store) records() map[string]readRecord {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make(map[string]readRecord, len(s.reads))
+	for k, v := range s.reads {
+		out[k] = v
+	}
+	return out
+}
+
+// counts returns the numbers of served services and endpoints, and VIPs in use.
+func (s *store) counts() (services, endpoints, vips int) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.services), s.endpoints, len(s.vips.byHost)
+}
+
+// serviceFingerprint covers every service field the registry sets, so equal
+// fingerprints mean no service-level push is needed.
+func serviceFingerprint(s *model.Service) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s|%s|%s|%v|", s.Hostname, s.Attributes.Namespace, s.DefaultAddress, s.ServiceAccounts)
+	for _, p := range s.Ports {
+		fmt.Fprintf(&b, "%s:%d:%s,", p.Name, p.Port, p.Protocol)
+	}
+	return b.String()
+}
+
+// endpointsKey is a canonical form of an endpoint list for change detection.
+func endpointsKey(eps []*model.IstioEndpoint) string {
+	keys := make([]string, 0, len(eps))
+	for _, e := range eps {
+		lbl := make([]string, 0, len(e.Labels))
+		for k, v := range e.Labels {
+			lbl = append(lbl, k+"="+v)
+		}
+		sort.Strings(lbl)
+		keys = append(keys, fmt.Sprintf("%v|%d|%s|%d|%s|%s|%s|%d|%s|%v",
+			e.Addresses, e.EndpointPort, e.ServicePortName, e.LbWeight, e.TLSMode, e.ServiceAccount,
+			e.Locality.Label, e.HealthStatus, e.WorkloadName, lbl))
+	}
+	sort.Strings(keys)
+	return strings.Join(keys, "\n")
+}
+
+func addressesOf(insts []*instance) []string {
+	ips := sets.New[string]()
+	for _, i := range insts {
+		ips.Insert(i.address)
+	}
+	return sets.SortedList(ips)
+}
+
+func nodesOf(insts []*instance) []string {
+	n := sets.New[string]()
+	for _, i := range insts {
+		n.Insert(i.node)
+	}
+	return sets.SortedList(n)
+}
