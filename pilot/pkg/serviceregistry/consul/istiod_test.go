@@ -26,7 +26,9 @@ type istiodSide struct {
 
 var _ model.XDSUpdater = &istiodSide{}
 
-func newIstiodSide() *istiodSide { return &istiodSide{index: model.NewEndpointIndex(model.DisabledCache{})} }
+func newIstiodSide() *istiodSide {
+	return &istiodSide{index: model.NewEndpointIndex(model.DisabledCache{})}
+}
 
 func (s *istiodSide) record(call, hostname string) {
 	s.mu.Lock()
@@ -83,9 +85,9 @@ func (s *istiodSide) SvcUpdate(shard model.ShardKey, hostname, ns string, event 
 	}
 }
 
-func (s *istiodSide) ConfigUpdate(*model.PushRequest)    {}
-func (s *istiodSide) ProxyUpdate(cluster.ID, string)     {}
-func (s *istiodSide) RemoveShard(shard model.ShardKey)   { s.index.DeleteShard(shard) }
+func (s *istiodSide) ConfigUpdate(*model.PushRequest)  {}
+func (s *istiodSide) ProxyUpdate(cluster.ID, string)   {}
+func (s *istiodSide) RemoveShard(shard model.ShardKey) { s.index.DeleteShard(shard) }
 func (s *istiodSide) handler(prev, curr *model.Service, event model.Event) {
 	s.record("handler "+event.String(), string(curr.Hostname))
 }

@@ -49,7 +49,7 @@ type pinpointer struct {
 	// recent reads: a catalog change inside one is explained, even if it is
 	// seen only after the read that found the vanished check.
 	gone    []span
-	verdict []verdict      // catalog changes a read covered, to judge after the grace period
+	verdict []verdict     // catalog changes a read covered, to judge after the grace period
 	wake    chan struct{} // buffered 1: requests for a read coalesce
 }
 
