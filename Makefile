@@ -78,8 +78,9 @@ clean-work: ## Remove the patched Istio work trees of every release (the next bu
 ##@ Test
 
 .PHONY: test-unit
-test-unit: build tools ## Unit and registry tests (real Consul agent) plus build-pipeline tests.
-	$(WORKSPACE) go test -count=1 ./pilot/... ./build/...
+test-unit: build tools ## Registry tests (real Consul agent; race detector, 3 runs) plus build-pipeline tests.
+	$(WORKSPACE) go test -race -count=3 -timeout 20m ./pilot/...
+	$(WORKSPACE) go test -count=1 ./build/...
 
 .PHONY: test-upstream
 test-upstream: ## Upstream Istio tests of every patched package, on the previous release (built too), then on ISTIO.

@@ -73,6 +73,3 @@ func (s *Service) SetHealth(i int, status string) {
 	s.t.Helper()
 	require.NoError(s.t, s.env.Consul().Agent().UpdateTTL("ttl-"+s.ID(i), "", status))
 }
-
-// Addr is where instance i's server listens (as registered in Consul).
-func (s *Service) Addr(i int) string { return s.addr[i] }

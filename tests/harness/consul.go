@@ -2,12 +2,11 @@ package harness
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -20,30 +19,82 @@ type Env interface {
 	TempDir() string
 }
 
-// Consul is a real Consul dev agent (server + agent) on loopback ports.
+// ConsulConfig is the agent configuration a test asks for. StartConsul
+// writes it as a Consul JSON config file.
+type ConsulConfig struct {
+	// Datacenter names the agent's datacenter (default dc1).
+	Datacenter string
+	// ManagementToken turns ACLs on with default_policy=deny; it is the
+	// management and the agent token, and Consul.Client uses it.
+	ManagementToken string
+	// TLS serves HTTPS on its own port beside HTTP.
+	TLS *ConsulTLS
+	// Server runs a single-node server with a data directory instead of a
+	// dev agent: a restart keeps the catalog and Raft indexes, and WipeData
+	// simulates a rebuilt cluster.
+	Server bool
+	// Services are defined in the agent's configuration (as a rebuilt
+	// Consul with its agents' own service files would have them).
+	Services []ConsulService
+}
+
+// ConsulTLS is the agent's HTTPS listener.
+type ConsulTLS struct {
+	Port                      int
+	CAFile, CertFile, KeyFile string
+	// VerifyIncoming requires clients to present a certificate.
+	VerifyIncoming bool
+}
+
+// ConsulService is a service definition with a TTL check in Status.
+type ConsulService struct {
+	ID, Name, Address string
+	Port              int
+	Status            string
+}
+
+// DenyByDefault turns ACLs on with default_policy=deny and token as the
+// management token, as operators run Consul.
+func DenyByDefault(token string) func(*ConsulConfig) {
+	return func(c *ConsulConfig) { c.ManagementToken = token }
+}
+
+// IstiodReadRules is the ACL policy istiod's token needs (README, Install).
+const IstiodReadRules = `service_prefix "" { policy = "read" } node_prefix "" { policy = "read" }`
+
+// CreateReadToken creates the "istiod-read" policy (once) and a token
+// holding it, with a client that has management rights.
+func CreateReadToken(c *api.Client) (*api.ACLToken, error) {
+	if _, _, err := c.ACL().PolicyCreate(&api.ACLPolicy{Name: "istiod-read", Rules: IstiodReadRules}, nil); err != nil {
+		if p, _, rerr := c.ACL().PolicyReadByName("istiod-read", nil); rerr != nil || p == nil {
+			return nil, fmt.Errorf("create ACL policy istiod-read: %w", err)
+		}
+	}
+	tok, _, err := c.ACL().TokenCreate(&api.ACLToken{Description: "istiod",
+		Policies: []*api.ACLTokenPolicyLink{{Name: "istiod-read"}}}, nil)
+	if err != nil {
+		return nil, fmt.Errorf("create ACL token: %w", err)
+	}
+	return tok, nil
+}
+
+// Consul is a real Consul agent (server + agent) on loopback ports.
 type Consul struct {
 	HTTPAddr    string // 127.0.0.1:port
 	SerfWANAddr string // for joining another datacenter
-	Client      *api.Client
-	proc        *Process
-	dir         string
-	args        []string
-	bin         string
+	// Client talks to the agent, with the management token if ACLs are on.
+	Client *api.Client
+	node   string
+	proc   *Process
+	dir    string
+	args   []string
+	bin    string
+	config ConsulConfig
 }
 
-// StartConsulServer starts a single-node Consul server with a data directory
-// (not a dev agent), so a restart keeps its catalog and Raft indexes — and
-// WipeData simulates a rebuilt cluster.
-func StartConsulServer(env Env, extra ...string) (*Consul, error) {
-	dir := env.TempDir()
-	return StartConsul(env, append([]string{"-dev=false", "-server", "-bootstrap-expect", "1",
-		"-data-dir", filepath.Join(dir, "data"), "-ui=false"}, extra...)...)
-}
-
-// StartConsul starts a Consul dev agent; it is stopped at the env's cleanup.
-// Extra agent arguments (e.g. "-datacenter", "dc2", or "-hcl", "acl { ... }")
-// apply to every start.
-func StartConsul(env Env, extra ...string) (*Consul, error) {
+// StartConsul starts a Consul agent configured by configure; it is stopped
+// at the env's cleanup.
+func StartConsul(env Env, configure ...func(*ConsulConfig)) (*Consul, error) {
 	bin, err := Binary("consul")
 	if err != nil {
 		return nil, err
@@ -53,16 +104,22 @@ func StartConsul(env Env, extra ...string) (*Consul, error) {
 		return nil, err
 	}
 	dir := env.TempDir()
-	c := &Consul{HTTPAddr: "127.0.0.1:" + strconv.Itoa(ports[0]), dir: dir, bin: bin}
-	c.args = []string{"agent", "-dev", "-node", "consul-" + strconv.Itoa(ports[0]),
+	c := &Consul{HTTPAddr: "127.0.0.1:" + strconv.Itoa(ports[0]), dir: dir, bin: bin, node: "consul-" + strconv.Itoa(ports[0])}
+	for _, f := range configure {
+		f(&c.config)
+	}
+	mode := []string{"-dev"}
+	if c.config.Server {
+		mode = []string{"-server", "-bootstrap-expect", "1", "-data-dir", filepath.Join(dir, "data"), "-ui=false"}
+	}
+	c.args = append(append([]string{"agent"}, mode...), "-node", c.node,
 		"-bind", "127.0.0.1", "-client", "127.0.0.1", "-log-level", "info",
 		"-http-port", strconv.Itoa(ports[0]), "-grpc-port", "-1", "-grpc-tls-port", "-1", "-dns-port", "-1",
 		"-server-port", strconv.Itoa(ports[1]), "-serf-lan-port", strconv.Itoa(ports[2]),
-		"-serf-wan-port", strconv.Itoa(ports[3])}
-	c.args = append(c.args, extra...)
+		"-serf-wan-port", strconv.Itoa(ports[3]))
 	c.SerfWANAddr = "127.0.0.1:" + strconv.Itoa(ports[3])
 	cfg := api.DefaultConfig()
-	cfg.Address = c.HTTPAddr
+	cfg.Address, cfg.Token = c.HTTPAddr, c.config.ManagementToken
 	if c.Client, err = api.NewClient(cfg); err != nil {
 		return nil, fmt.Errorf("consul client: %w", err)
 	}
@@ -76,43 +133,82 @@ func StartConsul(env Env, extra ...string) (*Consul, error) {
 // URL is the agent's HTTP API URL.
 func (c *Consul) URL() string { return "http://" + c.HTTPAddr }
 
-// Start (re)starts the agent with an empty catalog and waits for a leader;
-// extra agent arguments apply to this start only (e.g. -hcl service definitions).
-func (c *Consul) Start(extra ...string) error {
-	logged := 0
-	if c.proc != nil {
-		logged = len(c.proc.Log()) // a restart appends to the same log
+// Start (re)starts the agent and waits until it is ready; configure applies
+// to this start only (e.g. services its configuration defines).
+func (c *Consul) Start(configure ...func(*ConsulConfig)) error {
+	cfg := c.config
+	for _, f := range configure {
+		f(&cfg)
 	}
-	p, err := Start(c.dir, "consul", c.bin, append(append([]string{}, c.args...), extra...), nil)
+	file := filepath.Join(c.dir, "agent.json")
+	data, err := json.MarshalIndent(agentConfig(cfg), "", "  ")
+	if err != nil {
+		return fmt.Errorf("consul config: %w", err)
+	}
+	if err := os.WriteFile(file, data, 0o600); err != nil {
+		return fmt.Errorf("consul config: %w", err)
+	}
+	p, err := Start(c.dir, "consul", c.bin, append(append([]string{}, c.args...), "-config-file", file), nil)
 	if err != nil {
 		return err
 	}
 	c.proc = p
-	err = p.WaitReady(60*time.Second, func(ctx context.Context) error {
-		// A leader is not enough: until the agent's first anti-entropy sync,
-		// services registered with it stay out of the catalog (for a retry
-		// interval of tens of seconds if that sync failed early).
-		if out := p.Log(); len(out) < logged || !strings.Contains(out[logged:], "agent: Synced node info") {
-			return fmt.Errorf("agent has not synced with the catalog yet")
-		}
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.URL()+"/v1/status/leader", nil)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		var b [64]byte
-		n, _ := resp.Body.Read(b[:])
-		if resp.StatusCode != http.StatusOK || n <= 2 || string(b[:n]) == `""` {
-			return fmt.Errorf("no leader yet (HTTP %d)", resp.StatusCode)
-		}
-		return nil
-	})
-	if err != nil {
+	if err := p.WaitReady(60*time.Second, c.ready); err != nil {
 		p.Stop()
 		return fmt.Errorf("consul: %w", err)
 	}
 	return nil
+}
+
+// ready: a leader is elected and the agent's node is in the catalog. A
+// leader alone is not enough: until the agent's first sync, services
+// registered with it stay out of the catalog (for a retry interval of tens
+// of seconds if that sync failed early).
+func (c *Consul) ready(ctx context.Context) error {
+	q := (&api.QueryOptions{}).WithContext(ctx)
+	leader, err := c.Client.Status().LeaderWithQueryOptions(q)
+	if err != nil {
+		return err
+	}
+	if leader == "" {
+		return fmt.Errorf("no leader yet")
+	}
+	node, _, err := c.Client.Catalog().Node(c.node, q)
+	if err != nil {
+		return err
+	}
+	if node == nil || node.Node == nil {
+		return fmt.Errorf("agent node %s is not in the catalog yet", c.node)
+	}
+	return nil
+}
+
+// agentConfig renders cfg in Consul's JSON configuration format.
+func agentConfig(cfg ConsulConfig) map[string]any {
+	out := map[string]any{}
+	if cfg.Datacenter != "" {
+		out["datacenter"] = cfg.Datacenter
+	}
+	if cfg.ManagementToken != "" {
+		out["acl"] = map[string]any{"enabled": true, "default_policy": "deny",
+			"tokens": map[string]any{"initial_management": cfg.ManagementToken, "agent": cfg.ManagementToken}}
+	}
+	if t := cfg.TLS; t != nil {
+		out["ports"] = map[string]any{"https": t.Port}
+		out["tls"] = map[string]any{
+			"defaults": map[string]any{"ca_file": t.CAFile, "cert_file": t.CertFile, "key_file": t.KeyFile},
+			"https":    map[string]any{"verify_incoming": t.VerifyIncoming},
+		}
+	}
+	var services []map[string]any
+	for _, s := range cfg.Services {
+		services = append(services, map[string]any{"id": s.ID, "name": s.Name, "address": s.Address, "port": s.Port,
+			"check": map[string]any{"id": "ttl-" + s.ID, "ttl": "1h", "status": s.Status}})
+	}
+	if services != nil {
+		out["services"] = services
+	}
+	return out
 }
 
 // Kill ends the agent at once, like a crash.
@@ -122,14 +218,12 @@ func (c *Consul) Kill() {
 	}
 }
 
-// WipeData deletes a stopped server's data directory (StartConsulServer).
+// WipeData deletes a stopped server's data directory (ConsulConfig.Server).
 func (c *Consul) WipeData() error {
-	for i, a := range c.args {
-		if a == "-data-dir" && i+1 < len(c.args) {
-			return os.RemoveAll(c.args[i+1])
-		}
+	if !c.config.Server {
+		return fmt.Errorf("consul: not started as a server with a data directory")
 	}
-	return fmt.Errorf("consul: not started with a data directory")
+	return os.RemoveAll(filepath.Join(c.dir, "data"))
 }
 
 // Stop stops the agent.

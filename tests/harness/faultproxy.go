@@ -1,30 +1,25 @@
 package harness
 
 import (
-	"maps"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
 	"strconv"
-	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 )
 
 // FaultProxy sits in front of a real Consul and injects faults: delays,
 // HTTP error statuses, connection resets. It counts requests and the peak
-// of concurrently open connections.
+// of concurrently open connections, and can see or rewrite each request.
 type FaultProxy struct {
 	URL      string
 	mode     atomic.Value // string: "", "delay", "reset", or an HTTP status code
+	rewrite  atomic.Pointer[func(*http.Request)]
 	requests atomic.Int64
-	open     atomic.Int64
-	peak     atomic.Int64
+	conns    Peak
 	srv      *http.Server
-	mu       sync.Mutex
-	byPath   map[string]int64
 }
 
 // StartFaultProxy proxies to backend (an http:// URL) until cleanup.
@@ -37,15 +32,15 @@ func StartFaultProxy(env Env, backend string) (*FaultProxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &FaultProxy{URL: "http://" + l.Addr().String(), byPath: map[string]int64{}}
+	p := &FaultProxy{URL: "http://" + l.Addr().String()}
 	p.mode.Store("")
 	rp := httputil.NewSingleHostReverseProxy(u)
 	p.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			p.requests.Add(1)
-			p.mu.Lock()
-			p.byPath[endpointOf(r.URL.Path)]++
-			p.mu.Unlock()
+			if f := p.rewrite.Load(); f != nil {
+				(*f)(r)
+			}
 			switch m := p.mode.Load().(string); m {
 			case "":
 			case "delay":
@@ -74,11 +69,9 @@ func StartFaultProxy(env Env, backend string) (*FaultProxy, error) {
 		ConnState: func(_ net.Conn, s http.ConnState) {
 			switch s {
 			case http.StateNew:
-				n := p.open.Add(1)
-				for old := p.peak.Load(); n > old && !p.peak.CompareAndSwap(old, n); old = p.peak.Load() {
-				}
+				p.conns.Up()
 			case http.StateClosed, http.StateHijacked:
-				p.open.Add(-1)
+				p.conns.Down()
 			}
 		},
 	}
@@ -93,21 +86,9 @@ func (p *FaultProxy) Set(mode string) { p.mode.Store(mode) }
 // Requests seen so far.
 func (p *FaultProxy) Requests() int64 { return p.requests.Load() }
 
+// Rewrite calls f with every request before it is forwarded (or faulted):
+// to record it, or to change it.
+func (p *FaultProxy) Rewrite(f func(*http.Request)) { p.rewrite.Store(&f) }
+
 // PeakConnections is the most connections ever open at once.
-func (p *FaultProxy) PeakConnections() int64 { return p.peak.Load() }
-
-// RequestsByEndpoint counts requests by API endpoint (the path without the
-// service name, e.g. /v1/health/service).
-func (p *FaultProxy) RequestsByEndpoint() map[string]int64 {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return maps.Clone(p.byPath)
-}
-
-func endpointOf(path string) string {
-	parts := strings.SplitN(path, "/", 5) // "", "v1", "health", "service", name
-	if len(parts) > 4 {
-		parts = parts[:4]
-	}
-	return strings.Join(parts, "/")
-}
+func (p *FaultProxy) PeakConnections() int64 { return p.conns.Max() }

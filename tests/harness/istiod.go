@@ -108,6 +108,9 @@ func (i *Istiod) Stop() {
 // Log returns istiod's output.
 func (i *Istiod) Log() string { return i.proc.Log() }
 
+// Tail returns the last n lines of istiod's log.
+func (i *Istiod) Tail(n int) string { return i.proc.Tail(n) }
+
 // PID of the running istiod.
 func (i *Istiod) PID() int { return i.proc.PID() }
 

@@ -167,9 +167,7 @@ func TestManifests(t *testing.T) {
 // path, and the monitoring listen address (a loopback port here).
 func runRenderedArgs(t *testing.T, env *harness.ProcessEnv, kube *harness.Kube, rendered []string) {
 	const root = "5e1f0a2b-0000-4000-8000-00000000c0de"
-	consul, err := harness.StartConsul(env, "-hcl", `acl { enabled = true
-		default_policy = "deny"
-		tokens { initial_management = "`+root+`" agent = "`+root+`" } }`)
+	consul, err := harness.StartConsul(env, harness.DenyByDefault(root))
 	require.NoError(t, err)
 	mount := t.TempDir()
 	require.NoError(t, os.WriteFile(filepath.Join(mount, "token"), []byte(root), 0o600), "the Secret's key 'token'")

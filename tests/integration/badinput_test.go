@@ -128,4 +128,20 @@ func TestBadInputIsSkippedGoodInputServed(t *testing.T) {
 		assert.Contains(t, log, fmt.Sprintf(`consul service %q is not served: name is not a DNS label`, name))
 		assert.Empty(t, registryVIP(t, name+".service.consul"))
 	}
+
+	// /debug/consulz says the same to an operator, per service.
+	mixed := consulz(t, mesh.Istiod, "mixed").Registries[0]
+	require.Len(t, mixed.Services, 1)
+	reasons := map[string]string{}
+	for _, s := range mixed.Services[0].Skipped {
+		reasons[s.Instance] = s.Reason
+	}
+	for _, b := range bads {
+		assert.Contains(t, reasons[b.id], b.reason, "consulz reason for %s", b.id)
+	}
+	for _, name := range badNames {
+		v := consulz(t, mesh.Istiod, name).Registries[0]
+		require.Len(t, v.NotServed, 1, name)
+		assert.Contains(t, v.NotServed[0].Reason, "name is not a DNS label", name)
+	}
 }

@@ -91,6 +91,8 @@ ports: [{name: grpc, port: %[1]d, protocol: TCP}]
 	defer web.Close()
 	e2e.EventuallyServedBy(t, web, "kube-web")
 	assert.Equal(t, map[string]int{"kube-web": 50}, e2e.Counts(web, 50), "the Consul web must never answer")
+	assert.Equal(t, []string{"web.service.svc.cluster.local"}, consulz(t, istiod, "web").Registries[0].HiddenByKubernetes,
+		"/debug/consulz says why the Consul web is not served")
 
 	oc, err := x.Dial(fmt.Sprintf("other.service.svc.cluster.local:%d", other.Port))
 	require.NoError(t, err)

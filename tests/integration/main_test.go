@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"testing"
 
@@ -37,7 +36,7 @@ func TestMain(m *testing.M) {
 	local = &e2e.Local{ConsulClient: mesh.Consul.Client, XDS: mesh.XDS, Kube: mesh.Kube}
 	code := m.Run()
 	if code != 0 {
-		fmt.Fprintf(os.Stderr, "istiod log tail:\n%s\n", tail(mesh.Istiod.Log(), 40))
+		fmt.Fprintf(os.Stderr, "istiod log tail:\n%s\n", mesh.Istiod.Tail(40))
 	}
 	env.Close()
 	os.Exit(code)
@@ -61,12 +60,4 @@ func serveWorkload(spec string) int {
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	<-sig
 	return 0
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

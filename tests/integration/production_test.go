@@ -25,9 +25,7 @@ func TestTokenNeverLeaks(t *testing.T) {
 	const root = "7b1b0f1e-0000-4000-8000-0000000000aa"
 	flagToken := "f1a9f1a9-1111-4111-8111-111111111111"
 	fileToken := "f11ef11e-2222-4222-8222-222222222222"
-	c, err := harness.StartConsul(t, "-hcl", `acl { enabled = true
-		default_policy = "deny"
-		tokens { initial_management = "`+root+`" agent = "`+root+`" } }`)
+	c, err := harness.StartConsul(t, harness.DenyByDefault(root))
 	require.NoError(t, err)
 	file := filepath.Join(t.TempDir(), "token")
 	require.NoError(t, os.WriteFile(file, []byte(fileToken), 0o600))
@@ -44,6 +42,7 @@ func TestTokenNeverLeaks(t *testing.T) {
 	var paths []string
 	require.NoError(t, json.Unmarshal(b, &paths))
 	require.Greater(t, len(paths), 10)
+	require.Contains(t, paths, "consulz", "/debug/consulz is listed, and searched below")
 	served := 0
 	for _, p := range paths {
 		// Some need a proxy ID and answer 400; their bodies are searched too.

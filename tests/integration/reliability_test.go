@@ -110,13 +110,13 @@ const reconvergeBound = 2 * time.Second
 // (metric, warning), and after Consul returns — with its data, and again
 // rebuilt from an empty data dir — istiod converges to Consul's truth.
 func TestConsulOutage(t *testing.T) {
-	c, err := harness.StartConsulServer(t)
+	c, err := harness.StartConsul(t, func(c *harness.ConsulConfig) { c.Server = true })
 	require.NoError(t, err)
 	istiod, err := harness.StartIstiod(t, mesh.Kube, c.URL(), "--log_output_level=default:info,consul:debug")
 	require.NoError(t, err)
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("istiod log tail:\n%s", tail(istiod.Log(), 60))
+			t.Logf("istiod log tail:\n%s", istiod.Tail(60))
 		}
 	})
 	x, err := harness.NewXDSClient(istiod.XDSAddr, "default")

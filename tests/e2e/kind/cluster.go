@@ -186,19 +186,14 @@ func (c *Cluster) deployConsul(ctx context.Context) error {
 	}
 	// The ACL system bootstraps right after the leader election the
 	// readiness probe waits for: retry briefly.
-	policy := &api.ACLPolicy{Name: "istiod-read",
-		Rules: `service_prefix "" { policy = "read" } node_prefix "" { policy = "read" }`}
 	for start := time.Now(); ; {
-		if _, _, err = c.consul.ACL().PolicyCreate(policy, nil); err == nil {
+		if c.istiodToken, err = harness.CreateReadToken(c.consul); err == nil {
 			break
 		}
 		if time.Since(start) > time.Minute {
-			return fmt.Errorf("create ACL policy: %w", err)
+			return err
 		}
 		time.Sleep(time.Second)
-	}
-	if c.istiodToken, err = c.newReadToken(); err != nil {
-		return err
 	}
 	if err := c.kube.EnsureNamespace(ctx, "istio-system"); err != nil {
 		return err
@@ -211,14 +206,7 @@ func (c *Cluster) deployConsul(ctx context.Context) error {
 }
 
 // newReadToken creates a Consul ACL token with the read policy istiod needs.
-func (c *Cluster) newReadToken() (*api.ACLToken, error) {
-	tok, _, err := c.consul.ACL().TokenCreate(&api.ACLToken{Description: "istiod",
-		Policies: []*api.ACLTokenPolicyLink{{Name: "istiod-read"}}}, nil)
-	if err != nil {
-		return nil, fmt.Errorf("create ACL token: %w", err)
-	}
-	return tok, nil
-}
+func (c *Cluster) newReadToken() (*api.ACLToken, error) { return harness.CreateReadToken(c.consul) }
 
 // installIstio runs the patched tree's istioctl with our overlay, exactly as
 // README "Install on a cluster" tells users to.

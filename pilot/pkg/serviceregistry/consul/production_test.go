@@ -1,10 +1,7 @@
 package consul
 
 import (
-	"net"
 	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -26,35 +23,20 @@ import (
 
 const rootToken = "7b1b0f1e-0000-4000-8000-000000000001"
 
-func rootClient(t *testing.T, c *harness.Consul) *api.Client {
-	cl, err := api.NewClient(&api.Config{Address: c.HTTPAddr, Token: rootToken})
-	require.NoError(t, err)
-	return cl
-}
-
-func lastError(reg *Controller) string {
-	if err := reg.LastError(); err != nil {
-		return err.Error()
-	}
-	return ""
-}
+// lastError is what /debug/consulz says of the last failed read.
+func lastError(reg *Controller) string { return reg.debugView("-").Consul.LastError }
 
 // Consul with acl { enabled = true, default_policy = "deny" } and a
 // read-only token (service_prefix / node_prefix read), as operators run it.
 func TestACLTokens(t *testing.T) {
-	c, err := harness.StartConsul(t, "-hcl", `acl { enabled = true
-		default_policy = "deny"
-		tokens { initial_management = "`+rootToken+`" agent = "`+rootToken+`" } }`)
+	c, err := harness.StartConsul(t, harness.DenyByDefault(rootToken))
 	require.NoError(t, err)
-	root := rootClient(t, c)
+	root := c.Client
 	reg := func(id, name, addr string) {
 		require.NoError(t, root.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: id, Name: name, Address: addr, Port: 80}))
 	}
 	reg("web-1", "web", "127.0.0.11")
-	_, _, err = root.ACL().PolicyCreate(&api.ACLPolicy{Name: "istiod-read",
-		Rules: `service_prefix "" { policy = "read" } node_prefix "" { policy = "read" }`}, nil)
-	require.NoError(t, err)
-	tok, _, err := root.ACL().TokenCreate(&api.ACLToken{Policies: []*api.ACLTokenPolicyLink{{Name: "istiod-read"}}}, nil)
+	tok, err := harness.CreateReadToken(root)
 	require.NoError(t, err)
 	readOnly := tok.SecretID
 	wrong := "00000000-0000-4000-8000-00000000dead"
@@ -106,9 +88,9 @@ func TestTLS(t *testing.T) {
 	require.NoError(t, err)
 	ports, err := harness.FreePorts(1)
 	require.NoError(t, err)
-	c, err := harness.StartConsul(t, "-hcl", `ports { https = `+strconv.Itoa(ports[0])+` }
-		tls { defaults { ca_file = "`+ca.CertFile+`" cert_file = "`+srvCert+`" key_file = "`+srvKey+`" }
-		      https { verify_incoming = true } }`)
+	c, err := harness.StartConsul(t, func(c *harness.ConsulConfig) {
+		c.TLS = &harness.ConsulTLS{Port: ports[0], CAFile: ca.CertFile, CertFile: srvCert, KeyFile: srvKey, VerifyIncoming: true}
+	})
 	require.NoError(t, err)
 	require.NoError(t, c.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "web-1", Name: "web", Address: "127.0.0.11", Port: 80}))
 	https := "https://127.0.0.1:" + strconv.Itoa(ports[0])
@@ -185,7 +167,7 @@ func endpointsOf(r *Controller, h host.Name) []*model.IstioEndpoint {
 func TestDatacenters(t *testing.T) {
 	dc1, err := harness.StartConsul(t)
 	require.NoError(t, err)
-	dc2, err := harness.StartConsul(t, "-datacenter", "dc2")
+	dc2, err := harness.StartConsul(t, func(c *harness.ConsulConfig) { c.Datacenter = "dc2" })
 	require.NoError(t, err)
 	err = dc1.Client.Agent().Join(dc2.SerfWANAddr, true)
 	require.NoError(t, err)
@@ -236,7 +218,7 @@ func TestSeveralConsulClusters(t *testing.T) {
 	require.Eventually(t, func() bool { return !reachable(regs[1]) }, 20*time.Second, 20*time.Millisecond)
 	assert.Len(t, endpointsOf(regs[1], "web.service.consul"), 1, "west keeps its last good state")
 	assert.Len(t, endpointsOf(regs[0], "web.service.consul"), 1, "east untouched")
-	assert.NoError(t, regs[0].LastError())
+	assert.Empty(t, lastError(regs[0]))
 }
 
 // Consul Enterprise namespace and partition go on every request (open-source
@@ -246,13 +228,11 @@ func TestEnterpriseScoping(t *testing.T) {
 	c, err := harness.StartConsul(t)
 	require.NoError(t, err)
 	require.NoError(t, c.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "w", Name: "web", Address: "127.0.0.41", Port: 80}))
-	backend, _ := url.Parse(c.URL())
-	proxy := httputil.NewSingleHostReverseProxy(backend)
+	proxy, err := harness.StartFaultProxy(t, c.URL())
+	require.NoError(t, err)
 	var mu sync.Mutex
 	var seen []url.Values
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	srv := &httptest.Server{Listener: l, Config: &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	proxy.Rewrite(func(r *http.Request) {
 		mu.Lock()
 		seen = append(seen, r.URL.Query())
 		mu.Unlock()
@@ -260,13 +240,10 @@ func TestEnterpriseScoping(t *testing.T) {
 		q.Del("ns")
 		q.Del("partition")
 		r.URL.RawQuery = q.Encode()
-		proxy.ServeHTTP(w, r)
-	})}}
-	srv.Start()
-	t.Cleanup(srv.Close)
+	})
 
 	regs := newRegistries(t, func(a *Args) {
-		a.ServerURL, a.EnterpriseNamespace, a.Partition, a.Datacenter = srv.URL, "team-a", "part-1", "dc1,dc9"
+		a.ServerURL, a.EnterpriseNamespace, a.Partition, a.Datacenter = proxy.URL, "team-a", "part-1", "dc1,dc9"
 	})
 	require.Eventually(t, func() bool { return regs[0].GetService("web.service.team-a.ns.part-1.ap.consul") != nil },
 		20*time.Second, 20*time.Millisecond)

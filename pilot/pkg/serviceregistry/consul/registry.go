@@ -172,7 +172,3 @@ func (c *Controller) awaitSync(ctx context.Context) {
 	log.Infof("consul registry %s synced: %d services, %d endpoints in %v",
 		c.opts.ClusterID, services, endpoints, time.Since(c.sync.started).Round(time.Millisecond))
 }
-
-// LastError is the error of the latest failed Consul read, nil after a
-// successful one. Messages never contain the ACL token.
-func (c *Controller) LastError() error { return c.status.err() }

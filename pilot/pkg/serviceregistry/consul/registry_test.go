@@ -311,8 +311,9 @@ func TestOutageKeepsLastGoodStateThenResyncs(t *testing.T) {
 	// A fresh agent (indexes from 1) that defines "keep" in its own config, as a
 	// rebuilt Consul with agents re-registering would: "keep" never leaves the
 	// catalog, so only the index regression can tell the registry to re-read it.
-	require.NoError(t, f.consul.Start("-hcl", `service { id = "k-1" name = "keep" address = "127.0.0.85" port = 80
-		check { id = "ttl-k-1" ttl = "1h" status = "passing" } }`))
+	require.NoError(t, f.consul.Start(func(c *harness.ConsulConfig) {
+		c.Services = []harness.ConsulService{{ID: "k-1", Name: "keep", Address: "127.0.0.85", Port: 80, Status: api.HealthPassing}}
+	}))
 	f.register(api.AgentServiceRegistration{ID: "s-0", Name: "stay", Address: "127.0.0.70", Port: 80})
 	f.register(api.AgentServiceRegistration{ID: "n-1", Name: "new", Address: "127.0.0.90", Port: 80})
 	f.eventuallyEndpoints("stay", "127.0.0.70:80")

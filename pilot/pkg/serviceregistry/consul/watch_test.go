@@ -10,6 +10,8 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/pilot-consul/pilot-consul/tests/harness"
 )
 
 // fakeRead answers the n-th request (from 1) after delay(n), or fails with
@@ -54,20 +56,19 @@ func TestHedgedReadOvertakesAHangingRequest(t *testing.T) {
 // A Consul that is only slow answers the first request, however many fresh
 // ones were sent and replaced meanwhile; at most two are in flight.
 func TestHedgedReadWaitsForASlowConsul(t *testing.T) {
-	var calls, inflight, peak atomic.Int32
+	var calls atomic.Int32
+	var inflight harness.Peak
 	slow := fakeRead(&calls, func(int32) time.Duration { return 3500 * time.Millisecond }, nil)
 	read := func(q *api.QueryOptions) (uint64, func(), error) {
-		n := inflight.Add(1)
-		defer inflight.Add(-1)
-		for p := peak.Load(); n > p && !peak.CompareAndSwap(p, n); p = peak.Load() {
-		}
+		inflight.Up()
+		defer inflight.Down()
 		return slow(q)
 	}
 	index, _, err := hedgedRead(context.Background(), plainQuery, read)
 	require.NoError(t, err)
 	assert.EqualValues(t, 101, index, "the first request's answer")
 	assert.GreaterOrEqual(t, calls.Load(), int32(3), "fresh requests were sent")
-	assert.LessOrEqual(t, peak.Load(), int32(2), "requests in flight")
+	assert.LessOrEqual(t, inflight.Max(), int64(2), "requests in flight")
 }
 
 // When the first request fails, the read fails (the watch backs off), even
