@@ -42,7 +42,7 @@ func TestDebugView(t *testing.T) {
 		require.NoError(t, c.Client.Agent().ServiceRegister(&r))
 	}
 	reg(api.AgentServiceRegistration{ID: "web-1", Name: "web", Address: "127.0.0.11", Port: 8080, Tags: []string{"version=v1"},
-		Meta: map[string]string{"protocol": "http"},
+		Meta:    map[string]string{"protocol": "http"},
 		Connect: &api.AgentServiceConnect{SidecarService: &api.AgentServiceRegistration{}}})
 	reg(api.AgentServiceRegistration{ID: "web-2", Name: "web", Address: "db.example.com", Port: 8080})
 	reg(api.AgentServiceRegistration{ID: "web-3", Name: "web", Address: "127.0.0.13", Port: 8080,
