@@ -94,6 +94,8 @@ func TestDebugView(t *testing.T) {
 		Routed: true, Weight: 1, Labels: map[string]string{"version": "v1", "protocol": "http"}}, byID["web-1"])
 	assert.Equal(t, "critical", byID["web-3"].Status)
 	assert.False(t, byID["web-3"].Routed, "critical instances are not routed")
+	assert.Equal(t, []protocolConflict{{Port: 8080, Declared: "HTTP×1, TCP×1", Chosen: "HTTP"}}, web.ProtocolConflicts,
+		"web-3 declares no protocol (TCP by default), web-1 HTTP")
 	require.Len(t, web.Skipped, 1)
 	assert.Equal(t, "web-2", web.Skipped[0].Instance)
 	assert.Contains(t, web.Skipped[0].Reason, `address "db.example.com" is not an IP address`)
