@@ -27,6 +27,27 @@ type Args struct {
 	// a comma-separated list ([name=]url,...) watches several Consul clusters,
 	// each as its own registry.
 	ServerURL string
+	// Datacenter to read, or a comma-separated list; the first is the local
+	// one (short hostnames). Empty means the agent's own.
+	Datacenter string
+	// EnterpriseNamespace and Partition scope every request (Consul Enterprise).
+	EnterpriseNamespace, Partition string
+	// Consistency is "stale" (default), "default" or "consistent".
+	Consistency string
+	// MaxConcurrentRequests bounds in-flight per-service fetches.
+	MaxConcurrentRequests int
+	// WaitTime is the blocking-query wait.
+	WaitTime time.Duration
+	// SyncTimeout bounds how long an unreachable Consul can hold istiod's readiness.
+	SyncTimeout time.Duration
+	// Auth is how the registry proves itself to Consul and verifies it.
+	Auth Auth
+	// Mapping is how Consul services become Istio services.
+	Mapping Mapping
+}
+
+// Auth holds the ACL token and TLS settings for Consul.
+type Auth struct {
 	// Token is an ACL token. Printed redacted.
 	Token secret
 	// TokenFile holds an ACL token; it is re-read when it changes (rotation).
@@ -35,14 +56,10 @@ type Args struct {
 	CAFile, CertFile, KeyFile, TLSServerName string
 	// TLSSkipVerify disables certificate verification (testing only).
 	TLSSkipVerify bool
-	// Datacenter to read, or a comma-separated list; the first is the local
-	// one (short hostnames). Empty means the agent's own.
-	Datacenter string
-	// EnterpriseNamespace and Partition scope every request (Consul Enterprise).
-	EnterpriseNamespace, Partition string
-	// Consistency is "stale" (default), "default" or "consistent".
-	Consistency string
+}
 
+// Mapping holds the settings of the Consul-to-Istio mapping (README, Mapping).
+type Mapping struct {
 	// Domain is the DNS domain of Consul hostnames: <service>.service.<Domain>.
 	Domain string
 	// Namespace is the Istio namespace Consul services are placed in.
@@ -58,25 +75,21 @@ type Args struct {
 	DefaultServiceAccount string
 	// VIPRange is the CIDR service VIPs are allocated from.
 	VIPRange string
-	// MaxConcurrentRequests bounds in-flight per-service fetches.
-	MaxConcurrentRequests int
-	// WaitTime is the blocking-query wait.
-	WaitTime time.Duration
-	// SyncTimeout bounds how long an unreachable Consul can hold istiod's readiness.
-	SyncTimeout time.Duration
 }
 
 // DefaultArgs are the documented defaults (README "Configuration").
 func DefaultArgs() Args {
 	return Args{
 		Consistency:           "stale",
-		Domain:                "consul",
-		Namespace:             "consul",
-		DefaultProtocol:       "tcp",
-		VIPRange:              "240.241.0.0/16",
 		MaxConcurrentRequests: 16,
 		WaitTime:              5 * time.Minute,
 		SyncTimeout:           30 * time.Second,
+		Mapping: Mapping{
+			Domain:          "consul",
+			Namespace:       "consul",
+			DefaultProtocol: "tcp",
+			VIPRange:        "240.241.0.0/16",
+		},
 	}
 }
 
@@ -89,15 +102,15 @@ func AddFlags(fs *pflag.FlagSet, a *Args) {
 	// The pre-1.8 spelling, so manifests written for Istio's old adapter keep working.
 	fs.StringVar(&a.ServerURL, "consulserverURL", "", "Deprecated spelling of --consulServerURL")
 	_ = fs.MarkHidden("consulserverURL")
-	fs.Var(&a.Token, "consulToken", "Consul ACL token (env CONSUL_HTTP_TOKEN); prefer --consulTokenFile")
-	fs.StringVar(&a.TokenFile, "consulTokenFile", "",
+	fs.Var(&a.Auth.Token, "consulToken", "Consul ACL token (env CONSUL_HTTP_TOKEN); prefer --consulTokenFile")
+	fs.StringVar(&a.Auth.TokenFile, "consulTokenFile", "",
 		"File holding the Consul ACL token, re-read when it changes (env CONSUL_HTTP_TOKEN_FILE)")
-	fs.StringVar(&a.CAFile, "consulCACert", "", "CA bundle to verify Consul's HTTPS certificate (env CONSUL_CACERT)")
-	fs.StringVar(&a.CertFile, "consulClientCert", "", "Client certificate for Consul mTLS (env CONSUL_CLIENT_CERT)")
-	fs.StringVar(&a.KeyFile, "consulClientKey", "", "Client key for Consul mTLS (env CONSUL_CLIENT_KEY)")
-	fs.StringVar(&a.TLSServerName, "consulTLSServerName", "",
+	fs.StringVar(&a.Auth.CAFile, "consulCACert", "", "CA bundle to verify Consul's HTTPS certificate (env CONSUL_CACERT)")
+	fs.StringVar(&a.Auth.CertFile, "consulClientCert", "", "Client certificate for Consul mTLS (env CONSUL_CLIENT_CERT)")
+	fs.StringVar(&a.Auth.KeyFile, "consulClientKey", "", "Client key for Consul mTLS (env CONSUL_CLIENT_KEY)")
+	fs.StringVar(&a.Auth.TLSServerName, "consulTLSServerName", "",
 		"Server name to verify Consul's certificate against (env CONSUL_TLS_SERVER_NAME)")
-	fs.BoolVar(&a.TLSSkipVerify, "consulTLSSkipVerify", false,
+	fs.BoolVar(&a.Auth.TLSSkipVerify, "consulTLSSkipVerify", false,
 		"Do not verify Consul's certificate; testing only (env CONSUL_HTTP_SSL_VERIFY=false)")
 	fs.StringVar(&a.Datacenter, "consulDatacenter", "",
 		"Consul datacenter(s) to read, comma-separated; the first keeps short hostnames, others get "+
@@ -107,16 +120,16 @@ func AddFlags(fs *pflag.FlagSet, a *Args) {
 	fs.StringVar(&a.Partition, "consulPartition", "", "Consul Enterprise admin partition to read (env CONSUL_PARTITION)")
 	fs.StringVar(&a.Consistency, "consulConsistency", a.Consistency,
 		"Consul read consistency: stale (any server answers), default (leader), consistent")
-	fs.StringVar(&a.Domain, "consulDomain", a.Domain, "Domain of Consul hostnames: <service>.service.<domain>")
-	fs.StringVar(&a.Namespace, "consulNamespace", a.Namespace, "Istio namespace that Consul services are placed in")
-	fs.BoolVar(&a.IncludeWarning, "consulIncludeWarning", false, "Also route to instances whose checks are warning")
-	fs.BoolVar(&a.SendUnhealthy, "consulSendUnhealthy", false,
+	fs.StringVar(&a.Mapping.Domain, "consulDomain", a.Mapping.Domain, "Domain of Consul hostnames: <service>.service.<domain>")
+	fs.StringVar(&a.Mapping.Namespace, "consulNamespace", a.Mapping.Namespace, "Istio namespace that Consul services are placed in")
+	fs.BoolVar(&a.Mapping.IncludeWarning, "consulIncludeWarning", false, "Also route to instances whose checks are warning")
+	fs.BoolVar(&a.Mapping.SendUnhealthy, "consulSendUnhealthy", false,
 		"Send critical and maintenance instances as UNHEALTHY endpoints instead of dropping them")
-	fs.StringVar(&a.DefaultProtocol, "consulDefaultProtocol", a.DefaultProtocol,
+	fs.StringVar(&a.Mapping.DefaultProtocol, "consulDefaultProtocol", a.Mapping.DefaultProtocol,
 		"Port protocol of Consul services that name none (meta \"protocol\" or a protocol-prefixed service name)")
-	fs.StringVar(&a.DefaultServiceAccount, "consulDefaultServiceAccount", "",
+	fs.StringVar(&a.Mapping.DefaultServiceAccount, "consulDefaultServiceAccount", "",
 		"Service account of Consul instances without meta \"service-account\"; empty means no identity")
-	fs.StringVar(&a.VIPRange, "consulVIPRange", a.VIPRange, "CIDR that Consul service VIPs are allocated from")
+	fs.StringVar(&a.Mapping.VIPRange, "consulVIPRange", a.Mapping.VIPRange, "CIDR that Consul service VIPs are allocated from")
 	fs.IntVar(&a.MaxConcurrentRequests, "consulMaxConcurrentRequests", a.MaxConcurrentRequests,
 		"Most concurrent per-service reads; the registry holds at most this + 2 connections to Consul")
 	fs.DurationVar(&a.WaitTime, "consulWaitTime", a.WaitTime, "Blocking-query wait time")
@@ -136,14 +149,14 @@ func (a *Args) Complete(getenv func(string) string) error {
 		}
 	}
 	fromEnv(&a.ServerURL, "CONSUL_HTTP_ADDR")
-	fromEnv((*string)(&a.Token), "CONSUL_HTTP_TOKEN")
-	fromEnv(&a.TokenFile, "CONSUL_HTTP_TOKEN_FILE")
-	fromEnv(&a.CAFile, "CONSUL_CACERT")
-	fromEnv(&a.CertFile, "CONSUL_CLIENT_CERT")
-	fromEnv(&a.KeyFile, "CONSUL_CLIENT_KEY")
-	fromEnv(&a.TLSServerName, "CONSUL_TLS_SERVER_NAME")
+	fromEnv((*string)(&a.Auth.Token), "CONSUL_HTTP_TOKEN")
+	fromEnv(&a.Auth.TokenFile, "CONSUL_HTTP_TOKEN_FILE")
+	fromEnv(&a.Auth.CAFile, "CONSUL_CACERT")
+	fromEnv(&a.Auth.CertFile, "CONSUL_CLIENT_CERT")
+	fromEnv(&a.Auth.KeyFile, "CONSUL_CLIENT_KEY")
+	fromEnv(&a.Auth.TLSServerName, "CONSUL_TLS_SERVER_NAME")
 	if strings.EqualFold(getenv("CONSUL_HTTP_SSL_VERIFY"), "false") {
-		a.TLSSkipVerify = true
+		a.Auth.TLSSkipVerify = true
 	}
 	fromEnv(&a.EnterpriseNamespace, "CONSUL_NAMESPACE")
 	fromEnv(&a.Partition, "CONSUL_PARTITION")
@@ -171,13 +184,13 @@ func (a *Args) Complete(getenv func(string) string) error {
 	default:
 		return fmt.Errorf("--consulConsistency=%q: want stale, default or consistent", a.Consistency)
 	}
-	if _, err := netip.ParsePrefix(a.VIPRange); err != nil {
+	if _, err := netip.ParsePrefix(a.Mapping.VIPRange); err != nil {
 		return fmt.Errorf("--consulVIPRange: %w", err)
 	}
 	if a.MaxConcurrentRequests < 1 {
 		return fmt.Errorf("--consulMaxConcurrentRequests=%d: want at least 1", a.MaxConcurrentRequests)
 	}
-	if (a.CertFile == "") != (a.KeyFile == "") {
+	if (a.Auth.CertFile == "") != (a.Auth.KeyFile == "") {
 		return fmt.Errorf("--consulClientCert and --consulClientKey must be set together")
 	}
 	return nil

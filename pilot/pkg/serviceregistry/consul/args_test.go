@@ -25,7 +25,7 @@ func parse(t *testing.T, args ...string) (*pflag.FlagSet, *Args) {
 
 func TestTokenFlagPrintsRedacted(t *testing.T) {
 	fs, a := parse(t, "--consulToken=s3cr3t-token")
-	assert.Equal(t, "s3cr3t-token", string(a.Token))
+	assert.Equal(t, "s3cr3t-token", string(a.Auth.Token))
 	// istiod's start-up dump is `FLAG: --name=%q` of flag.Value.
 	fs.VisitAll(func(f *pflag.Flag) {
 		assert.NotContains(t, f.Value.String(), "s3cr3t", "flag %s", f.Name)
@@ -46,8 +46,8 @@ func TestOldFlagSpellingAndEnvFallbacks(t *testing.T) {
 		"CONSUL_HTTP_SSL": "true"}
 	require.NoError(t, a.Complete(func(k string) string { return env[k] }))
 	assert.Equal(t, "https://consul.old:8500", a.ServerURL, "flag wins over env; CONSUL_HTTP_SSL picks the scheme")
-	assert.Equal(t, "tok", string(a.Token))
-	assert.Equal(t, "/ca.pem", a.CAFile)
+	assert.Equal(t, "tok", string(a.Auth.Token))
+	assert.Equal(t, "/ca.pem", a.Auth.CAFile)
 
 	_, b := parse(t)
 	require.NoError(t, b.Complete(func(k string) string { return map[string]string{"CONSUL_HTTP_ADDR": "10.1.1.1:8500"}[k] }))

@@ -38,11 +38,11 @@ func newClient(a Args) (*consulClient, error) {
 	cfg.Token = "" // set per request by transport, so a rotated token file is honoured
 	cfg.TokenFile = ""
 	tlsCfg, err := api.SetupTLSConfig(&api.TLSConfig{
-		Address:            a.TLSServerName,
-		CAFile:             a.CAFile,
-		CertFile:           a.CertFile,
-		KeyFile:            a.KeyFile,
-		InsecureSkipVerify: a.TLSSkipVerify,
+		Address:            a.Auth.TLSServerName,
+		CAFile:             a.Auth.CAFile,
+		CertFile:           a.Auth.CertFile,
+		KeyFile:            a.Auth.KeyFile,
+		InsecureSkipVerify: a.Auth.TLSSkipVerify,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("consul TLS settings: %w", err)
@@ -57,7 +57,7 @@ func newClient(a Args) (*consulClient, error) {
 		MaxIdleConnsPerHost: maxConns,
 		IdleConnTimeout:     90 * time.Second,
 	}
-	t := &transport{base: base, token: newTokenSource(string(a.Token), a.TokenFile)}
+	t := &transport{base: base, token: newTokenSource(string(a.Auth.Token), a.Auth.TokenFile)}
 	cfg.HttpClient = &http.Client{Transport: t}
 	cfg.Scheme = "" // taken from Address
 	client, err := api.NewClient(cfg)

@@ -133,7 +133,7 @@ func (c *Controller) debugView(service string) registryView {
 		v.Consul.LastError = err.Error()
 	}
 	v.Counts.Services, v.Counts.Endpoints, v.Counts.VIPsUsed = c.store.counts()
-	v.Counts.VIPRange, v.Counts.VIPCapacity = c.args.VIPRange, c.store.vips.capacity()
+	v.Counts.VIPRange, v.Counts.VIPCapacity = c.args.Mapping.VIPRange, c.store.vips.capacity()
 	v.Counts.PendingReads = c.dirty.len()
 
 	records := c.store.records()

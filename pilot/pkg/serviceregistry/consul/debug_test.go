@@ -50,7 +50,7 @@ func TestDebugView(t *testing.T) {
 	reg(api.AgentServiceRegistration{ID: "taken-1", Name: "taken", Address: "127.0.0.14", Port: 80})
 
 	args := DefaultArgs()
-	args.ServerURL, args.Token = c.URL(), secret(token)
+	args.ServerURL, args.Auth.Token = c.URL(), secret(token)
 	require.NoError(t, args.Complete(func(string) string { return "" }))
 	r, err := New(args, Options{XDSUpdater: xdsfake.NewFakeXDS(),
 		KubernetesHas: func(h host.Name) bool { return h == "taken.service.consul" }})

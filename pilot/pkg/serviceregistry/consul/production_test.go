@@ -50,7 +50,7 @@ func TestACLTokens(t *testing.T) {
 		assert.Empty(t, f.reg.Services())
 	})
 	t.Run("wrong token: ACL not found", func(t *testing.T) {
-		f := startRegistry(t, c, func(a *Args) { a.Token = secret(wrong); a.SyncTimeout = time.Hour })
+		f := startRegistry(t, c, func(a *Args) { a.Auth.Token = secret(wrong); a.SyncTimeout = time.Hour })
 		require.Eventually(t, func() bool { return lastError(f.reg) != "" }, 10*time.Second, 20*time.Millisecond)
 		assert.Contains(t, lastError(f.reg), "ACL not found")
 		assert.NotContains(t, lastError(f.reg), wrong, "the token never appears in errors")
@@ -58,7 +58,7 @@ func TestACLTokens(t *testing.T) {
 	t.Run("token file: syncs, survives a bad rotation with its last good state, recovers", func(t *testing.T) {
 		file := filepath.Join(t.TempDir(), "token")
 		require.NoError(t, os.WriteFile(file, []byte(readOnly+"\n"), 0o600))
-		f := startRegistry(t, c, func(a *Args) { a.TokenFile = file; a.WaitTime = time.Second })
+		f := startRegistry(t, c, func(a *Args) { a.Auth.TokenFile = file; a.WaitTime = time.Second })
 		f.waitSynced()
 		f.eventuallyEndpoints("web", "127.0.0.11:80")
 
@@ -101,16 +101,16 @@ func TestTLS(t *testing.T) {
 		wantErr string
 	}{
 		{"right CA, client cert, server name: syncs", func(a *Args) {
-			a.CAFile, a.CertFile, a.KeyFile, a.TLSServerName = ca.CertFile, cliCert, cliKey, "server.dc1.consul"
+			a.Auth.CAFile, a.Auth.CertFile, a.Auth.KeyFile, a.Auth.TLSServerName = ca.CertFile, cliCert, cliKey, "server.dc1.consul"
 		}, ""},
 		{"wrong CA", func(a *Args) {
-			a.CAFile, a.CertFile, a.KeyFile, a.TLSServerName = other.CertFile, cliCert, cliKey, "server.dc1.consul"
+			a.Auth.CAFile, a.Auth.CertFile, a.Auth.KeyFile, a.Auth.TLSServerName = other.CertFile, cliCert, cliKey, "server.dc1.consul"
 		}, "certificate signed by unknown authority"},
 		{"no client certificate while Consul verifies incoming", func(a *Args) {
-			a.CAFile, a.TLSServerName = ca.CertFile, "server.dc1.consul"
+			a.Auth.CAFile, a.Auth.TLSServerName = ca.CertFile, "server.dc1.consul"
 		}, "certificate required"},
 		{"no server-name override: name mismatch", func(a *Args) {
-			a.CAFile, a.CertFile, a.KeyFile = ca.CertFile, cliCert, cliKey
+			a.Auth.CAFile, a.Auth.CertFile, a.Auth.KeyFile = ca.CertFile, cliCert, cliKey
 		}, "x509: cannot validate certificate for 127.0.0.1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -166,7 +166,7 @@ func TestHealthFlipIsAnEDSOnlyPush(t *testing.T) {
 }
 
 func TestWarningOptionAndWeights(t *testing.T) {
-	f := newFixture(t, func(a *Args) { a.IncludeWarning = true })
+	f := newFixture(t, func(a *Args) { a.Mapping.IncludeWarning = true })
 	f.register(api.AgentServiceRegistration{ID: "api-1", Name: "api", Address: "127.0.0.21", Port: 80,
 		Weights: &api.AgentWeights{Passing: 7, Warning: 3}})
 	f.waitSynced()
