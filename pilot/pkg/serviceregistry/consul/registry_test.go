@@ -360,3 +360,33 @@ func TestIdleCatalogCostsOnlyTheWatches(t *testing.T) {
 	t.Logf("%d Consul requests in 4 idle seconds", used)
 	assert.Less(t, used, int64(16), "only watch timeouts, no per-service re-reads")
 }
+
+// Run stops everything it started, timers included: with a pinpoint verdict
+// waiting out its grace period (an instance without checks moved the
+// catalog), Run returns at once, and the package's leak check
+// (leak_test.go) finds nothing of the registry left.
+func TestRunStopsWithAVerdictPending(t *testing.T) {
+	c, err := harness.StartConsul(t)
+	require.NoError(t, err)
+	args := DefaultArgs()
+	args.ServerURL = c.URL()
+	require.NoError(t, args.Complete(func(string) string { return "" }))
+	reg, err := New(args, Options{XDSUpdater: xdsfake.NewFakeXDS()})
+	require.NoError(t, err)
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() { reg.Run(stop); close(done) }()
+	settled(t, reg)
+
+	// No check: the catalog index moves, a pinpoint read runs, and its
+	// verdict waits a grace period for the reads it caused.
+	require.NoError(t, c.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{
+		ID: "bare-1", Name: "bare", Address: "127.0.0.95", Port: 80}))
+	require.Eventually(t, func() bool { return reg.GetService("bare.service.consul") != nil },
+		10*time.Second, 10*time.Millisecond)
+	close(stop)
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+		t.Fatal("Run did not return with a verdict pending")
+	}
+}
