@@ -111,12 +111,13 @@ func DebugHandler(registries []serviceregistry.Instance) http.HandlerFunc {
 
 // debugView describes the registry; service, if set, narrows it to one service.
 func (c *Controller) debugView(service string) registryView {
+	st := c.status.view()
 	v := registryView{
 		Cluster: string(c.opts.ClusterID),
 		Consul: consulView{
 			Address:      c.args.ServerURL,
 			Datacenter:   c.args.Datacenter,
-			Reachable:    c.status.reachable.Load(),
+			Reachable:    st.reachable,
 			CatalogIndex: c.catalog.lastIndex(),
 			ChecksIndex:  c.pinpoint.lastIndex(),
 		},
@@ -125,12 +126,12 @@ func (c *Controller) debugView(service string) registryView {
 		NotServed:          []notServedView{},
 		HiddenByKubernetes: []string{},
 	}
-	if ns := c.status.lastSuccess.Load(); ns != 0 {
-		t := time.Unix(0, ns).UTC()
+	if !st.lastSuccess.IsZero() {
+		t := st.lastSuccess.UTC()
 		v.Consul.LastSuccessfulRead = &t
 	}
-	if err := c.status.err(); err != nil {
-		v.Consul.LastError = err.Error()
+	if st.lastErr != nil {
+		v.Consul.LastError = st.lastErr.Error()
 	}
 	v.Counts.Services, v.Counts.Endpoints, v.Counts.VIPsUsed = c.store.counts()
 	v.Counts.VIPRange, v.Counts.VIPCapacity = c.args.Mapping.VIPRange, c.store.vips.capacity()

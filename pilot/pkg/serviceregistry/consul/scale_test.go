@@ -55,7 +55,9 @@ func TestTenThousandServicesWithinConnectionLimit(t *testing.T) {
 	counter, err := harness.StartFaultProxy(t, c.URL())
 	require.NoError(t, err)
 	start := time.Now()
-	f := startRegistry(t, c, func(a *Args) { a.ServerURL = counter.URL })
+	// The default blocking-query wait: no watch times out (and re-asks)
+	// while the flip's requests are counted.
+	f := startRegistry(t, c, func(a *Args) { a.ServerURL, a.WaitTime = counter.URL, DefaultArgs().WaitTime })
 	require.Eventually(t, f.reg.HasSynced, 120*time.Second, 10*time.Millisecond)
 	took := time.Since(start)
 	services := len(f.reg.Services())

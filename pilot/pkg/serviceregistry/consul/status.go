@@ -18,12 +18,22 @@ import (
 const warnEvery = 30 * time.Second
 
 type status struct {
-	cluster     cluster.ID
-	server      string // Consul's URL, for messages; never holds the token
-	reachable   atomic.Bool
-	lastErr     atomic.Pointer[error]
-	lastWarn    atomic.Int64 // unix nanoseconds of the last outage warning
-	lastSuccess atomic.Int64 // unix nanoseconds of the last successful read
+	cluster cluster.ID
+	server  string // Consul's URL, for messages; never holds the token
+	// mu keeps reachable, lastErr and lastSuccess one consistent record:
+	// reads of several readers finish in any order.
+	mu          sync.Mutex
+	reachable   bool
+	lastErr     error
+	lastWarn    time.Time
+	lastSuccess time.Time
+}
+
+// statusView is one consistent reading of status.
+type statusView struct {
+	reachable   bool
+	lastErr     error
+	lastSuccess time.Time
 }
 
 // readFailed records a failed read. first says it is the first failure of
@@ -31,13 +41,20 @@ type status struct {
 // at most every warnEvery (debug otherwise), so an outage is loud but not spam.
 func (s *status) readFailed(what string, err error, retry time.Duration, first bool) {
 	err = fmt.Errorf("consul %s read from %s: %w", what, s.server, err)
-	s.lastErr.Store(&err)
 	consulWatchErrors.With(watchLabel.Value(what)).Increment()
-	if s.reachable.Swap(false) || s.lastSuccess.Load() == 0 {
+	now := time.Now()
+	s.mu.Lock()
+	s.lastErr = err
+	if s.reachable || s.lastSuccess.IsZero() {
 		consulReachable.Record(0)
 	}
-	if now := time.Now(); first || now.UnixNano()-s.lastWarn.Load() >= int64(warnEvery) {
-		s.lastWarn.Store(now.UnixNano())
+	s.reachable = false
+	warn := first || now.Sub(s.lastWarn) >= warnEvery
+	if warn {
+		s.lastWarn = now
+	}
+	s.mu.Unlock()
+	if warn {
 		log.Warnf("%v; keeping the last good state, will retry in %v", err, retry.Round(time.Millisecond))
 	} else {
 		log.Debugf("%v; will retry in %v", err, retry.Round(time.Millisecond))
@@ -45,23 +62,26 @@ func (s *status) readFailed(what string, err error, retry time.Duration, first b
 }
 
 func (s *status) readSucceeded() {
-	if s.lastErr.Swap(nil) != nil {
-		log.Infof("consul registry %s: reads from %s succeed again", s.cluster, s.server)
-	}
 	now := time.Now()
-	s.lastSuccess.Store(now.UnixNano())
-	consulLastSync.Record(float64(now.Unix()))
-	if !s.reachable.Swap(true) {
+	s.mu.Lock()
+	recovered := s.lastErr != nil
+	s.lastErr, s.lastSuccess = nil, now
+	if !s.reachable {
 		consulReachable.Record(1)
+	}
+	s.reachable = true
+	s.mu.Unlock()
+	consulLastSync.Record(float64(now.Unix()))
+	if recovered {
+		log.Infof("consul registry %s: reads from %s succeed again", s.cluster, s.server)
 	}
 }
 
-// err is the error of the latest failed read, nil after a successful one.
-func (s *status) err() error {
-	if e := s.lastErr.Load(); e != nil {
-		return *e
-	}
-	return nil
+// view reads the record.
+func (s *status) view() statusView {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return statusView{reachable: s.reachable, lastErr: s.lastErr, lastSuccess: s.lastSuccess}
 }
 
 // syncTracker follows the first sync: every service of the first listing read.
