@@ -22,7 +22,9 @@ if [[ ! -d "$tree/.git" || "$(cat "$work/source" 2>/dev/null)" != "$src" ]]; the
 fi
 
 # Stage 2: the patch queue, re-applied from pristine whenever patches/ changes.
-patches_hash=$(hash_of "$root/patches")
+skip_file=()
+[[ -f "$root/build/istio/$ISTIO.skip" ]] && skip_file=("$root/build/istio/$ISTIO.skip")
+patches_hash=$(hash_of "$root/patches" "${skip_file[@]}")
 if [[ "$(cat "$work/patches.stamp" 2>/dev/null)" != "$patches_hash" ]]; then
 	rm -f "$work/overlay.list"
 	apply_queue || exit 1

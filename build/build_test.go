@@ -3,6 +3,7 @@ package build_test
 
 import (
 	"archive/zip"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -77,7 +78,9 @@ func TestConflictingSourceNamesPatchAndFiles(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	require.Error(t, err, "build must fail:\n%s", out)
 	text := string(out)
-	assert.Contains(t, text, "patch 2 of 2 does not apply: patches/0002-")
+	queue, err := filepath.Glob("../patches/[0-9][0-9][0-9][0-9]-*.patch")
+	require.NoError(t, err)
+	assert.Contains(t, text, fmt.Sprintf("patch 2 of %d does not apply: patches/0002-", len(queue)))
 	assert.Contains(t, text, "    pilot/pkg/bootstrap/servicecontroller.go")
 	assert.Contains(t, text, "git am --continue")
 	assert.Contains(t, text, "make rebase")
@@ -236,4 +239,50 @@ func TestHashIsTheSameInAnotherClone(t *testing.T) {
 	a := hash(t.TempDir(), "0001-x.patch")
 	assert.Equal(t, a, hash(t.TempDir(), "0001-x.patch"))
 	assert.NotEqual(t, a, hash(t.TempDir(), "0002-x.patch"), "a renamed file is another input")
+}
+
+// A release may skip patches (build/istio/<tag>.skip, each with why): the
+// queue without them must apply, and a skip line must name a patch of the
+// queue and say why.
+func TestSkipFile(t *testing.T) {
+	root := t.TempDir()
+	for _, d := range []string{"build", "patches"} {
+		out, err := exec.Command("cp", "-r", filepath.Join("..", d), root).CombinedOutput()
+		require.NoError(t, err, "%s", out)
+	}
+	version, err := os.ReadFile("../VERSION")
+	require.NoError(t, err)
+	const commit = "0123456789abcdef0123456789abcdef01234567"
+	version = append(version, []byte("\nISTIO_PREVIOUS=9.9.9\nISTIO_9_9_9_COMMIT="+commit+"\nISTIO_VERIFY_MODULES=\n")...)
+	require.NoError(t, os.WriteFile(filepath.Join(root, "VERSION"), version, 0o644))
+	cache := t.TempDir()
+	require.NoError(t, os.MkdirAll(filepath.Join(cache, "istio-src"), 0o755))
+	def := istioDir(t)
+	require.NoError(t, os.Symlink(def, filepath.Join(cache, "istio-src", filepath.Base(def))))
+	movedSource(t, filepath.Join(cache, "istio-src", "istio-9.9.9-"+commit[:12]))
+	verify := func() (string, error) {
+		cmd := exec.Command(filepath.Join(root, "build/verify-patches.sh"))
+		cmd.Env = append(os.Environ(), "PILOT_CONSUL_CACHE="+cache)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+
+	// 9.9.9 moved the code 0002 edits; 0003 and 0004 build on 0002.
+	var skip strings.Builder
+	for _, p := range []string{"0002", "0003", "0004"} {
+		matches, _ := filepath.Glob(filepath.Join(root, "patches", p+"-*.patch"))
+		require.Len(t, matches, 1)
+		skip.WriteString(filepath.Base(matches[0]) + "  the bootstrap moved in this release\n")
+	}
+	require.NoError(t, os.WriteFile(filepath.Join(root, "build/istio/9.9.9.skip"), []byte(skip.String()), 0o644))
+	out, err := verify()
+	require.NoError(t, err, out)
+	assert.Contains(t, out, "queue applies to Istio 9.9.9 (without 0002-")
+
+	require.NoError(t, os.WriteFile(filepath.Join(root, "build/istio/9.9.9.skip"),
+		[]byte(skip.String()+"0099-gone.patch  was dropped\n0001-consul-add-the-Consul-registry-ID-and-its-flags.patch\n"), 0o644))
+	out, err = verify()
+	require.Error(t, err, out)
+	assert.Contains(t, out, "9.9.9.skip: 0099-gone.patch is not in patches/ (stale line)")
+	assert.Contains(t, out, "9.9.9.skip: 0001-consul-add-the-Consul-registry-ID-and-its-flags.patch has no reason")
 }

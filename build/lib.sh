@@ -111,7 +111,19 @@ unfinished() {
 
 # patch_files lists the queue in application order.
 patch_files() {
-	compgen -G "$root/patches/[0-9][0-9][0-9][0-9]-*.patch" | sort || true
+	local skip p
+	skip=$(skipped_patches)
+	for p in $(compgen -G "$root/patches/[0-9][0-9][0-9][0-9]-*.patch" | sort); do
+		grep -qxF "$(basename "$p")" <<<"$skip" || echo "$p"
+	done
+}
+
+# skipped_patches lists the patches release ISTIO does not take, from
+# build/istio/<tag>.skip: one "<patch file>  <why>" per line.
+skipped_patches() {
+	local f="$root/build/istio/$ISTIO.skip"
+	[[ -f "$f" ]] || return 0
+	sed -e 's/#.*//' -e '/^[[:space:]]*$/d' "$f" | awk '{print $1}'
 }
 
 # hash_of prints one content hash over the given files and directories.
@@ -179,6 +191,9 @@ apply_queue() {
 		fi
 	done < <(patch_files)
 	log "applied $n patch(es) onto $(cat "$work/source")"
+	for p in $(skipped_patches); do
+		log "not applied to Istio $ISTIO: $p ($(grep -F "$p" "$root/build/istio/$ISTIO.skip" | sed "s/^[^[:space:]]*[[:space:]]*//"))"
+	done
 }
 
 # seed_pinned_blobs [REPO] stores, in the work repo (or REPO), the files the patches touch as

@@ -6,6 +6,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 [[ -d "$tree/.git" ]] || die "no work tree at $tree; run 'make build' first"
+[[ -z "$(skipped_patches)" ]] || die "Istio $ISTIO skips patches (build/istio/$ISTIO.skip), so its work tree does not hold the whole queue: rebase on a release that takes every patch (ISTIO=$ISTIO_DEFAULT)"
 if [[ -d "$tree/.git/rebase-apply" ]]; then
 	die "git am is still in progress in $tree: resolve, 'git add' and 'git am --continue' first"
 fi

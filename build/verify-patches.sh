@@ -5,9 +5,11 @@
 #  - each patch parses, changes something, and carries the header fields
 #    "What:", "Why not upstream:" and "Drop when:";
 #  - the queue applies, in order and as the build applies it (3-way), to both
-#    releases VERSION names and to the newer upstream sources in
+#    releases VERSION names (without the patches a release's
+#    build/istio/<tag>.skip lists) and to the newer upstream sources in
 #    ISTIO_VERIFY_MODULES (apply-only); a failure names the version, the
-#    patch and the conflicting files.
+#    patch and the conflicting files;
+#  - a skip file names only patches that exist, each with a reason.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -42,7 +44,15 @@ done
 dups=$(for f in $(patch_files); do git patch-id --stable <"$f"; done | awk '{print $1}' | sort | uniq -d)
 [[ -z "$dups" ]] || bad "two patches make the same change (git patch-id $dups)"
 
-# apply_check SRC LABEL applies the queue in order, with git apply --3way as
+for f in "$root"/build/istio/*.skip; do
+	while read -r p why; do
+		[[ -z "$p" || "$p" == \#* ]] && continue
+		[[ -f "$root/patches/$p" ]] || bad "$(basename "$f"): $p is not in patches/ (stale line)"
+		[[ -n "$why" ]] || bad "$(basename "$f"): $p has no reason"
+	done <"$f"
+done
+
+# apply_check SRC LABEL applies the queue (ISTIO's) in order, with git apply --3way as
 # the build's git am does, to a scratch repo of only the files it touches
 # (fast), with the default release's versions as merge bases.
 apply_check() {
@@ -68,15 +78,17 @@ $(sed 's/^/    /' <<<"$msg")"
 		fi
 	done
 	rm -rf "$tmp"
-	[[ $ok -eq 0 ]] || echo "verify-patches: queue applies to $label" >&2
+	local skipped
+	skipped=$(skipped_patches | paste -sd' ')
+	[[ $ok -eq 0 ]] || echo "verify-patches: queue applies to $label${skipped:+ (without $skipped, see build/istio/$ISTIO.skip)}" >&2
 }
 
 if [[ $errors -eq 0 ]]; then
 	for v in "$ISTIO_DEFAULT" "$ISTIO_PREVIOUS"; do
-		apply_check "$(ISTIO=$v ISTIO_SRC='' istio_source)" "Istio $v"
+		ISTIO=$v apply_check "$(ISTIO=$v ISTIO_SRC='' istio_source)" "Istio $v"
 	done
 	for v in $ISTIO_VERIFY_MODULES; do
-		apply_check "$(istio_module_dir "$v")" "istio.io/istio@$v"
+		ISTIO=$ISTIO_DEFAULT apply_check "$(istio_module_dir "$v")" "istio.io/istio@$v"
 	done
 fi
 if [[ $errors -gt 0 ]]; then

@@ -20,6 +20,7 @@ type Istiod struct {
 	MonitoringAddr string // /metrics
 	CtrlzAddr      string // ControlZ introspection (ForceGC)
 	Args           []string
+	Env            []string      // extra environment for Start, e.g. PILOT_ENABLE_AMBIENT=true
 	ReadyTimeout   time.Duration // for Start; 120 s if zero
 	KeepUnready    bool          // Start leaves an istiod that is up but not ready running (ErrNotReady)
 	proc           *Process
@@ -72,11 +73,11 @@ func NewIstiod(env Env, kube *Kube, consulURL string, extra ...string) (*Istiod,
 
 // Start (re)starts istiod and waits for /ready.
 func (i *Istiod) Start() error {
-	p, err := Start(i.dir, "istiod", i.bin, i.Args, []string{
+	p, err := Start(i.dir, "istiod", i.bin, i.Args, append([]string{
 		"POD_NAMESPACE=istio-system", "POD_NAME=istiod-local", "REVISION=default",
 		// No injector or webhooks here: there is no kubelet and no pod.
 		"INJECTION_WEBHOOK_CONFIG_NAME=", "VALIDATION_WEBHOOK_CONFIG_NAME=",
-	})
+	}, i.Env...))
 	if err != nil {
 		return err
 	}

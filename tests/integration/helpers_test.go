@@ -20,6 +20,7 @@ type consulzView struct {
 		Cluster  string `json:"cluster"`
 		Services []struct {
 			Name    string `json:"name"`
+			VIP     string `json:"vip"`
 			Skipped []struct {
 				Instance string `json:"instance"`
 				Reason   string `json:"reason"`

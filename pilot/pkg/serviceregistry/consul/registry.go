@@ -65,8 +65,9 @@ type Controller struct {
 	dirty    *dirtySet
 	store    *store
 
-	status *status
-	sync   *syncTracker
+	status  *status
+	sync    *syncTracker
+	ambient *ambientFeed // nil unless the ambient index asked (AmbientInputs)
 }
 
 // New builds a registry from completed Args.
@@ -88,7 +89,7 @@ func New(args Args, opts Options) (*Controller, error) {
 	if opts.RemoteDatacenter {
 		remoteDC = args.Datacenter
 	}
-	return &Controller{
+	c := &Controller{
 		args:   args,
 		opts:   opts,
 		consul: client,
@@ -112,7 +113,8 @@ func New(args Args, opts Options) (*Controller, error) {
 		store:    newStore(args.Mapping.VIPRange),
 		status:   &status{cluster: opts.ClusterID, server: args.ServerURL},
 		sync:     newSyncTracker(),
-	}, nil
+	}
+	return c, nil
 }
 
 // Provider implements serviceregistry.Instance.

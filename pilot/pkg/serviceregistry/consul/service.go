@@ -130,8 +130,11 @@ func (c *Controller) syncService(ctx context.Context, name string, since time.Ti
 	c.sync.read(name)
 	log.Debugf("consul service %s read at index %d: %d endpoints (service changed: %v, endpoints changed: %v)",
 		name, index, len(conv.endpoints), ch.serviceChanged, ch.endpointsChanged)
-	if c.push(ch) && !since.IsZero() {
-		consulPushLatency.Record(time.Since(since).Seconds())
+	if c.push(ch) {
+		c.publish(name, ch.next)
+		if !since.IsZero() {
+			consulPushLatency.Record(time.Since(since).Seconds())
+		}
 	}
 	return nil
 }
@@ -140,7 +143,9 @@ func (c *Controller) syncService(ctx context.Context, name string, since time.Ti
 func (c *Controller) removeService(name string) {
 	c.health.forget(name)
 	c.sync.read(name)
-	c.push(change{prev: c.store.remove(name), serviceChanged: true})
+	if c.push(change{prev: c.store.remove(name), serviceChanged: true}) {
+		c.publish(name, nil)
+	}
 }
 
 // push tells istiod what one change did; false when there was nothing to say.

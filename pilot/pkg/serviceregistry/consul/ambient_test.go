@@ -1,0 +1,103 @@
+package consul
+
+import (
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	networkingclient "istio.io/client-go/pkg/apis/networking/v1"
+
+	"istio.io/istio/pilot/pkg/serviceregistry/util/xdsfake"
+	"istio.io/istio/pkg/config/host"
+
+	"github.com/pilot-consul/pilot-consul/tests/harness"
+)
+
+// With ambient on, each served Consul service is a ServiceEntry and each
+// healthy instance a WorkloadEntry it selects, carrying identity, locality,
+// weight and tunnel; unhealthy instances, services without a workload and
+// hostnames Kubernetes serves are left out; removal removes everything.
+func TestAmbientInputs(t *testing.T) {
+	c, err := harness.StartConsul(t)
+	require.NoError(t, err)
+	reg := func(r api.AgentServiceRegistration) {
+		if r.Check == nil {
+			r.Check = &api.AgentServiceCheck{CheckID: "ttl-" + r.ID, TTL: "1h", Status: api.HealthPassing}
+		}
+		require.NoError(t, c.Client.Agent().ServiceRegister(&r))
+	}
+	reg(api.AgentServiceRegistration{ID: "amb-1", Name: "amb", Address: "127.0.0.61", Port: 8080, Weights: &api.AgentWeights{Passing: 3, Warning: 1},
+		Meta: map[string]string{"protocol": "http", "service-account": "amb", "tls-mode": "istio", "tunnel": "http", "zone": "z1"}})
+	reg(api.AgentServiceRegistration{ID: "amb-2", Name: "amb", Address: "127.0.0.62", Port: 8080})
+	reg(api.AgentServiceRegistration{ID: "taken-1", Name: "taken", Address: "127.0.0.63", Port: 80})
+
+	args := DefaultArgs()
+	args.ServerURL = c.URL()
+	require.NoError(t, args.Complete(func(string) string { return "" }))
+	r, err := New(args, Options{XDSUpdater: xdsfake.NewFakeXDS(),
+		KubernetesHas: func(h host.Name) bool { return h == "taken.service.consul" }})
+	require.NoError(t, err)
+	ses, wes := r.AmbientInputs()
+	assert.False(t, ses.HasSynced(), "not synced before the registry")
+	runAll(t, []*Controller{r})
+	require.Eventually(t, ses.HasSynced, 20*time.Second, 20*time.Millisecond)
+
+	workloads := func() map[string]*networkingclient.WorkloadEntry {
+		out := map[string]*networkingclient.WorkloadEntry{}
+		for _, we := range wes.List() {
+			if we.Labels[LabelService] == "consul-amb" {
+				out[we.Annotations["consul.pilot-consul.io/instance"]] = we
+			}
+		}
+		return out
+	}
+	require.Eventually(t, func() bool { return len(workloads()) == 2 }, 10*time.Second, 10*time.Millisecond)
+	sep := ses.GetKey("consul/consul-amb")
+	require.NotNil(t, sep)
+	se := *sep
+	assert.Equal(t, []string{"amb.service.consul"}, se.Spec.Hosts)
+	assert.Equal(t, []string{r.GetService("amb.service.consul").DefaultAddress}, se.Spec.Addresses)
+	require.Len(t, se.Spec.Ports, 1)
+	assert.Equal(t, uint32(8080), se.Spec.Ports[0].Number)
+	assert.Equal(t, "HTTP", se.Spec.Ports[0].Protocol)
+	assert.Equal(t, map[string]string{LabelService: "consul-amb"}, se.Spec.WorkloadSelector.Labels)
+	assert.Nil(t, ses.GetKey("consul/consul-taken"), "Kubernetes wins")
+	var names []string
+	for _, s := range ses.List() {
+		names = append(names, s.Name)
+	}
+	sort.Strings(names)
+	assert.Equal(t, []string{"consul-amb", "consul-consul"}, names)
+
+	w1, w2 := workloads()["amb-1"], workloads()["amb-2"]
+	assert.Equal(t, "127.0.0.61", w1.Spec.Address)
+	assert.Equal(t, "amb", w1.Spec.ServiceAccount)
+	assert.Equal(t, "dc1/z1", w1.Spec.Locality)
+	assert.Equal(t, uint32(3), w1.Spec.Weight)
+	assert.Equal(t, "http", w1.Labels["networking.istio.io/tunnel"], "meta tunnel=http: HBONE")
+	assert.Equal(t, "istio", w1.Labels["security.istio.io/tlsMode"])
+	assert.Equal(t, "", w2.Spec.ServiceAccount)
+	assert.NotContains(t, w2.Labels, "networking.istio.io/tunnel", "plaintext")
+
+	require.NoError(t, c.Client.Agent().UpdateTTL("ttl-amb-2", "", api.HealthCritical))
+	require.Eventually(t, func() bool { _, ok := workloads()["amb-2"]; return !ok && len(workloads()) == 1 },
+		10*time.Second, 10*time.Millisecond, "an unhealthy instance leaves")
+
+	require.NoError(t, c.Client.Agent().ServiceDeregister("amb-1"))
+	require.NoError(t, c.Client.Agent().ServiceDeregister("amb-2"))
+	require.Eventually(t, func() bool { return ses.GetKey("consul/consul-amb") == nil && len(workloads()) == 0 },
+		10*time.Second, 10*time.Millisecond, "deregistration removes everything")
+}
+
+// Until the ambient index asks, a registry publishes nothing and holds no
+// collections (ambient off costs nothing).
+func TestAmbientOffPublishesNothing(t *testing.T) {
+	f := newFixture(t, nil)
+	f.register(api.AgentServiceRegistration{ID: "quiet-1", Name: "quiet", Address: "127.0.0.64", Port: 80})
+	f.waitSynced()
+	f.eventuallyEndpoints("quiet", "127.0.0.64:80")
+	assert.Nil(t, f.reg.ambient)
+}

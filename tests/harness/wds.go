@@ -1,0 +1,145 @@
+package harness
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"istio.io/istio/pkg/workloadapi"
+)
+
+// AddressType is the WDS resource type ztunnel subscribes to.
+const AddressType = "type.googleapis.com/istio.workload.Address"
+
+// WDSClient subscribes to istiod's workload discovery as ztunnel does: one
+// delta xDS stream of istio.workload.Address, wildcard, ACKing every
+// response. It keeps the current addresses by resource name.
+type WDSClient struct {
+	mu      sync.Mutex
+	addrs   map[string]*workloadapi.Address
+	err     error
+	onApply func(name string, a *workloadapi.Address) // a is nil for a removal
+	cancel  context.CancelFunc
+	done    chan struct{}
+}
+
+// StartWDSClient connects to istiod's plaintext xDS address; it stops at
+// the env's cleanup. onApply, if set, sees every resource as it arrives.
+func StartWDSClient(env Env, xdsAddr string, onApply func(name string, a *workloadapi.Address)) (*WDSClient, error) {
+	cc, err := grpc.NewClient(xdsAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("wds client: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	stream, err := discovery.NewAggregatedDiscoveryServiceClient(cc).DeltaAggregatedResources(ctx)
+	if err != nil {
+		cancel()
+		cc.Close()
+		return nil, fmt.Errorf("wds stream: %w", err)
+	}
+	meta, _ := structpb.NewStruct(map[string]any{
+		"NAMESPACE": "istio-system", "CLUSTER_ID": "Kubernetes", "ISTIO_VERSION": IstioRelease(),
+	})
+	node := &core.Node{Id: "ztunnel~127.0.0.252~ztunnel-test.istio-system~istio-system.svc.cluster.local", Metadata: meta}
+	if err := stream.Send(&discovery.DeltaDiscoveryRequest{Node: node, TypeUrl: AddressType}); err != nil {
+		cancel()
+		cc.Close()
+		return nil, fmt.Errorf("wds subscribe: %w", err)
+	}
+	c := &WDSClient{addrs: map[string]*workloadapi.Address{}, onApply: onApply, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(c.done)
+		defer cc.Close()
+		for {
+			resp, err := stream.Recv()
+			if err != nil {
+				c.mu.Lock()
+				if ctx.Err() == nil {
+					c.err = fmt.Errorf("wds recv: %w", err)
+				}
+				c.mu.Unlock()
+				return
+			}
+			if err := c.apply(resp); err != nil {
+				c.mu.Lock()
+				c.err = err
+				c.mu.Unlock()
+			}
+			if err := stream.Send(&discovery.DeltaDiscoveryRequest{Node: node, TypeUrl: resp.TypeUrl, ResponseNonce: resp.Nonce}); err != nil {
+				return
+			}
+		}
+	}()
+	env.Cleanup(c.Close)
+	return c, nil
+}
+
+func (c *WDSClient) apply(resp *discovery.DeltaDiscoveryResponse) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, r := range resp.Resources {
+		a := &workloadapi.Address{}
+		if err := r.Resource.UnmarshalTo(a); err != nil {
+			return fmt.Errorf("decode %s: %w", r.Name, err)
+		}
+		c.addrs[r.Name] = a
+		if c.onApply != nil {
+			c.onApply(r.Name, a)
+		}
+	}
+	for _, name := range resp.RemovedResources {
+		delete(c.addrs, name)
+		if c.onApply != nil {
+			c.onApply(name, nil)
+		}
+	}
+	return nil
+}
+
+// Service returns the service "namespace/hostname", or nil.
+func (c *WDSClient) Service(namespace, hostname string) *workloadapi.Service {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if a := c.addrs[namespace+"/"+hostname]; a != nil {
+		return a.GetService()
+	}
+	return nil
+}
+
+// WorkloadsOf returns the workloads that serve "namespace/hostname".
+func (c *WDSClient) WorkloadsOf(namespace, hostname string) []*workloadapi.Workload {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []*workloadapi.Workload
+	for _, a := range c.addrs {
+		if w := a.GetWorkload(); w != nil {
+			if _, ok := w.Services[namespace+"/"+hostname]; ok {
+				out = append(out, w)
+			}
+		}
+	}
+	return out
+}
+
+// Err is the stream's error, if it failed.
+func (c *WDSClient) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// Close ends the stream.
+func (c *WDSClient) Close() {
+	c.cancel()
+	select {
+	case <-c.done:
+	case <-time.After(5 * time.Second):
+	}
+}

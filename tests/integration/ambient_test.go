@@ -1,0 +1,134 @@
+package integration
+
+import (
+	"encoding/json"
+	"net/netip"
+	"slices"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"istio.io/istio/pkg/workloadapi"
+
+	"github.com/pilot-consul/pilot-consul/tests/harness"
+)
+
+// With PILOT_ENABLE_AMBIENT=true, the patched istiod's ambient index serves
+// Consul services and their healthy instances over WDS, as ztunnel
+// receives them: a real delta-xDS client subscribed to istio.workload.Address.
+func TestAmbientWDS(t *testing.T) {
+	istiod, err := harness.NewIstiod(t, mesh.Kube, mesh.Consul.URL())
+	require.NoError(t, err)
+	istiod.Env = append(istiod.Env, "PILOT_ENABLE_AMBIENT=true")
+	require.NoError(t, istiod.Start())
+	var mu sync.Mutex
+	var applied []string // resource names as they arrive ("-name" for a removal)
+	wds, err := harness.StartWDSClient(t, istiod.XDSAddr, func(name string, a *workloadapi.Address) {
+		mu.Lock()
+		defer mu.Unlock()
+		if a == nil {
+			name = "-" + name
+		}
+		applied = append(applied, name)
+	})
+	require.NoError(t, err)
+	appliedSince := func(n int) []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(applied[n:])
+	}
+	mark := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(applied)
+	}
+
+	agent := mesh.Consul.Client.Agent()
+	for _, r := range []api.AgentServiceRegistration{
+		{ID: "ambient-1", Name: "ambient", Address: "127.0.0.71", Port: 8080, Meta: map[string]string{
+			"protocol": "http", "service-account": "ambient", "tls-mode": "istio", "tunnel": "http", "zone": "z1"}},
+		{ID: "ambient-2", Name: "ambient", Address: "127.0.0.72", Port: 8080},
+	} {
+		r.Check = &api.AgentServiceCheck{CheckID: "ttl-" + r.ID, TTL: "1h", Status: api.HealthPassing}
+		require.NoError(t, agent.ServiceRegister(&r))
+		t.Cleanup(func() { _ = agent.ServiceDeregister(r.ID) })
+	}
+	const ns, hostname = "consul", "ambient.service.consul"
+	byAddr := func() map[string]*workloadapi.Workload {
+		out := map[string]*workloadapi.Workload{}
+		for _, w := range wds.WorkloadsOf(ns, hostname) {
+			if len(w.Addresses) == 1 {
+				a, _ := netip.AddrFromSlice(w.Addresses[0])
+				out[a.String()] = w
+			}
+		}
+		return out
+	}
+	require.Eventually(t, func() bool { return wds.Service(ns, hostname) != nil && len(byAddr()) == 2 },
+		60*time.Second, 100*time.Millisecond, "WDS: the service and both instances (stream error: %v)", wds.Err())
+
+	svc := wds.Service(ns, hostname)
+	vip := consulz(t, istiod, "ambient").Registries[0].Services[0].VIP
+	require.Len(t, svc.Addresses, 1)
+	gotVIP, _ := netip.AddrFromSlice(svc.Addresses[0].Address)
+	assert.Equal(t, vip, gotVIP.String(), "the same VIP as sidecars get")
+	require.Len(t, svc.Ports, 1)
+	assert.Equal(t, uint32(8080), svc.Ports[0].ServicePort)
+
+	meshed, plain := byAddr()["127.0.0.71"], byAddr()["127.0.0.72"]
+	assert.Equal(t, "ambient", meshed.ServiceAccount)
+	assert.Equal(t, ns, meshed.Namespace)
+	assert.Equal(t, workloadapi.TunnelProtocol_HBONE, meshed.TunnelProtocol, "meta tunnel=http")
+	assert.Equal(t, "dc1", meshed.Locality.GetRegion())
+	assert.Equal(t, "z1", meshed.Locality.GetZone())
+	assert.Equal(t, workloadapi.TunnelProtocol_NONE, plain.TunnelProtocol, "plaintext without the meta")
+	assert.Equal(t, "", plain.ServiceAccount)
+	assert.Equal(t, uint32(8080), meshed.Services[ns+"/"+hostname].Ports[0].TargetPort)
+
+	// /debug/ambientz lists the service and its workloads (addresses as
+	// text, base64-encoded by its JSON).
+	b, err := istiod.Debug("/debug/ambientz")
+	require.NoError(t, err)
+	var ambientz struct {
+		Workloads []struct {
+			Addresses [][]byte            `json:"addresses"`
+			Services  map[string]struct{} `json:"services"`
+		} `json:"workloads"`
+		Services []struct {
+			Hostname string `json:"hostname"`
+		} `json:"services"`
+	}
+	require.NoError(t, json.Unmarshal(b, &ambientz))
+	var listed []string
+	for _, w := range ambientz.Workloads {
+		if _, ok := w.Services[ns+"/"+hostname]; ok && len(w.Addresses) == 1 {
+			listed = append(listed, string(w.Addresses[0]))
+		}
+	}
+	sort.Strings(listed)
+	assert.Equal(t, []string{"127.0.0.71", "127.0.0.72"}, listed)
+	assert.True(t, slices.ContainsFunc(ambientz.Services, func(s struct {
+		Hostname string `json:"hostname"`
+	}) bool {
+		return s.Hostname == hostname
+	}), "/debug/ambientz lists %s", hostname)
+
+	// A health flip is one WDS resource: the workload's removal, nothing else.
+	flipped := byAddr()["127.0.0.72"].Uid
+	before := mark()
+	require.NoError(t, agent.UpdateTTL("ttl-ambient-2", "", api.HealthCritical))
+	require.Eventually(t, func() bool { _, ok := byAddr()["127.0.0.72"]; return !ok && len(byAddr()) == 1 },
+		20*time.Second, 50*time.Millisecond, "a health flip removes the workload")
+	assert.Equal(t, []string{"-" + flipped}, appliedSince(before), "only the flipped workload changes")
+
+	require.NoError(t, agent.ServiceDeregister("ambient-1"))
+	require.NoError(t, agent.ServiceDeregister("ambient-2"))
+	require.Eventually(t, func() bool { return wds.Service(ns, hostname) == nil && len(byAddr()) == 0 },
+		20*time.Second, 50*time.Millisecond, "deregistration removes everything")
+	require.NoError(t, wds.Err())
+}
