@@ -19,6 +19,7 @@ type Report struct {
 		Watchers int     `json:"watchers"`
 		Rate     float64 `json:"flips_per_second"`
 		Churn    string  `json:"churn"`
+		Ambient  bool    `json:"ambient,omitempty"`
 	} `json:"config"`
 	Results []Result `json:"results"`
 }
@@ -74,8 +75,12 @@ func (r *Report) Write(dir string) ([]string, error) {
 // the A/B ratio (below 1 means Route A uses less / is faster).
 func (r *Report) Markdown() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "Measured %s on %s; istiod %s; %d xDS watchers (half sidecar-like, half proxyless gRPC); churn %.0f health flips/s for %s.\n\n",
-		r.When.UTC().Format("2006-01-02"), r.Machine, r.Istiod, r.Config.Watchers, r.Config.Rate, r.Config.Churn)
+	ambient := ""
+	if r.Config.Ambient {
+		ambient = " and, ambient mode on, 1 WDS watcher subscribed as ztunnel"
+	}
+	fmt.Fprintf(&b, "Measured %s on %s; istiod %s; %d xDS watchers (half sidecar-like, half proxyless gRPC)%s; churn %.0f health flips/s for %s.\n\n",
+		r.When.UTC().Format("2006-01-02"), r.Machine, r.Istiod, r.Config.Watchers, ambient, r.Config.Rate, r.Config.Churn)
 	b.WriteString("| scale | metric | Route A (Consul registry) | Route B (SE+WE) | A/B |\n|---|---|---:|---:|---:|\n")
 	for _, pair := range pairs(r.Results) {
 		a, bb := pair[0], pair[1]
@@ -108,6 +113,27 @@ func (r *Report) Markdown() string {
 		if a.SidecarLat.Count+bb.SidecarLat.Count > 0 { // not recorded before per-kind stats existed
 			row("change→sidecar-like p99 (ms)", a.SidecarLat.P99, bb.SidecarLat.P99, "%.1f")
 			row("change→proxyless p99 (ms)", a.ProxylessLat.P99, bb.ProxylessLat.P99, "%.1f")
+		}
+		if a.WDSLat.Count+bb.WDSLat.Count > 0 { // ambient runs only
+			wds := func(st Stats, p float64) string {
+				if st.Count == 0 {
+					return "never"
+				}
+				return fmt.Sprintf("%.1f", p)
+			}
+			for _, q := range []struct {
+				name string
+				a, b float64
+			}{{"p50", a.WDSLat.P50, bb.WDSLat.P50}, {"p99", a.WDSLat.P99, bb.WDSLat.P99}} {
+				ratio := ""
+				if a.WDSLat.Count > 0 && bb.WDSLat.Count > 0 {
+					ratio = fmt.Sprintf("%.2f", q.a/q.b)
+				}
+				fmt.Fprintf(&b, "| %s | change→WDS (ztunnel-like) %s (ms) | %s | %s | %s |\n", scale, q.name,
+					wds(a.WDSLat, q.a), wds(bb.WDSLat, q.b), ratio)
+			}
+			fmt.Fprintf(&b, "| %s | changes seen over WDS | %d of %d | %d of %d | |\n", scale,
+				a.WDSLat.Count, a.Changes, bb.WDSLat.Count, bb.Changes)
 		}
 		row("istiod CPU, sync (s)", a.CPUSyncSec, bb.CPUSyncSec, "%.1f")
 		row("istiod CPU, churn (s)", a.CPUChurnSec, bb.CPUChurnSec, "%.1f")

@@ -23,6 +23,9 @@ type Config struct {
 	SyncTimeout time.Duration // how long istiod may take to serve everything
 	ProfileDir  string        // if set, CPU profiles of istiod (start-up, churn) are saved here
 	OnlyRouteA  bool          // skip Route B (for profiling our side alone)
+	// Ambient runs istiod with PILOT_ENABLE_AMBIENT=true and adds a WDS
+	// watcher (as ztunnel subscribes), whose latency is reported apart.
+	Ambient bool
 	Step        func(format string, args ...any)
 }
 
@@ -50,6 +53,7 @@ type Result struct {
 	Latency      Stats     `json:"change_to_client_ms"`
 	SidecarLat   Stats     `json:"change_to_sidecar_ms"`   // even watcher ids
 	ProxylessLat Stats     `json:"change_to_proxyless_ms"` // odd watcher ids
+	WDSLat       Stats     `json:"change_to_wds_ms"`       // the WDS watcher (Config.Ambient)
 	Unseen       int       `json:"unseen_change_watcher_pairs"`
 	FullPushes   float64   `json:"full_pushes_during_churn"` // push contexts istiod built
 	CDSPushes    float64   `json:"cds_pushes_during_churn"`  // CDS pushes per watcher
@@ -138,6 +142,9 @@ func runRoute(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Con
 		return r, err
 	}
 	istiod.ReadyTimeout, istiod.KeepUnready = cfg.SyncTimeout, true
+	if cfg.Ambient {
+		istiod.Env = append(istiod.Env, "PILOT_ENABLE_AMBIENT=true")
+	}
 	defer istiod.Stop()
 	cfg.Step("%s: starting istiod", route)
 	start := time.Now()
@@ -168,10 +175,21 @@ func runRoute(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Con
 	cfg.Step("%s: istiod ready after %.2fs", route, time.Since(start).Seconds())
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	tracker := NewTracker(data, cfg.Watchers)
+	watchers := cfg.Watchers
+	if cfg.Ambient {
+		watchers++ // the WDS watcher's id is cfg.Watchers
+	}
+	tracker := NewTracker(data, watchers)
 	ended, err := WatchAll(ctx, istiod.XDSAddr, cfg.Watchers, data, tracker)
 	if err != nil {
 		return r, err
+	}
+	if cfg.Ambient {
+		wds, err := WatchWDS(env, istiod.XDSAddr, cfg.Watchers, data, tracker)
+		if err != nil {
+			return r, err
+		}
+		defer wds.Close()
 	}
 	select {
 	case <-tracker.Synced():
@@ -248,13 +266,18 @@ wait:
 		r.ConsulPerChg = float64(r.ConsulReqs) / float64(max(n, 1))
 		r.ConsulPeak = proxy.PeakConnections()
 	}
-	lat, unseen := tracker.Latencies()
+	_, unseen := tracker.Latencies()
+	lat := tracker.LatenciesOf(func(w int) bool { return w < cfg.Watchers }) // xDS clients
 	r.Latency, r.Unseen = Summarize(lat), unseen
-	r.SidecarLat = Summarize(tracker.LatenciesOf(func(w int) bool { return w%2 == 0 }))
-	r.ProxylessLat = Summarize(tracker.LatenciesOf(func(w int) bool { return w%2 == 1 }))
+	r.SidecarLat = Summarize(tracker.LatenciesOf(func(w int) bool { return w < cfg.Watchers && w%2 == 0 }))
+	r.ProxylessLat = Summarize(tracker.LatenciesOf(func(w int) bool { return w < cfg.Watchers && w%2 == 1 }))
+	r.WDSLat = Summarize(tracker.LatenciesOf(func(w int) bool { return w == cfg.Watchers }))
 	r.SampleMillis = millis(lat)
 	cfg.Step("%s: %d changes, p50 %.1fms p99 %.1fms max %.1fms, %d unseen", route, n,
 		r.Latency.P50, r.Latency.P99, r.Latency.Max, unseen)
+	if cfg.Ambient {
+		cfg.Step("%s: WDS (ztunnel-like) p50 %.1fms p99 %.1fms", route, r.WDSLat.P50, r.WDSLat.P99)
+	}
 	return r, r.collectEnd(istiod.PID())
 }
 

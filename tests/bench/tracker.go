@@ -129,7 +129,12 @@ func (t *Tracker) observe(w int, cla *endpoint.ClusterLoadAssignment, at time.Ti
 			addrs[sa.GetAddress()+":"+strconv.FormatUint(uint64(sa.GetPortValue()), 10)] = true
 		}
 	}
-	name := cla.ClusterName
+	t.observeAddrs(w, cla.ClusterName, addrs, at)
+}
+
+// observeAddrs records that watcher w holds addrs ("ip:port") for cluster
+// name at time at.
+func (t *Tracker) observeAddrs(w int, name string, addrs map[string]bool, at time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.last[w][name] = addrs

@@ -28,6 +28,7 @@ func main() {
 	syncTimeout := flag.Duration("sync-timeout", 15*time.Minute, "how long istiod may take to serve everything")
 	profile := flag.Bool("profile", false, "save a CPU profile of istiod during each churn into the output dir")
 	onlyA := flag.Bool("only-a", false, "measure Route A only (profiling our side)")
+	ambient := flag.Bool("ambient", false, "run istiod in ambient mode and add a WDS watcher subscribed as ztunnel")
 	out := flag.String("out", "results", "directory for bench.json, bench.md and latency-cdf.png")
 	merge := flag.String("merge", "", "comma-separated bench.json files to combine into one report in -out (no run)")
 	flag.Parse()
@@ -61,9 +62,9 @@ func main() {
 	env.Quiet = true
 
 	rep := &bench.Report{When: time.Now(), Machine: bench.Machine(), Istiod: istiodVersion()}
-	rep.Config.Watchers, rep.Config.Rate, rep.Config.Churn = *watchers, *rate, churn.String()
+	rep.Config.Watchers, rep.Config.Rate, rep.Config.Churn, rep.Config.Ambient = *watchers, *rate, churn.String(), *ambient
 	cfg := bench.Config{Watchers: *watchers, Rate: *rate, Churn: *churn, SyncTimeout: *syncTimeout,
-		ProfileDir: map[bool]string{true: *out}[*profile], OnlyRouteA: *onlyA,
+		ProfileDir: map[bool]string{true: *out}[*profile], OnlyRouteA: *onlyA, Ambient: *ambient,
 		Step: func(format string, args ...any) {
 			fmt.Printf("%s ==> %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
 		}}
