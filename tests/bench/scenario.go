@@ -26,7 +26,7 @@ type Config struct {
 	// Ambient runs istiod with PILOT_ENABLE_AMBIENT=true and adds a WDS
 	// watcher (as ztunnel subscribes), whose latency is reported apart.
 	Ambient bool
-	Step        func(format string, args ...any)
+	Step    func(format string, args ...any)
 }
 
 // Route names, as reported.
