@@ -11,9 +11,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -272,4 +274,41 @@ func (k *Kube) resourceFor(ctx context.Context, mapper *restmapper.DeferredDisco
 		ns = "default"
 	}
 	return k.Dynamic.Resource(mapping.Resource).Namespace(ns), nil
+}
+
+// InstallGatewayAPI applies the Gateway API CRDs (standard channel) of the
+// version the Istio release pins, from its Go module: what a cluster with
+// waypoints has.
+func (k *Kube) InstallGatewayAPI(ctx context.Context) error {
+	cmd := exec.CommandContext(ctx, "go", "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/gateway-api")
+	cmd.Dir = Root() // in the release's workspace (GOWORK), as the tests run
+	out, err := cmd.Output()
+	if err != nil {
+		return fmt.Errorf("locate the gateway-api module: %w", err)
+	}
+	dir := filepath.Join(strings.TrimSpace(string(out)), "config/crd/standard")
+	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	if err != nil || len(files) == 0 {
+		return fmt.Errorf("no Gateway API CRDs in %s: %v", dir, err)
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		if err := k.Apply(ctx, b); err != nil {
+			return fmt.Errorf("gateway api %s: %w", filepath.Base(f), err)
+		}
+	}
+	for {
+		_, err := k.Client.Discovery().ServerResourcesForGroupVersion("gateway.networking.k8s.io/v1")
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("gateway api CRDs never served: %w", err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"encoding/json"
 	"net/netip"
 	"slices"
@@ -12,6 +13,9 @@ import (
 	"github.com/hashicorp/consul/api"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"istio.io/istio/pkg/workloadapi"
 
@@ -132,3 +136,77 @@ func TestAmbientWDS(t *testing.T) {
 		20*time.Second, 50*time.Millisecond, "deregistration removes everything")
 	require.NoError(t, wds.Err())
 }
+
+// A Consul service whose instances are tagged istio.io/use-waypoint=<name>
+// is bound to that waypoint, as a labelled ServiceEntry is: ztunnel gets the
+// service with the waypoint's address. Its own kube-apiserver, with the
+// Gateway API CRDs and a waypoint Gateway istiod itself deploys and
+// addresses.
+func TestAmbientWaypoint(t *testing.T) {
+	ctx := context.Background()
+	kube, err := harness.StartKube(t)
+	require.NoError(t, err)
+	require.NoError(t, kube.InstallGatewayAPI(ctx))
+	require.NoError(t, kube.EnsureNamespace(ctx, "consul"))
+	istiod, err := harness.NewIstiod(t, kube, mesh.Consul.URL())
+	require.NoError(t, err)
+	istiod.Env = append(istiod.Env, "PILOT_ENABLE_AMBIENT=true")
+	require.NoError(t, istiod.Start())
+	// The Service and its endpoint stand for what istiod's gateway
+	// deployment controller and the waypoint's pod would bring (the local
+	// tier has neither injector templates nor a kubelet); istiod programs
+	// the Gateway from them.
+	require.NoError(t, kube.Apply(ctx, []byte(`apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: wp, namespace: consul, labels: {istio.io/waypoint-for: service}}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: wp, namespace: consul, labels: {gateway.networking.k8s.io/gateway-name: wp}}
+spec:
+  ports: [{name: mesh, port: 15008, appProtocol: all}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: wp, namespace: consul, labels: {kubernetes.io/service-name: wp}}
+addressType: IPv4
+endpoints: [{addresses: [198.19.250.76], conditions: {ready: true}}]
+ports: [{name: mesh, port: 15008}]
+`)))
+	wds, err := harness.StartWDSClient(t, istiod.XDSAddr, nil)
+	require.NoError(t, err)
+
+	agent := mesh.Consul.Client.Agent()
+	for _, r := range []api.AgentServiceRegistration{
+		{ID: "waypointed-1", Name: "waypointed", Address: "127.0.0.73", Port: 8080, Tags: []string{"istio.io/use-waypoint=wp"}},
+		{ID: "waypointed-2", Name: "waypointed", Address: "127.0.0.74", Port: 8080, Tags: []string{"istio.io/use-waypoint=wp"}},
+		{ID: "unbound-1", Name: "unbound", Address: "127.0.0.75", Port: 8080},
+	} {
+		require.NoError(t, agent.ServiceRegister(&r))
+		t.Cleanup(func() { _ = agent.ServiceDeregister(r.ID) })
+	}
+	const ns = "consul"
+	var svc *workloadapi.Service
+	require.Eventually(t, func() bool {
+		svc = wds.Service(ns, "waypointed.service.consul")
+		return svc != nil && svc.Waypoint != nil
+	}, 60*time.Second, 100*time.Millisecond, "WDS: the service bound to its waypoint (stream error: %v)", wds.Err())
+	gw, err := kube.Dynamic.Resource(gatewayResource).Namespace(ns).Get(ctx, "wp", metav1.GetOptions{})
+	require.NoError(t, err)
+	addrs, _, _ := unstructured.NestedSlice(gw.Object, "status", "addresses")
+	var assigned []string
+	for _, a := range addrs {
+		assigned = append(assigned, a.(map[string]any)["value"].(string))
+	}
+	assert.Equal(t, "wp.consul.svc.cluster.local", svc.Waypoint.GetHostname().GetHostname())
+	assert.Equal(t, ns, svc.Waypoint.GetHostname().GetNamespace())
+	assert.Contains(t, assigned, svc.Waypoint.GetHostname().GetHostname(), "an address istiod assigned to Gateway wp")
+	assert.Equal(t, uint32(15008), svc.Waypoint.HboneMtlsPort)
+	require.NotNil(t, wds.Service(ns, "unbound.service.consul"))
+	assert.Nil(t, wds.Service(ns, "unbound.service.consul").Waypoint, "no tag, no waypoint")
+}
+
+var gatewayResource = schema.GroupVersionResource{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "gateways"}

@@ -121,6 +121,13 @@ func (c *Controller) serviceEntry(seName string, s *serviceState) *networkingcli
 			CreationTimestamp: metav1.NewTime(s.service.CreationTime),
 		},
 	}
+	// A waypoint binds a service through its ServiceEntry's labels; Consul
+	// says so in the instances' tags (meta keys cannot hold "/").
+	for _, k := range []string{label.IoIstioUseWaypoint.Name, label.IoIstioUseWaypointNamespace.Name} {
+		if v := mostCommonLabel(s.endpoints, k); v != "" {
+			se.Labels[k] = v
+		}
+	}
 	spec := &se.Spec
 	spec.Hosts = []string{string(s.service.Hostname)}
 	spec.Location = networking.ServiceEntry_MESH_INTERNAL
@@ -133,6 +140,24 @@ func (c *Controller) serviceEntry(seName string, s *serviceState) *networkingcli
 		spec.Ports = append(spec.Ports, &networking.ServicePort{Number: uint32(p.Port), Protocol: string(p.Protocol), Name: p.Name})
 	}
 	return se
+}
+
+// mostCommonLabel is the value of label key most endpoints carry, ties to
+// the alphabetically first, as pickProtocol decides ports; "" if none does.
+func mostCommonLabel(endpoints []*model.IstioEndpoint, key string) string {
+	counts := map[string]int{}
+	for _, ep := range endpoints {
+		if v := ep.Labels[key]; v != "" {
+			counts[v]++
+		}
+	}
+	best := ""
+	for _, v := range sortedKeys(counts) {
+		if best == "" || counts[v] > counts[best] {
+			best = v
+		}
+	}
+	return best
 }
 
 // workloadEntries are the instances ambient routes to: healthy ones only

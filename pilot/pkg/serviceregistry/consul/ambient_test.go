@@ -10,8 +10,10 @@ import (
 	"github.com/stretchr/testify/require"
 	networkingclient "istio.io/client-go/pkg/apis/networking/v1"
 
+	"istio.io/istio/pilot/pkg/model"
 	"istio.io/istio/pilot/pkg/serviceregistry/util/xdsfake"
 	"istio.io/istio/pkg/config/host"
+	"istio.io/istio/pkg/config/labels"
 
 	"github.com/pilot-consul/pilot-consul/tests/harness"
 )
@@ -31,7 +33,8 @@ func TestAmbientInputs(t *testing.T) {
 	}
 	reg(api.AgentServiceRegistration{ID: "amb-1", Name: "amb", Address: "127.0.0.61", Port: 8080, Weights: &api.AgentWeights{Passing: 3, Warning: 1},
 		Meta: map[string]string{"protocol": "http", "service-account": "amb", "tls-mode": "istio", "tunnel": "http", "zone": "z1"}})
-	reg(api.AgentServiceRegistration{ID: "amb-2", Name: "amb", Address: "127.0.0.62", Port: 8080})
+	reg(api.AgentServiceRegistration{ID: "amb-2", Name: "amb", Address: "127.0.0.62", Port: 8080,
+		Tags: []string{"istio.io/use-waypoint=wp", "istio.io/use-waypoint-namespace=mesh"}})
 	reg(api.AgentServiceRegistration{ID: "taken-1", Name: "taken", Address: "127.0.0.63", Port: 80})
 
 	args := DefaultArgs()
@@ -64,6 +67,8 @@ func TestAmbientInputs(t *testing.T) {
 	assert.Equal(t, uint32(8080), se.Spec.Ports[0].Number)
 	assert.Equal(t, "HTTP", se.Spec.Ports[0].Protocol)
 	assert.Equal(t, map[string]string{LabelService: "consul-amb"}, se.Spec.WorkloadSelector.Labels)
+	assert.Equal(t, "wp", se.Labels["istio.io/use-waypoint"], "a tag binds the service to a waypoint")
+	assert.Equal(t, "mesh", se.Labels["istio.io/use-waypoint-namespace"])
 	assert.Nil(t, ses.GetKey("consul/consul-taken"), "Kubernetes wins")
 	var names []string
 	for _, s := range ses.List() {
@@ -100,4 +105,24 @@ func TestAmbientOffPublishesNothing(t *testing.T) {
 	f.waitSynced()
 	f.eventuallyEndpoints("quiet", "127.0.0.64:80")
 	assert.Nil(t, f.reg.ambient)
+}
+
+// The waypoint label a service gets is the one most of its instances name,
+// ties to the alphabetically first; instances without it do not count.
+func TestMostCommonLabel(t *testing.T) {
+	eps := func(values ...string) []*model.IstioEndpoint {
+		var out []*model.IstioEndpoint
+		for _, v := range values {
+			ep := &model.IstioEndpoint{Labels: labels.Instance{}}
+			if v != "" {
+				ep.Labels["k"] = v
+			}
+			out = append(out, ep)
+		}
+		return out
+	}
+	assert.Equal(t, "", mostCommonLabel(eps("", ""), "k"))
+	assert.Equal(t, "b", mostCommonLabel(eps("b", "", ""), "k"))
+	assert.Equal(t, "b", mostCommonLabel(eps("a", "b", "b", "c"), "k"))
+	assert.Equal(t, "a", mostCommonLabel(eps("c", "a", "c", "a"), "k"))
 }
