@@ -44,6 +44,47 @@ func TestDatasetAddresses(t *testing.T) {
 	assert.Equal(t, "outbound|8080||svc-00042.service.consul", d.Cluster(42))
 }
 
+// A warm-up change is waited for but never measured: no latency, never
+// unseen; a watcher that already holds it (it never saw the change being
+// undone) is not waited for.
+func TestTrackerWarmUpIsUncounted(t *testing.T) {
+	tr := newTracker(map[string]int{"c": 2}, 2)
+	both := map[string]bool{"a:1": true, "b:1": true}
+	tr.observeAddrs(0, "c", both, time.Now())
+	tr.observeAddrs(1, "c", both, time.Now())
+
+	out := tr.ExpectUncounted("c", "a:1", false)
+	tr.observeAddrs(0, "c", map[string]bool{"b:1": true}, time.Now()) // watcher 1 never sees it
+	select {
+	case <-out:
+		t.Fatal("done before watcher 1 saw the change")
+	default:
+	}
+	back := tr.ExpectUncounted("c", "a:1", true)
+	select {
+	case <-back:
+		t.Fatal("done before watcher 0 saw the restore")
+	default:
+	}
+	tr.observeAddrs(0, "c", both, time.Now())
+	select {
+	case <-back: // watcher 1 held a:1 all along
+	default:
+		t.Fatal("the restore must not wait for a watcher that already holds it")
+	}
+	lat, unseen := tr.Latencies()
+	assert.Empty(t, lat, "warm-up changes are not measured")
+	assert.Zero(t, unseen, "warm-up changes are never unseen")
+
+	counted := tr.Expect("c", "b:1", false)
+	tr.observeAddrs(0, "c", map[string]bool{"a:1": true}, time.Now())
+	tr.observeAddrs(1, "c", map[string]bool{"a:1": true}, time.Now())
+	<-counted
+	lat, unseen = tr.Latencies()
+	assert.Len(t, lat, 2)
+	assert.Zero(t, unseen)
+}
+
 // TestBenchSmall runs both routes end to end at a tiny scale, so `make
 // bench` cannot rot between runs: same code path, seconds instead of minutes.
 func TestBenchSmall(t *testing.T) {

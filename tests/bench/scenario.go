@@ -213,8 +213,13 @@ func runRoute(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Con
 	r.CPUSyncSec = cpu.Seconds()
 	cfg.Step("%s: %d watchers hold all %d services (%d endpoints) after %.2fs", route, cfg.Watchers, data.N, data.N*data.M, r.SyncSeconds)
 
-	// Let pushes from the start settle so they are not counted as churn's.
-	time.Sleep(2 * time.Second)
+	// Pushes from the start must not be counted as churn's: istiod's
+	// ambient index, for one, sends its first incremental WDS push seconds
+	// after the initial state.
+	cfg.Step("%s: warm-up flip", route)
+	if err := warmUp(ctx, data, tracker, set); err != nil {
+		return r, err
+	}
 	before, err := istiod.Metrics()
 	if err != nil {
 		return r, err
@@ -280,6 +285,30 @@ wait:
 	}
 	return r, r.collectEnd(istiod.PID())
 }
+
+// warmUp takes one instance out and puts it back, unmeasured, each time
+// waiting until every watcher has seen it, or warmUpBound for a watcher
+// that never will (Route B's WDS: upstream's ambient index serves every
+// WorkloadEntry as healthy). Churn starts with the first service's
+// instances; this is the last service's last.
+func warmUp(ctx context.Context, data Dataset, t *Tracker, set setHealth) error {
+	in := Instance{Svc: data.N - 1, Idx: data.M - 1}
+	for _, healthy := range []bool{false, true} {
+		seen := t.ExpectUncounted(data.Cluster(in.Svc), data.Addr(in), healthy)
+		if err := set(ctx, in, healthy); err != nil {
+			return fmt.Errorf("warm-up flip of %s: %w", data.ID(in), err)
+		}
+		select {
+		case <-seen:
+		case <-time.After(warmUpBound):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+const warmUpBound = 10 * time.Second
 
 func (r *Result) collectEnd(pid int) error {
 	rss, err := PeakRSS(pid)

@@ -34,6 +34,7 @@ type change struct {
 	seen    []bool
 	left    int
 	done    chan struct{}
+	counted bool // false for a warm-up change: no latency, never unseen
 }
 
 // NewTracker expects every cluster of data to reach data.M endpoints on each
@@ -83,11 +84,34 @@ func (t *Tracker) SyncedAt() []time.Time {
 // when every watcher has seen it. Call it before the write, so a fast push
 // cannot be missed; the latency therefore includes the write itself.
 func (t *Tracker) Expect(cluster, addr string, present bool) <-chan struct{} {
+	return t.expect(cluster, addr, present, true)
+}
+
+// ExpectUncounted is Expect for a change that is not measured (warm-up).
+func (t *Tracker) ExpectUncounted(cluster, addr string, present bool) <-chan struct{} {
+	return t.expect(cluster, addr, present, false)
+}
+
+func (t *Tracker) expect(cluster, addr string, present, counted bool) <-chan struct{} {
 	c := &change{addr: addr, present: present, start: time.Now(), seen: make([]bool, t.watchers),
-		left: t.watchers, done: make(chan struct{})}
+		left: t.watchers, done: make(chan struct{}), counted: counted}
 	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !counted {
+		// A warm-up change a watcher already holds (one that never saw
+		// the change it undoes) is not waited for.
+		for w := range t.watchers {
+			if held, ok := t.last[w][cluster]; ok && held[addr] == present {
+				c.seen[w] = true
+				c.left--
+			}
+		}
+		if c.left == 0 {
+			close(c.done)
+			return c.done
+		}
+	}
 	t.pending[cluster] = append(t.pending[cluster], c)
-	t.mu.Unlock()
 	return c.done
 }
 
@@ -98,7 +122,9 @@ func (t *Tracker) Latencies() (seen []time.Duration, unseen int) {
 	defer t.mu.Unlock()
 	for _, cs := range t.pending {
 		for _, c := range cs {
-			unseen += c.left
+			if c.counted {
+				unseen += c.left
+			}
 		}
 	}
 	return append([]time.Duration(nil), t.latencies...), unseen
@@ -156,8 +182,10 @@ func (t *Tracker) observeAddrs(w int, name string, addrs map[string]bool, at tim
 		if !c.seen[w] && addrs[c.addr] == c.present {
 			c.seen[w] = true
 			c.left--
-			t.latencies = append(t.latencies, at.Sub(c.start))
-			t.byWatcher[w] = append(t.byWatcher[w], at.Sub(c.start))
+			if c.counted {
+				t.latencies = append(t.latencies, at.Sub(c.start))
+				t.byWatcher[w] = append(t.byWatcher[w], at.Sub(c.start))
+			}
 		}
 		if c.left == 0 {
 			close(c.done)
