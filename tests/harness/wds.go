@@ -3,6 +3,9 @@ package harness
 import (
 	"context"
 	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,9 +33,16 @@ type WDSClient struct {
 	done    chan struct{}
 }
 
-// StartWDSClient connects to istiod's plaintext xDS address; it stops at
-// the env's cleanup. onApply, if set, sees every resource as it arrives.
+// StartWDSClient connects to istiod's plaintext xDS address as a ztunnel
+// of the release under test; it stops at the env's cleanup. onApply, if
+// set, sees every resource as it arrives.
 func StartWDSClient(env Env, xdsAddr string, onApply func(name string, a *workloadapi.Address)) (*WDSClient, error) {
+	return StartWDSClientAs(env, xdsAddr, IstioRelease(), onApply)
+}
+
+// StartWDSClientAs is StartWDSClient for a ztunnel of istioVersion, where
+// the release cannot be read from the repository (inside a cluster).
+func StartWDSClientAs(env Env, xdsAddr, istioVersion string, onApply func(name string, a *workloadapi.Address)) (*WDSClient, error) {
 	cc, err := grpc.NewClient(xdsAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, fmt.Errorf("wds client: %w", err)
@@ -45,7 +55,7 @@ func StartWDSClient(env Env, xdsAddr string, onApply func(name string, a *worklo
 		return nil, fmt.Errorf("wds stream: %w", err)
 	}
 	meta, _ := structpb.NewStruct(map[string]any{
-		"NAMESPACE": "istio-system", "CLUSTER_ID": "Kubernetes", "ISTIO_VERSION": IstioRelease(),
+		"NAMESPACE": "istio-system", "CLUSTER_ID": "Kubernetes", "ISTIO_VERSION": istioVersion,
 	})
 	node := &core.Node{Id: "ztunnel~127.0.0.252~ztunnel-test.istio-system~istio-system.svc.cluster.local", Metadata: meta}
 	if err := stream.Send(&discovery.DeltaDiscoveryRequest{Node: node, TypeUrl: AddressType}); err != nil {
@@ -142,4 +152,52 @@ func (c *WDSClient) Close() {
 	case <-c.done:
 	case <-time.After(5 * time.Second):
 	}
+}
+
+// WDSView is a service as a WDS client holds it, in plain values (what
+// `e2e-echo wds` prints as JSON lines from inside a cluster).
+type WDSView struct {
+	Present   bool          `json:"present"`
+	Addresses []string      `json:"addresses,omitempty"`
+	Ports     []uint32      `json:"ports,omitempty"`
+	Workloads []WDSWorkload `json:"workloads,omitempty"`
+	// Received names the service's resources that arrived since the
+	// previous view, a removal as "-name" (set by e2e-echo wds).
+	Received []string `json:"received,omitempty"`
+}
+
+// WDSWorkload is one workload serving a WDSView's service.
+type WDSWorkload struct {
+	UID            string `json:"uid"`
+	Address        string `json:"address"`
+	ServiceAccount string `json:"serviceAccount,omitempty"`
+	Tunnel         string `json:"tunnel"`
+	Region         string `json:"region,omitempty"`
+	Zone           string `json:"zone,omitempty"`
+}
+
+// View returns the service "namespace/hostname" and its workloads, sorted
+// by address.
+func (c *WDSClient) View(namespace, hostname string) WDSView {
+	v := WDSView{}
+	if svc := c.Service(namespace, hostname); svc != nil {
+		v.Present = true
+		for _, a := range svc.Addresses {
+			ip, _ := netip.AddrFromSlice(a.Address)
+			v.Addresses = append(v.Addresses, ip.String())
+		}
+		for _, p := range svc.Ports {
+			v.Ports = append(v.Ports, p.ServicePort)
+		}
+	}
+	for _, w := range c.WorkloadsOf(namespace, hostname) {
+		var addr netip.Addr
+		if len(w.Addresses) > 0 {
+			addr, _ = netip.AddrFromSlice(w.Addresses[0])
+		}
+		v.Workloads = append(v.Workloads, WDSWorkload{UID: w.Uid, Address: addr.String(), ServiceAccount: w.ServiceAccount,
+			Tunnel: w.TunnelProtocol.String(), Region: w.Locality.GetRegion(), Zone: w.Locality.GetZone()})
+	}
+	slices.SortFunc(v.Workloads, func(a, b WDSWorkload) int { return strings.Compare(a.Address, b.Address) })
+	return v
 }

@@ -44,3 +44,23 @@ func configMap(t *testing.T, manifest []byte, name string) *corev1.ConfigMap {
 	require.NoError(t, runtime.DefaultUnstructuredConverter.FromUnstructured(findObject(t, manifest, "ConfigMap", name).Object, cm))
 	return cm
 }
+
+// The kind suite's ambient install (TestAmbient) rendered: the same istiod
+// with PILOT_ENABLE_AMBIENT, and neither ztunnel nor istio-cni, whose
+// images do not exist here; injected pods keep the suite's proxy image.
+func TestKindSuiteAmbientOverlayRenders(t *testing.T) {
+	render(t)
+	cfg := kind.Config{PilotImage: hub + "/pilot:" + tag, ProxyHub: "proxy.example.test/istio", ProxyTag: "1.2.3"}
+	out, err := exec.Command(filepath.Join(harness.OutDir(), "istioctl"),
+		append([]string{"manifest", "generate"}, kind.AmbientOverlayArgs(cfg)...)...).CombinedOutput()
+	require.NoError(t, err, "istioctl manifest generate:\n%s", out)
+
+	c := discovery(t, istiod(t, out))
+	assert.Equal(t, cfg.PilotImage, c.Image)
+	assert.Contains(t, c.Args, "--registries=Kubernetes,Consul")
+	assert.Contains(t, c.Env, corev1.EnvVar{Name: "PILOT_ENABLE_AMBIENT", Value: "true"})
+	assert.NotContains(t, string(out), "kind: DaemonSet", "no ztunnel, no istio-cni")
+	injector := configMap(t, out, "istio-sidecar-injector")
+	assert.Contains(t, injector.Data["values"], `"tag": "1.2.3"`, "proxy image tag")
+	assert.NotContains(t, injector.Data["values"], `"variant": "distroless"`, "no distroless proxy image exists here")
+}

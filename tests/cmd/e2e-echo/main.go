@@ -6,6 +6,10 @@
 //	e2e-echo client                         "<timeout> <host:port>" lines on
 //	                                        stdin, one call each, results on stdout
 //	e2e-echo sleep                          idle (a pod to exec the client in)
+//	e2e-echo wds -service NS/HOST [-istio-version V] [-xds ADDR]
+//	                                        subscribe to istiod's WDS as ztunnel
+//	                                        does; a JSON line (WDSView) each
+//	                                        time the service changes
 package main
 
 import (
@@ -56,6 +60,10 @@ func main() {
 		}
 	case "sleep":
 		waitForSignal()
+	case "wds":
+		if err := wds(os.Args[2:]); err != nil {
+			fail(err)
+		}
 	default:
 		usage()
 	}
@@ -68,7 +76,7 @@ func waitForSignal() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: e2e-echo serve -name ID [-port 8080] [-xds] | client | sleep")
+	fmt.Fprintln(os.Stderr, "usage: e2e-echo serve -name ID [-port 8080] [-xds] | client | sleep | wds -service NS/HOST")
 	os.Exit(2)
 }
 

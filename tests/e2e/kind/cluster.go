@@ -210,8 +210,10 @@ func (c *Cluster) newReadToken() (*api.ACLToken, error) { return harness.CreateR
 
 // installIstio runs the patched tree's istioctl with our overlay, exactly as
 // README "Install on a cluster" tells users to.
-func (c *Cluster) installIstio(ctx context.Context) error {
-	args := append([]string{"install", "-y", "--kubeconfig", c.kubeconfig()}, OverlayArgs(c.cfg)...)
+func (c *Cluster) installIstio(ctx context.Context) error { return c.install(ctx, OverlayArgs(c.cfg)) }
+
+func (c *Cluster) install(ctx context.Context, overlay []string) error {
+	args := append([]string{"install", "-y", "--kubeconfig", c.kubeconfig()}, overlay...)
 	return run(ctx, filepath.Join(harness.OutDir(), "istioctl"), args...)
 }
 
@@ -224,6 +226,12 @@ func OverlayArgs(cfg Config) []string {
 		"--set", "values.pilot.image=" + cfg.PilotImage,
 		"--set", "hub=" + cfg.ProxyHub, "--set", "tag=" + cfg.ProxyTag,
 	}
+}
+
+// AmbientOverlayArgs are OverlayArgs with the ambient profile, pilot only
+// (tests/e2e/kind/istio-ambient.yaml).
+func AmbientOverlayArgs(cfg Config) []string {
+	return append(OverlayArgs(cfg), "-f", filepath.Join(harness.Root(), "tests/e2e/kind/istio-ambient.yaml"))
 }
 
 func (c *Cluster) deployClient(ctx context.Context) error {

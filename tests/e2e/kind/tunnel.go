@@ -64,20 +64,17 @@ func portForward(cfg *rest.Config, ns, pod string, port int) (string, func(), er
 	return fmt.Sprintf("127.0.0.1:%d", ports[0].Local), func() { once.Do(func() { close(stop) }) }, nil
 }
 
-// execSession runs `e2e-echo client` in the client pod (kubectl exec) and
-// sends it one request line per call to its target: the call is made by the
-// pod's own proxyless gRPC stack, as an application's would be.
-type execSession struct {
-	target string
-	mu     sync.Mutex
+// execStream is a command running in a pod's container (kubectl exec):
+// its stdin, and its stdout as lines.
+type execStream struct {
 	in     io.WriteCloser
-	lines  chan string
+	lines  chan string // closed when stdout ends
 	cancel context.CancelFunc
 	done   chan struct{}
 	stderr syncBuffer
 }
 
-// syncBuffer collects the exec session's stderr while calls read it.
+// syncBuffer collects an exec stream's stderr while others read it.
 type syncBuffer struct {
 	mu sync.Mutex
 	b  strings.Builder
@@ -95,9 +92,9 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func startExecSession(cfg *rest.Config, client kubernetes.Interface, ns, pod, container, target string) (*execSession, error) {
+func startExec(cfg *rest.Config, client kubernetes.Interface, ns, pod, container string, command ...string) (*execStream, error) {
 	req := client.CoreV1().RESTClient().Post().Resource("pods").Namespace(ns).Name(pod).SubResource("exec").
-		VersionedParams(&corev1.PodExecOptions{Container: container, Command: []string{"/e2e-echo", "client"},
+		VersionedParams(&corev1.PodExecOptions{Container: container, Command: command,
 			Stdin: true, Stdout: true, Stderr: true}, scheme.ParameterCodec)
 	spdyExec, err := remotecommand.NewSPDYExecutor(cfg, http.MethodPost, req.URL())
 	if err != nil {
@@ -112,20 +109,54 @@ func startExecSession(cfg *rest.Config, client kubernetes.Interface, ns, pod, co
 	ctx, cancel := context.WithCancel(context.Background())
 	inR, inW := io.Pipe()
 	outR, outW := io.Pipe()
-	c := &execSession{target: target, in: inW, lines: make(chan string), cancel: cancel, done: make(chan struct{})}
+	s := &execStream{in: inW, lines: make(chan string), cancel: cancel, done: make(chan struct{})}
 	go func() {
-		err := exec.StreamWithContext(ctx, remotecommand.StreamOptions{Stdin: inR, Stdout: outW, Stderr: &c.stderr})
+		err := exec.StreamWithContext(ctx, remotecommand.StreamOptions{Stdin: inR, Stdout: outW, Stderr: &s.stderr})
 		outW.CloseWithError(fmt.Errorf("exec ended: %v", err))
-		close(c.done)
+		close(s.done)
 	}()
 	go func() {
-		defer close(c.lines)
+		defer close(s.lines)
 		sc := bufio.NewScanner(outR)
+		sc.Buffer(nil, 1<<20)
 		for sc.Scan() {
-			c.lines <- sc.Text()
+			s.lines <- sc.Text()
 		}
 	}()
-	return c, nil
+	return s, nil
+}
+
+// ended reports whether the command is over.
+func (s *execStream) ended() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Close ends the command.
+func (s *execStream) Close() {
+	_ = s.in.Close()
+	s.cancel()
+}
+
+// execSession runs `e2e-echo client` in the client pod and sends it one
+// request line per call to its target: the call is made by the pod's own
+// proxyless gRPC stack, as an application's would be.
+type execSession struct {
+	*execStream
+	target string
+	mu     sync.Mutex
+}
+
+func startExecSession(cfg *rest.Config, client kubernetes.Interface, ns, pod, container, target string) (*execSession, error) {
+	s, err := startExec(cfg, client, ns, pod, container, "/e2e-echo", "client")
+	if err != nil {
+		return nil, err
+	}
+	return &execSession{execStream: s, target: target}, nil
 }
 
 // call makes one call to the session's target (host:port).
@@ -150,20 +181,4 @@ func (c *execSession) call(timeout time.Duration) (string, error) {
 		c.Close()
 		return "", fmt.Errorf("exec client: no answer within %v", timeout+30*time.Second)
 	}
-}
-
-// ended reports whether the exec session is over.
-func (c *execSession) ended() bool {
-	select {
-	case <-c.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// Close ends the exec session.
-func (c *execSession) Close() {
-	_ = c.in.Close()
-	c.cancel()
 }
