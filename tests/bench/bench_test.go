@@ -53,14 +53,14 @@ func TestTrackerWarmUpIsUncounted(t *testing.T) {
 	tr.observeAddrs(0, "c", both, time.Now())
 	tr.observeAddrs(1, "c", both, time.Now())
 
-	out := tr.ExpectUncounted("c", "a:1", false)
+	out := tr.ExpectUncounted("c", "a:1", false, nil)
 	tr.observeAddrs(0, "c", map[string]bool{"b:1": true}, time.Now()) // watcher 1 never sees it
 	select {
 	case <-out:
 		t.Fatal("done before watcher 1 saw the change")
 	default:
 	}
-	back := tr.ExpectUncounted("c", "a:1", true)
+	back := tr.ExpectUncounted("c", "a:1", true, nil)
 	select {
 	case <-back:
 		t.Fatal("done before watcher 0 saw the restore")
@@ -75,6 +75,15 @@ func TestTrackerWarmUpIsUncounted(t *testing.T) {
 	lat, unseen := tr.Latencies()
 	assert.Empty(t, lat, "warm-up changes are not measured")
 	assert.Zero(t, unseen, "warm-up changes are never unseen")
+
+	onlyFirst := tr.ExpectUncounted("c", "a:1", false, func(w int) bool { return w == 0 })
+	tr.observeAddrs(0, "c", map[string]bool{"b:1": true}, time.Now())
+	select {
+	case <-onlyFirst: // watcher 1 is not waited for
+	default:
+		t.Fatal("a warm-up change must not wait for watchers outside by")
+	}
+	tr.observeAddrs(0, "c", both, time.Now())
 
 	counted := tr.Expect("c", "b:1", false)
 	tr.observeAddrs(0, "c", map[string]bool{"a:1": true}, time.Now())

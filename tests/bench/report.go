@@ -106,6 +106,19 @@ func (r *Report) Markdown() string {
 			syncB = "> " + syncB
 		}
 		fmt.Fprintf(&b, "| %s | initial sync | %s | %s | %.2f |\n", scale, syncA, syncB, a.SyncSeconds/bb.SyncSeconds)
+		if a.SettleSeconds+bb.SettleSeconds > 0 { // not recorded before the warm-up existed
+			settle := func(r Result) string {
+				if !r.Settled {
+					return fmt.Sprintf("> %.2f s (not every xDS watcher)", r.SettleSeconds)
+				}
+				return fmt.Sprintf("%.2f s", r.SettleSeconds)
+			}
+			ratio := "–"
+			if a.Settled && bb.Settled {
+				ratio = fmt.Sprintf("%.2f", a.SettleSeconds/bb.SettleSeconds)
+			}
+			fmt.Fprintf(&b, "| %s | settled after sync (warm-up flip out and back, xDS) | %s | %s | %s |\n", scale, settle(a), settle(bb), ratio)
+		}
 		row("change→client p50 (ms)", a.Latency.P50, bb.Latency.P50, "%.1f")
 		row("change→client p90 (ms)", a.Latency.P90, bb.Latency.P90, "%.1f")
 		row("change→client p99 (ms)", a.Latency.P99, bb.Latency.P99, "%.1f")

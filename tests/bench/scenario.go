@@ -42,26 +42,31 @@ type Result struct {
 	PerSvc   int    `json:"instances_per_service"`
 	Watchers int    `json:"watchers"`
 
-	LoadSeconds  float64   `json:"load_seconds"`         // writing the data into the source (not timed against the route)
-	SyncSeconds  float64   `json:"initial_sync_seconds"` // istiod start -> every watcher has every service
-	Synced       bool      `json:"synced"`
-	CPUSyncSec   float64   `json:"istiod_cpu_sync_seconds"`
-	CPUChurnSec  float64   `json:"istiod_cpu_churn_seconds"`
-	PeakRSSBytes int64     `json:"istiod_peak_rss_bytes"`
-	Changes      int       `json:"changes"`
-	ChangeRate   float64   `json:"changes_per_second"`
-	Latency      Stats     `json:"change_to_client_ms"`
-	SidecarLat   Stats     `json:"change_to_sidecar_ms"`   // even watcher ids
-	ProxylessLat Stats     `json:"change_to_proxyless_ms"` // odd watcher ids
-	WDSLat       Stats     `json:"change_to_wds_ms"`       // the WDS watcher (Config.Ambient)
-	Unseen       int       `json:"unseen_change_watcher_pairs"`
-	FullPushes   float64   `json:"full_pushes_during_churn"` // push contexts istiod built
-	CDSPushes    float64   `json:"cds_pushes_during_churn"`  // CDS pushes per watcher
-	EDSPushes    float64   `json:"eds_pushes_during_churn"`  // EDS pushes per watcher
-	ConsulReqs   int64     `json:"consul_requests_during_churn,omitempty"`
-	ConsulPerChg float64   `json:"consul_requests_per_change,omitempty"`
-	ConsulPeak   int64     `json:"consul_peak_connections,omitempty"`
-	SampleMillis []float64 `json:"latency_samples_ms"`
+	LoadSeconds float64 `json:"load_seconds"`         // writing the data into the source (not timed against the route)
+	SyncSeconds float64 `json:"initial_sync_seconds"` // istiod start -> every watcher has every service
+	Synced      bool    `json:"synced"`
+	// SettleSeconds: how long a warm-up flip out and back took to reach
+	// every xDS watcher after the initial sync (Settled false: not within
+	// settleBound).
+	SettleSeconds float64   `json:"settle_seconds"`
+	Settled       bool      `json:"settled"`
+	CPUSyncSec    float64   `json:"istiod_cpu_sync_seconds"`
+	CPUChurnSec   float64   `json:"istiod_cpu_churn_seconds"`
+	PeakRSSBytes  int64     `json:"istiod_peak_rss_bytes"`
+	Changes       int       `json:"changes"`
+	ChangeRate    float64   `json:"changes_per_second"`
+	Latency       Stats     `json:"change_to_client_ms"`
+	SidecarLat    Stats     `json:"change_to_sidecar_ms"`   // even watcher ids
+	ProxylessLat  Stats     `json:"change_to_proxyless_ms"` // odd watcher ids
+	WDSLat        Stats     `json:"change_to_wds_ms"`       // the WDS watcher (Config.Ambient)
+	Unseen        int       `json:"unseen_change_watcher_pairs"`
+	FullPushes    float64   `json:"full_pushes_during_churn"` // push contexts istiod built
+	CDSPushes     float64   `json:"cds_pushes_during_churn"`  // CDS pushes per watcher
+	EDSPushes     float64   `json:"eds_pushes_during_churn"`  // EDS pushes per watcher
+	ConsulReqs    int64     `json:"consul_requests_during_churn,omitempty"`
+	ConsulPerChg  float64   `json:"consul_requests_per_change,omitempty"`
+	ConsulPeak    int64     `json:"consul_peak_connections,omitempty"`
+	SampleMillis  []float64 `json:"latency_samples_ms"`
 }
 
 // RunScale measures both routes on one dataset. Each route gets a fresh
@@ -217,9 +222,12 @@ func runRoute(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Con
 	// ambient index, for one, sends its first incremental WDS push seconds
 	// after the initial state.
 	cfg.Step("%s: warm-up flip", route)
-	if err := warmUp(ctx, data, tracker, set); err != nil {
+	settle, settled, err := warmUp(ctx, data, tracker, set, cfg.Watchers)
+	if err != nil {
 		return r, err
 	}
+	r.SettleSeconds, r.Settled = settle.Seconds(), settled
+	cfg.Step("%s: warm-up flip out and back seen after %.2fs (by every xDS watcher: %v)", route, settle.Seconds(), settled)
 	before, err := istiod.Metrics()
 	if err != nil {
 		return r, err
@@ -287,28 +295,51 @@ wait:
 }
 
 // warmUp takes one instance out and puts it back, unmeasured, each time
-// waiting until every watcher has seen it, or warmUpBound for a watcher
-// that never will (Route B's WDS: upstream's ambient index serves every
+// waiting until every xDS watcher has seen it (up to settleBound): how long
+// istiod needed to settle after the initial sync, returned with whether
+// they all did. Each step then also waits, up to wdsBound, for the WDS
+// watcher, whose first incremental push comes seconds after the initial
+// state; Route B's never comes (upstream's ambient index serves every
 // WorkloadEntry as healthy). Churn starts with the first service's
 // instances; this is the last service's last.
-func warmUp(ctx context.Context, data Dataset, t *Tracker, set setHealth) error {
+func warmUp(ctx context.Context, data Dataset, t *Tracker, set setHealth, xdsWatchers int) (time.Duration, bool, error) {
 	in := Instance{Svc: data.N - 1, Idx: data.M - 1}
-	for _, healthy := range []bool{false, true} {
-		seen := t.ExpectUncounted(data.Cluster(in.Svc), data.Addr(in), healthy)
-		if err := set(ctx, in, healthy); err != nil {
-			return fmt.Errorf("warm-up flip of %s: %w", data.ID(in), err)
-		}
+	xds := func(w int) bool { return w < xdsWatchers }
+	var settle time.Duration
+	settled := true
+	wait := func(ch <-chan struct{}, bound time.Duration) (bool, error) {
 		select {
-		case <-seen:
-		case <-time.After(warmUpBound):
+		case <-ch:
+			return true, nil
+		case <-time.After(bound):
+			return false, nil
 		case <-ctx.Done():
-			return ctx.Err()
+			return false, ctx.Err()
 		}
 	}
-	return nil
+	for _, healthy := range []bool{false, true} {
+		byXDS := t.ExpectUncounted(data.Cluster(in.Svc), data.Addr(in), healthy, xds)
+		byAll := t.ExpectUncounted(data.Cluster(in.Svc), data.Addr(in), healthy, nil)
+		start := time.Now()
+		if err := set(ctx, in, healthy); err != nil {
+			return 0, false, fmt.Errorf("warm-up flip of %s: %w", data.ID(in), err)
+		}
+		ok, err := wait(byXDS, settleBound)
+		if err != nil {
+			return 0, false, err
+		}
+		settle, settled = settle+time.Since(start), settled && ok
+		if _, err := wait(byAll, wdsBound); err != nil {
+			return 0, false, err
+		}
+	}
+	return settle, settled, nil
 }
 
-const warmUpBound = 10 * time.Second
+const (
+	settleBound = time.Minute
+	wdsBound    = 10 * time.Second
+)
 
 func (r *Result) collectEnd(pid int) error {
 	rss, err := PeakRSS(pid)

@@ -84,24 +84,26 @@ func (t *Tracker) SyncedAt() []time.Time {
 // when every watcher has seen it. Call it before the write, so a fast push
 // cannot be missed; the latency therefore includes the write itself.
 func (t *Tracker) Expect(cluster, addr string, present bool) <-chan struct{} {
-	return t.expect(cluster, addr, present, true)
+	return t.expect(cluster, addr, present, true, nil)
 }
 
-// ExpectUncounted is Expect for a change that is not measured (warm-up).
-func (t *Tracker) ExpectUncounted(cluster, addr string, present bool) <-chan struct{} {
-	return t.expect(cluster, addr, present, false)
+// ExpectUncounted is Expect for a change that is not measured (warm-up),
+// waited for by the watchers for which by(w) holds (nil: all).
+func (t *Tracker) ExpectUncounted(cluster, addr string, present bool, by func(w int) bool) <-chan struct{} {
+	return t.expect(cluster, addr, present, false, by)
 }
 
-func (t *Tracker) expect(cluster, addr string, present, counted bool) <-chan struct{} {
+func (t *Tracker) expect(cluster, addr string, present, counted bool, by func(w int) bool) <-chan struct{} {
 	c := &change{addr: addr, present: present, start: time.Now(), seen: make([]bool, t.watchers),
 		left: t.watchers, done: make(chan struct{}), counted: counted}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if !counted {
 		// A warm-up change a watcher already holds (one that never saw
-		// the change it undoes) is not waited for.
+		// the change it undoes) is not waited for, nor are watchers
+		// outside by.
 		for w := range t.watchers {
-			if held, ok := t.last[w][cluster]; ok && held[addr] == present {
+			if held, ok := t.last[w][cluster]; ok && held[addr] == present || by != nil && !by(w) {
 				c.seen[w] = true
 				c.left--
 			}
