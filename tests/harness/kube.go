@@ -153,14 +153,19 @@ func (k *Kube) setup() error {
 		return fmt.Errorf("apply istio CRDs: %w", err)
 	}
 	// Wait until the API serves the Istio kinds istiod watches.
+	return k.waitServed(ctx, "networking.istio.io/v1")
+}
+
+// waitServed waits until the API serves groupVersion (CRDs just applied).
+func (k *Kube) waitServed(ctx context.Context, groupVersion string) error {
 	for {
-		_, err := k.Client.Discovery().ServerResourcesForGroupVersion("networking.istio.io/v1")
+		_, err := k.Client.Discovery().ServerResourcesForGroupVersion(groupVersion)
 		if err == nil {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("istio CRDs never served: %w", err)
+			return fmt.Errorf("%s never served: %w", groupVersion, err)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
@@ -300,15 +305,5 @@ func (k *Kube) InstallGatewayAPI(ctx context.Context) error {
 			return fmt.Errorf("gateway api %s: %w", filepath.Base(f), err)
 		}
 	}
-	for {
-		_, err := k.Client.Discovery().ServerResourcesForGroupVersion("gateway.networking.k8s.io/v1")
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("gateway api CRDs never served: %w", err)
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+	return k.waitServed(ctx, "gateway.networking.k8s.io/v1")
 }

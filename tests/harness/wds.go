@@ -2,6 +2,7 @@ package harness
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -200,4 +201,40 @@ func (c *WDSClient) View(namespace, hostname string) WDSView {
 	}
 	slices.SortFunc(v.Workloads, func(a, b WDSWorkload) int { return strings.Compare(a.Address, b.Address) })
 	return v
+}
+
+// Ambientz is what istiod's /debug/ambientz lists of one service
+// ("namespace/hostname"): whether the service is there, and the address of
+// each workload serving it, sorted.
+type Ambientz struct {
+	Listed    bool
+	Workloads []string
+}
+
+// ParseAmbientz reads a /debug/ambientz answer for one service.
+func ParseAmbientz(b []byte, namespace, hostname string) (Ambientz, error) {
+	var z struct {
+		Workloads []struct {
+			Addresses [][]byte            `json:"addresses"` // text, base64 in the JSON
+			Services  map[string]struct{} `json:"services"`
+		} `json:"workloads"`
+		Services []struct {
+			Namespace string `json:"namespace"`
+			Hostname  string `json:"hostname"`
+		} `json:"services"`
+	}
+	if err := json.Unmarshal(b, &z); err != nil {
+		return Ambientz{}, fmt.Errorf("/debug/ambientz: %w", err)
+	}
+	var out Ambientz
+	for _, w := range z.Workloads {
+		if _, ok := w.Services[namespace+"/"+hostname]; ok && len(w.Addresses) == 1 {
+			out.Workloads = append(out.Workloads, string(w.Addresses[0]))
+		}
+	}
+	slices.Sort(out.Workloads)
+	for _, s := range z.Services {
+		out.Listed = out.Listed || s.Namespace == namespace && s.Hostname == hostname
+	}
+	return out, nil
 }

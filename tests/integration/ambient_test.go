@@ -2,10 +2,8 @@ package integration
 
 import (
 	"context"
-	"encoding/json"
 	"net/netip"
 	"slices"
-	"sort"
 	"sync"
 	"testing"
 	"time"
@@ -94,33 +92,12 @@ func TestAmbientWDS(t *testing.T) {
 	assert.Equal(t, "", plain.ServiceAccount)
 	assert.Equal(t, uint32(8080), meshed.Services[ns+"/"+hostname].Ports[0].TargetPort)
 
-	// /debug/ambientz lists the service and its workloads (addresses as
-	// text, base64-encoded by its JSON).
+	// /debug/ambientz lists the service and its workloads.
 	b, err := istiod.Debug("/debug/ambientz")
 	require.NoError(t, err)
-	var ambientz struct {
-		Workloads []struct {
-			Addresses [][]byte            `json:"addresses"`
-			Services  map[string]struct{} `json:"services"`
-		} `json:"workloads"`
-		Services []struct {
-			Hostname string `json:"hostname"`
-		} `json:"services"`
-	}
-	require.NoError(t, json.Unmarshal(b, &ambientz))
-	var listed []string
-	for _, w := range ambientz.Workloads {
-		if _, ok := w.Services[ns+"/"+hostname]; ok && len(w.Addresses) == 1 {
-			listed = append(listed, string(w.Addresses[0]))
-		}
-	}
-	sort.Strings(listed)
-	assert.Equal(t, []string{"127.0.0.71", "127.0.0.72"}, listed)
-	assert.True(t, slices.ContainsFunc(ambientz.Services, func(s struct {
-		Hostname string `json:"hostname"`
-	}) bool {
-		return s.Hostname == hostname
-	}), "/debug/ambientz lists %s", hostname)
+	z, err := harness.ParseAmbientz(b, ns, hostname)
+	require.NoError(t, err)
+	assert.Equal(t, harness.Ambientz{Listed: true, Workloads: []string{"127.0.0.71", "127.0.0.72"}}, z)
 
 	// A health flip is one WDS resource: the workload's removal, nothing else.
 	flipped := byAddr()["127.0.0.72"].Uid

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
-	"sort"
 	"sync"
 	"testing"
 	"time"
@@ -68,32 +67,12 @@ func TestAmbient(t *testing.T) {
 		Tunnel: "HBONE", Region: "dc1", Zone: "z1"}, meshed)
 	assert.Equal(t, harness.WDSWorkload{UID: plain.UID, Address: "198.19.250.72", Tunnel: "NONE", Region: "dc1"}, plain)
 
-	// /debug/ambientz lists both workloads (addresses as text, base64 in
-	// its JSON) and the service.
+	// /debug/ambientz lists the service and both workloads.
 	b, err = cluster.istiodDebug(ctx, pod, "/debug/ambientz")
 	require.NoError(t, err)
-	var ambientz struct {
-		Workloads []struct {
-			Addresses [][]byte            `json:"addresses"`
-			Services  map[string]struct{} `json:"services"`
-		} `json:"workloads"`
-		Services []struct {
-			Hostname string `json:"hostname"`
-		} `json:"services"`
-	}
-	require.NoError(t, json.Unmarshal(b, &ambientz))
-	var listed, hosts []string
-	for _, w := range ambientz.Workloads {
-		if _, ok := w.Services["consul/ambient-kind.service.consul"]; ok && len(w.Addresses) == 1 {
-			listed = append(listed, string(w.Addresses[0]))
-		}
-	}
-	for _, s := range ambientz.Services {
-		hosts = append(hosts, s.Hostname)
-	}
-	sort.Strings(listed)
-	assert.Equal(t, []string{"198.19.250.71", "198.19.250.72"}, listed)
-	assert.Contains(t, hosts, "ambient-kind.service.consul")
+	z, err := harness.ParseAmbientz(b, "consul", "ambient-kind.service.consul")
+	require.NoError(t, err)
+	assert.Equal(t, harness.Ambientz{Listed: true, Workloads: []string{"198.19.250.71", "198.19.250.72"}}, z)
 
 	// A health flip reaches the in-cluster client as one resource: the
 	// flipped workload's removal.
