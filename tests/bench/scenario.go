@@ -218,9 +218,10 @@ func runRoute(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Con
 	r.CPUSyncSec = cpu.Seconds()
 	cfg.Step("%s: %d watchers hold all %d services (%d endpoints) after %.2fs", route, cfg.Watchers, data.N, data.N*data.M, r.SyncSeconds)
 
-	// Pushes from the start must not be counted as churn's: istiod's
-	// ambient index, for one, sends its first incremental WDS push seconds
-	// after the initial state.
+	// Pushes from the start must not be counted as churn's: Route B's
+	// istiod keeps pushing for seconds after its clients first hold
+	// everything, and the ambient index sends its first incremental WDS
+	// push seconds after the initial state.
 	cfg.Step("%s: warm-up flip", route)
 	settle, settled, err := warmUp(ctx, data, tracker, set, cfg.Watchers)
 	if err != nil {
