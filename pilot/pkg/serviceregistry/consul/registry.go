@@ -48,8 +48,9 @@ type Options struct {
 // Controller is the Consul registry for one Consul cluster and datacenter.
 type Controller struct {
 	// Istio 1.29's ServiceDiscovery includes the ambient index methods
-	// (1.30 dropped them); Consul services have no ambient data yet, so
-	// the no-op set, as upstream's ServiceEntry controller had there.
+	// (1.30 dropped them); on 1.29 Consul services do not reach ambient
+	// (ambient.go feeds 1.30's index), so the no-op set, as upstream's
+	// ServiceEntry controller had there.
 	model.NoopAmbientIndexes
 	model.NetworkGatewaysHandler
 
