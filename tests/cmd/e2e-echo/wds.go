@@ -32,25 +32,31 @@ func wds(args []string) error {
 	received := newReceived(*service)
 	var env cleanups // the image has no /tmp: harness.ProcessEnv would need one
 	defer env.run()
-	c, err := harness.StartWDSClientAs(&env, *xds, *version, received.note)
-	if err != nil {
-		return err
-	}
 	out := json.NewEncoder(os.Stdout)
 	var last *harness.WDSView
-	for ; ; time.Sleep(50 * time.Millisecond) {
-		if err := c.Err(); err != nil {
-			return err
+	// Like ztunnel, reconnect when the stream cannot start or breaks: right
+	// after istiod is replaced, its Service may still lead nowhere.
+	for {
+		c, err := harness.StartWDSClientAs(&env, *xds, *version, received.note)
+		for err == nil {
+			if err = c.Err(); err != nil {
+				break
+			}
+			v := c.View(ns, host)
+			if last == nil || !reflect.DeepEqual(*last, v) || !received.empty() {
+				last = &v
+				v.Received = received.take()
+				if err := out.Encode(v); err != nil {
+					return err
+				}
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
-		v := c.View(ns, host)
-		if last != nil && reflect.DeepEqual(*last, v) && received.empty() {
-			continue
+		fmt.Fprintf(os.Stderr, "e2e-echo wds: %v; reconnecting\n", err)
+		if c != nil {
+			c.Close()
 		}
-		last = &v
-		v.Received = received.take()
-		if err := out.Encode(v); err != nil {
-			return err
-		}
+		time.Sleep(time.Second)
 	}
 }
 
