@@ -19,11 +19,7 @@ import (
 // images never pulled (kind loads them). Fails here, in seconds, before the
 // kind tier spends minutes on a cluster.
 func TestKindSuiteOverlayRenders(t *testing.T) {
-	render(t) // builds out/<release>/istioctl if needed
-	cfg := kind.Config{PilotImage: hub + "/pilot:" + tag, ProxyHub: "proxy.example.test/istio", ProxyTag: "1.2.3"}
-	out, err := exec.Command(filepath.Join(harness.OutDir(), "istioctl"),
-		append([]string{"manifest", "generate"}, kind.OverlayArgs(cfg)...)...).CombinedOutput()
-	require.NoError(t, err, "istioctl manifest generate:\n%s", out)
+	cfg, out := renderKind(t, kind.OverlayArgs)
 
 	c := discovery(t, istiod(t, out))
 	assert.Equal(t, cfg.PilotImage, c.Image)
@@ -49,11 +45,7 @@ func configMap(t *testing.T, manifest []byte, name string) *corev1.ConfigMap {
 // with PILOT_ENABLE_AMBIENT, and neither ztunnel nor istio-cni, whose
 // images do not exist here; injected pods keep the suite's proxy image.
 func TestKindSuiteAmbientOverlayRenders(t *testing.T) {
-	render(t)
-	cfg := kind.Config{PilotImage: hub + "/pilot:" + tag, ProxyHub: "proxy.example.test/istio", ProxyTag: "1.2.3"}
-	out, err := exec.Command(filepath.Join(harness.OutDir(), "istioctl"),
-		append([]string{"manifest", "generate"}, kind.AmbientOverlayArgs(cfg)...)...).CombinedOutput()
-	require.NoError(t, err, "istioctl manifest generate:\n%s", out)
+	cfg, out := renderKind(t, kind.AmbientOverlayArgs)
 
 	c := discovery(t, istiod(t, out))
 	assert.Equal(t, cfg.PilotImage, c.Image)
@@ -63,4 +55,15 @@ func TestKindSuiteAmbientOverlayRenders(t *testing.T) {
 	injector := configMap(t, out, "istio-sidecar-injector")
 	assert.Contains(t, injector.Data["values"], `"tag": "1.2.3"`, "proxy image tag")
 	assert.NotContains(t, injector.Data["values"], `"variant": "distroless"`, "no distroless proxy image exists here")
+}
+
+// renderKind renders the kind suite's install with overlay's istioctl args.
+func renderKind(t *testing.T, overlay func(kind.Config) []string) (kind.Config, []byte) {
+	t.Helper()
+	render(t) // builds out/<release>/istioctl if needed
+	cfg := kind.Config{PilotImage: hub + "/pilot:" + tag, ProxyHub: "proxy.example.test/istio", ProxyTag: "1.2.3"}
+	out, err := exec.Command(filepath.Join(harness.OutDir(), "istioctl"),
+		append([]string{"manifest", "generate"}, overlay(cfg)...)...).CombinedOutput()
+	require.NoError(t, err, "istioctl manifest generate:\n%s", out)
+	return cfg, out
 }
