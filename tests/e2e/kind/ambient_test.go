@@ -98,13 +98,7 @@ func (c *Cluster) reinstall(t *testing.T, overlay []string) string {
 	old, err := c.istiodPod(ctx)
 	require.NoError(t, err)
 	require.NoError(t, c.install(ctx, overlay))
-	var fresh *corev1.Pod
-	require.Eventually(t, func() bool {
-		fresh, err = c.istiodPod(ctx)
-		return err == nil && fresh.Name != old.Name && fresh.DeletionTimestamp == nil
-	}, 3*time.Minute, time.Second, "no new istiod pod became Ready")
-	c.atReady.pod = fresh.Name
-	return fresh.Name
+	return c.waitReplaced(t, old)
 }
 
 // wdsWatch is `e2e-echo wds` running in the client pod: istiod's WDS as a

@@ -217,14 +217,23 @@ func TestIstiodPodRestart(t *testing.T) {
 	require.NoError(t, cluster.kube.Client.CoreV1().Pods("istio-system").Delete(ctx, old.Name, metav1.DeleteOptions{}))
 	s.SetHealth(1, api.HealthCritical)
 	s.Add(2, e2e.GRPCMeta, nil)
+	cluster.waitReplaced(t, old)
+	e2e.EventuallyServedBy(t, c, s.ID(0), s.ID(2))
+}
+
+// waitReplaced waits until a Ready istiod pod other than old serves, and
+// returns its name.
+func (c *Cluster) waitReplaced(t *testing.T, old *corev1.Pod) string {
+	t.Helper()
 	var fresh *corev1.Pod
 	require.Eventually(t, func() bool {
-		fresh, err = cluster.istiodPod(ctx)
-		return err == nil && fresh.Name != old.Name
+		var err error
+		fresh, err = c.istiodPod(context.Background())
+		return err == nil && fresh.Name != old.Name && fresh.DeletionTimestamp == nil
 	}, 3*time.Minute, time.Second, "no new istiod pod became Ready")
 	t.Logf("istiod %s replaced by %s", old.Name, fresh.Name)
-	e2e.EventuallyServedBy(t, c, s.ID(0), s.ID(2))
-	cluster.atReady.pod = fresh.Name
+	c.atReady.pod = fresh.Name
+	return fresh.Name
 }
 
 func restarts(p *corev1.Pod) int32 {
