@@ -101,7 +101,11 @@ func (r *consulClient) readService(ctx context.Context, name string) ([]*api.Ser
 
 // closeIdle drops idle keep-alive connections: they hold goroutines, and a
 // stopped registry leaves none.
-func (r *consulClient) closeIdle() { r.transport.base.(*http.Transport).CloseIdleConnections() }
+func (r *consulClient) closeIdle() {
+	if t, ok := r.transport.base.(interface{ CloseIdleConnections() }); ok {
+		t.CloseIdleConnections()
+	}
+}
 
 // transport adds the ACL token to each request and counts requests
 // (pilot_consul_requests_total), so operators see how hard istiod drives Consul.

@@ -126,19 +126,22 @@ func (c *Controller) runPinpoint(ctx context.Context) {
 	p.request()
 	var bo backoff
 	timer := time.NewTimer(time.Hour)
+	timer.Stop() // armed only while a verdict is pending
 	defer timer.Stop()
 	for {
+		// The timer runs only while a verdict is pending: with none, nothing
+		// is due, however long the catalog stays quiet.
+		var due <-chan time.Time
 		p.mu.Lock()
-		due := time.Hour
 		if len(p.verdict) > 0 {
-			due = time.Until(p.verdict[0].due)
+			timer.Reset(time.Until(p.verdict[0].due))
+			due = timer.C
 		}
 		p.mu.Unlock()
-		timer.Reset(due)
 		select {
 		case <-ctx.Done():
 			return
-		case <-timer.C:
+		case <-due:
 			c.judge()
 		case <-p.wake:
 			// The catalog changes this read must explain: those seen before
@@ -224,6 +227,10 @@ func (p *pinpointer) changed(checks api.HealthChecks, index uint64, st *store) [
 func (c *Controller) judge() {
 	p := c.pinpoint
 	p.mu.Lock()
+	if len(p.verdict) == 0 {
+		p.mu.Unlock()
+		return
+	}
 	v := p.verdict[0]
 	if c.dirty.len() > 0 && v.tries > 0 {
 		p.verdict[0].tries--
