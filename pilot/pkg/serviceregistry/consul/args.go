@@ -34,11 +34,19 @@ type Args struct {
 	EnterpriseNamespace, Partition string
 	// Consistency is "stale" (default), "default" or "consistent".
 	Consistency string
+	// MaxStale bounds a stale read: a server that has not heard from the
+	// leader for longer hands the read to the leader (Consul's max_stale).
+	MaxStale time.Duration
 	// MaxConcurrentRequests bounds in-flight per-service fetches.
 	MaxConcurrentRequests int
 	// WaitTime is the blocking-query wait.
 	WaitTime time.Duration
-	// SyncTimeout bounds how long an unreachable Consul can hold istiod's readiness.
+	// RequestTimeout bounds every request that does not block (and the
+	// time a blocking one may take beyond its wait).
+	RequestTimeout time.Duration
+	// SyncTimeout bounds how long an unreachable Consul can hold istiod's
+	// readiness: the first sync is given up after this long without a
+	// single successful read.
 	SyncTimeout time.Duration
 	// Auth is how the registry proves itself to Consul and verifies it.
 	Auth Auth
@@ -81,9 +89,14 @@ type Mapping struct {
 func DefaultArgs() Args {
 	return Args{
 		Consistency:           "stale",
+		MaxStale:              5 * time.Second,
 		MaxConcurrentRequests: 16,
-		WaitTime:              5 * time.Minute,
-		SyncTimeout:           30 * time.Second,
+		// A blocking query held by a server that stopped answering (SIGSTOP,
+		// a wedged load balancer: TCP keepalives still pass) is noticed only
+		// when its wait ends; a minute bounds that for 2 requests a minute.
+		WaitTime:       time.Minute,
+		RequestTimeout: 10 * time.Second,
+		SyncTimeout:    30 * time.Second,
 		Mapping: Mapping{
 			Domain:          "consul",
 			Namespace:       "consul",
@@ -120,6 +133,8 @@ func AddFlags(fs *pflag.FlagSet, a *Args) {
 	fs.StringVar(&a.Partition, "consulPartition", "", "Consul Enterprise admin partition to read (env CONSUL_PARTITION)")
 	fs.StringVar(&a.Consistency, "consulConsistency", a.Consistency,
 		"Consul read consistency: stale (any server answers), default (leader), consistent")
+	fs.DurationVar(&a.MaxStale, "consulMaxStale", a.MaxStale,
+		"With stale reads, a server out of contact with the leader for longer hands the read to the leader (Consul's max_stale)")
 	fs.StringVar(&a.Mapping.Domain, "consulDomain", a.Mapping.Domain, "Domain of Consul hostnames: <service>.service.<domain>")
 	fs.StringVar(&a.Mapping.Namespace, "consulNamespace", a.Mapping.Namespace, "Istio namespace that Consul services are placed in")
 	fs.BoolVar(&a.Mapping.IncludeWarning, "consulIncludeWarning", false, "Also route to instances whose checks are warning")
@@ -133,8 +148,10 @@ func AddFlags(fs *pflag.FlagSet, a *Args) {
 	fs.IntVar(&a.MaxConcurrentRequests, "consulMaxConcurrentRequests", a.MaxConcurrentRequests,
 		"Most concurrent per-service reads; the registry holds at most this + 2 connections to Consul")
 	fs.DurationVar(&a.WaitTime, "consulWaitTime", a.WaitTime, "Blocking-query wait time")
+	fs.DurationVar(&a.RequestTimeout, "consulRequestTimeout", a.RequestTimeout,
+		"Deadline of a Consul request that does not block; a blocking one gets its wait time plus this")
 	fs.DurationVar(&a.SyncTimeout, "consulSyncTimeout", a.SyncTimeout,
-		"How long istiod waits for the first complete Consul listing before reporting ready anyway")
+		"How long the first sync may go without a single successful Consul read before istiod reports ready without it")
 }
 
 // Complete fills unset settings from Consul's standard environment variables
@@ -186,6 +203,17 @@ func (a *Args) Complete(getenv func(string) string) error {
 	}
 	if _, err := netip.ParsePrefix(a.Mapping.VIPRange); err != nil {
 		return fmt.Errorf("--consulVIPRange: %w", err)
+	}
+	for _, d := range []struct {
+		flag string
+		v    time.Duration
+	}{{"consulWaitTime", a.WaitTime}, {"consulRequestTimeout", a.RequestTimeout}, {"consulSyncTimeout", a.SyncTimeout}} {
+		if d.v <= 0 {
+			return fmt.Errorf("--%s=%v: want a positive duration", d.flag, d.v)
+		}
+	}
+	if a.MaxStale < 0 {
+		return fmt.Errorf("--consulMaxStale=%v: want 0 (no bound) or more", a.MaxStale)
 	}
 	if a.MaxConcurrentRequests < 1 {
 		return fmt.Errorf("--consulMaxConcurrentRequests=%d: want at least 1", a.MaxConcurrentRequests)

@@ -7,6 +7,7 @@ package consul
 // name and tags stayed the same.
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -27,23 +28,37 @@ type catalogDiff struct {
 	first   bool     // the first listing: every service is new
 	moved   bool     // the catalog index moved (a later listing)
 	names   []string // every listed service, on the first listing
+	// namesChanged: a service was added or removed (not just re-tagged).
+	namesChanged bool
 }
 
 // readCatalog is one blocking read of the service list.
-func (c *Controller) readCatalog(q *api.QueryOptions) (uint64, func(), error) {
-	listing, meta, err := c.consul.Catalog().Services(q)
+func (c *Controller) readCatalog(ctx context.Context, req request) (uint64, func(), error) {
+	var listing map[string][]string
+	meta, err := c.consul.get(ctx, req, func(q *api.QueryOptions) (*api.QueryMeta, error) {
+		var m *api.QueryMeta
+		var err error
+		listing, m, err = c.consul.Catalog().Services(q)
+		return m, err
+	})
 	if err != nil {
 		return 0, nil, fmt.Errorf("list services: %w", err)
 	}
-	if err := aclFiltered(meta, len(listing), "service_prefix and node_prefix"); err != nil {
-		return 0, nil, fmt.Errorf("list services: %w", err)
+	if c.aclHidden(meta, len(listing), true) {
+		return 0, nil, fmt.Errorf("list services: %w: the token (or anonymous, if none is set) needs read on service_prefix and node_prefix",
+			errACLFiltered)
 	}
 	return meta.LastIndex, func() {
 		d := c.catalog.apply(listing, meta.LastIndex)
 		if d.first {
 			c.sync.expect(d.names)
 		}
-		c.dirty.mark(d.changed...)
+		if d.namesChanged {
+			// Every listed name holds its VIP, so a service's VIP depends on
+			// the listing alone, never on the order reads complete in.
+			c.dirty.mark(0, c.store.assignVIPs(c.hostnames(c.catalog.names()))...)
+		}
+		c.dirty.mark(0, d.changed...)
 		if d.moved {
 			// Names and tags that changed are marked, but one read may
 			// cover several writes: the pinpoint read finds where else.
@@ -63,6 +78,7 @@ func (w *catalogWatch) apply(listing map[string][]string, index uint64) catalogD
 		for name := range listing {
 			d.names = append(d.names, name)
 		}
+		d.namesChanged = true
 	} else {
 		// An unmoved index is a blocking-query timeout or a retry: nothing happened.
 		d.moved = index > w.index
@@ -71,6 +87,7 @@ func (w *catalogWatch) apply(listing map[string][]string, index uint64) catalogD
 		if _, ok := listing[name]; !ok {
 			delete(w.listing, name)
 			d.changed = append(d.changed, name)
+			d.namesChanged = true
 		}
 	}
 	for name, tags := range listing {
@@ -78,9 +95,11 @@ func (w *catalogWatch) apply(listing map[string][]string, index uint64) catalogD
 		// changes as instances come and go: compare them as sets, or every
 		// (de)registration re-reads every multi-tag service.
 		tags = slices.Compact(slices.Sorted(slices.Values(tags)))
-		if old, ok := w.listing[name]; ok && slices.Equal(old, tags) {
+		old, ok := w.listing[name]
+		if ok && slices.Equal(old, tags) {
 			continue
 		}
+		d.namesChanged = d.namesChanged || !ok
 		w.listing[name] = tags
 		d.changed = append(d.changed, name)
 	}
@@ -117,18 +136,26 @@ func (w *catalogWatch) lastIndex() uint64 {
 // errACLFiltered: Consul answered, but ACLs hid everything.
 var errACLFiltered = errors.New("consul ACLs filtered out every result")
 
-// aclFiltered turns an answer that ACLs emptied into an error: with
-// default_policy=deny, a missing or weak token gets 200 and nothing, and
-// applying that would wipe every Consul service from the mesh.
-// Consul flags filtering for real tokens; for the anonymous token it only
-// says default_policy=deny. An empty answer under either is taken as missing
-// permissions (a Consul catalog always lists at least the "consul" service).
-func aclFiltered(meta *api.QueryMeta, n int, needs string) error {
+// aclHidden says whether an empty answer means ACLs hid everything, which
+// must never be applied: with default_policy=deny, a missing or weak token
+// gets 200 and nothing, and applying that would wipe Consul's services from
+// the mesh. Consul flags filtering (X-Consul-Results-Filtered-By-ACLs) for
+// a real token, and an empty answer without the flag is truly empty (an
+// Enterprise namespace or partition can hold no service at all). For the
+// anonymous token Consul never flags it (agent/consul/rpc.go
+// maskResultsFilteredByACLs), so there an empty answer under
+// default_policy=deny counts as hidden where it cannot be empty: a listing
+// outside an Enterprise namespace or partition always holds "consul", and
+// a listed service has instances.
+func (c *Controller) aclHidden(meta *api.QueryMeta, n int, listing bool) bool {
 	if meta == nil || n > 0 {
-		return nil
+		return false
 	}
-	if meta.ResultsFilteredByACLs || meta.DefaultACLPolicy == "deny" {
-		return fmt.Errorf("%w: the token (or anonymous, if none is set) needs read on %s", errACLFiltered, needs)
+	if meta.ResultsFilteredByACLs {
+		return true
 	}
-	return nil
+	if c.consul.transport.token.configured() || meta.DefaultACLPolicy != "deny" {
+		return false
+	}
+	return !listing || (c.args.EnterpriseNamespace == "" && c.args.Partition == "")
 }

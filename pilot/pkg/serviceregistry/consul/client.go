@@ -1,11 +1,13 @@
 package consul
 
 // client.go owns how the registry talks to Consul: the HTTP client (TLS,
-// connection cap, the ACL token on every request), read options, and the
-// slots that bound concurrent reads.
+// keepalives, the ACL token and max_stale on every request), the one path
+// every read takes (the gate, a deadline, a check of the answer's
+// freshness), and what a failure means for the gate.
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -22,15 +24,17 @@ type consulClient struct {
 	*api.Client
 	transport *transport
 	base      api.QueryOptions
-	// slots bound reads besides the two watches (MaxConcurrentRequests):
-	// service reads and the pinpoint read share them.
-	slots chan struct{}
+	gate      *gate
+	// timeout bounds a request that does not block; wait is the blocking
+	// query wait (a blocking request gets both, plus Consul's jitter).
+	timeout, wait time.Duration
+	maxStale      time.Duration // 0 with other consistency modes
 }
 
 // newClient builds the Consul API client. Connections are capped at
-// MaxConcurrentRequests + 2 (the two blocking watches; the occasional
-// pinpoint read waits for a free slot), so the registry stays far below
-// Consul's http_max_conns_per_client (200) however large the catalog.
+// MaxConcurrentRequests + 3 (the three blocking watches), so the registry
+// stays far below Consul's http_max_conns_per_client (200) however large
+// the catalog.
 func newClient(a Args) (*consulClient, error) {
 	cfg := api.DefaultNonPooledConfig()
 	cfg.Address = a.ServerURL
@@ -47,56 +51,133 @@ func newClient(a Args) (*consulClient, error) {
 	if err != nil {
 		return nil, fmt.Errorf("consul TLS settings: %w", err)
 	}
-	maxConns := a.MaxConcurrentRequests + 2
+	maxConns := a.MaxConcurrentRequests + watches
 	base := &http.Transport{
-		Proxy:               http.ProxyFromEnvironment,
-		DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		Proxy: http.ProxyFromEnvironment,
+		DialContext: (&net.Dialer{
+			Timeout: 10 * time.Second,
+			// A peer that vanished without a reset (a lost node, a NAT or
+			// load balancer that dropped the connection) is found within
+			// 30 s of silence, not the kernel's 2 h + 9 probes.
+			KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 5 * time.Second, Count: 3},
+		}).DialContext,
 		TLSClientConfig:     tlsCfg,
 		TLSHandshakeTimeout: 10 * time.Second,
 		MaxConnsPerHost:     maxConns,
 		MaxIdleConnsPerHost: maxConns,
 		IdleConnTimeout:     90 * time.Second,
 	}
-	t := &transport{base: base, token: newTokenSource(string(a.Auth.Token), a.Auth.TokenFile)}
+	var maxStale time.Duration
+	q := api.QueryOptions{Namespace: a.EnterpriseNamespace, Partition: a.Partition}
+	switch a.Consistency {
+	case "stale":
+		q.AllowStale, maxStale = true, a.MaxStale
+	case "consistent":
+		q.RequireConsistent = true
+	}
+	t := &transport{base: base, token: newTokenSource(string(a.Auth.Token), a.Auth.TokenFile), maxStale: maxStale}
 	cfg.HttpClient = &http.Client{Transport: t}
 	cfg.Scheme = "" // taken from Address
 	client, err := api.NewClient(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("consul client for %s: %w", a.ServerURL, err)
 	}
-	q := api.QueryOptions{Namespace: a.EnterpriseNamespace, Partition: a.Partition}
-	switch a.Consistency {
-	case "stale":
-		q.AllowStale = true
-	case "consistent":
-		q.RequireConsistent = true
+	return &consulClient{Client: client, transport: t, base: q, gate: newGate(a.MaxConcurrentRequests),
+		timeout: a.RequestTimeout, wait: a.WaitTime, maxStale: maxStale}, nil
+}
+
+// watches is the number of blocking queries the registry holds open.
+const watches = 3
+
+// request says how one read is sent.
+type request struct {
+	// index makes the read a blocking query that answers once Consul's
+	// index passes it (or after the wait time); 0 answers at once.
+	index uint64
+	// leader asks the leader (no stale read): for an answer that must not
+	// be older than something already seen.
+	leader bool
+	// slot takes one of the gate's MaxConcurrentRequests slots; the
+	// blocking watches and hedges do not.
+	slot bool
+	// timeout, if set, replaces the client's request timeout (a large read).
+	timeout time.Duration
+}
+
+// get sends one read: through the gate, with a deadline, and checks the
+// answer is fresh enough. call makes the request with the options given.
+func (r *consulClient) get(ctx context.Context, req request, call func(*api.QueryOptions) (*api.QueryMeta, error)) (*api.QueryMeta, error) {
+	release, err := r.gate.enter(ctx, req.slot)
+	if err != nil {
+		return nil, err
 	}
-	return &consulClient{Client: client, transport: t, base: q, slots: make(chan struct{}, a.MaxConcurrentRequests)}, nil
-}
-
-// query returns the read options every request carries.
-func (r *consulClient) query(ctx context.Context) *api.QueryOptions {
 	q := r.base
-	return q.WithContext(ctx)
+	timeout := r.timeout
+	if req.timeout > 0 {
+		timeout = req.timeout
+	}
+	if req.index > 0 {
+		// Consul holds a blocking query up to wait + wait/16 (its jitter).
+		q.WaitIndex, q.WaitTime = req.index, r.wait
+		timeout += r.wait + r.wait/16
+	}
+	if req.leader {
+		q.AllowStale = false
+	}
+	rctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	meta, err := call(q.WithContext(rctx))
+	if err == nil && meta != nil && q.AllowStale && r.maxStale > 0 && meta.LastContact > r.maxStale {
+		// Consul hands such a read to the leader itself (max_stale); an
+		// answer this old came from something that did not.
+		err = fmt.Errorf("%w: its server had not heard from the leader for %v (max %v)", errStale, meta.LastContact, r.maxStale)
+	}
+	switch {
+	case err == nil:
+		release(answered)
+	case ctx.Err() != nil:
+		release(abandoned)
+	case rctx.Err() != nil:
+		release(unavailable)
+		err = fmt.Errorf("no answer within %v: %w", timeout, err)
+	case consulFailed(err):
+		release(unavailable)
+	default:
+		release(answered)
+	}
+	return meta, err
 }
 
-// slot waits for a free read slot and returns its release.
-func (r *consulClient) slot() (release func()) {
-	r.slots <- struct{}{}
-	return func() { <-r.slots }
+// errStale: an answer older than the registry may accept.
+var errStale = errors.New("stale answer")
+
+// consulFailed says whether err means Consul itself is failing (so every
+// reader should back off), rather than refusing one request.
+func consulFailed(err error) bool {
+	var se api.StatusError
+	if errors.As(err, &se) {
+		// 429: request_limits; 5xx: no leader, overload; 401/403: the token
+		// is not accepted, which fails every request alike.
+		return se.Code == http.StatusTooManyRequests || se.Code >= 500 || se.Code == http.StatusUnauthorized ||
+			se.Code == http.StatusForbidden
+	}
+	// Anything that is not an answer: refused, reset, TLS, a token file gone, stale.
+	return true
 }
 
 // readService reads every registration of one service with its checks.
-func (r *consulClient) readService(ctx context.Context, name string) ([]*api.ServiceEntry, uint64, error) {
-	defer r.slot()()
-	entries, meta, err := r.Health().Service(name, "", false, r.query(ctx))
+func (r *consulClient) readService(ctx context.Context, name string, leader bool) ([]*api.ServiceEntry, *api.QueryMeta, error) {
+	var entries []*api.ServiceEntry
+	meta, err := r.get(ctx, request{slot: true, leader: leader}, func(q *api.QueryOptions) (*api.QueryMeta, error) {
+		var m *api.QueryMeta
+		var err error
+		entries, m, err = r.Health().Service(name, "", false, q)
+		return m, err
+	})
 	if err != nil {
-		return nil, 0, fmt.Errorf("read service %q: %w", name, err)
+		return nil, nil, fmt.Errorf("read service %q: %w", name, err)
 	}
-	if err := aclFiltered(meta, len(entries), "service \""+name+"\" and node_prefix"); err != nil {
-		return nil, 0, fmt.Errorf("read service %q: %w", name, err)
-	}
-	return entries, meta.LastIndex, nil
+	return entries, meta, nil
 }
 
 // closeIdle drops idle keep-alive connections: they hold goroutines, and a
@@ -107,19 +188,31 @@ func (r *consulClient) closeIdle() {
 	}
 }
 
-// transport adds the ACL token to each request and counts requests
-// (pilot_consul_requests_total), so operators see how hard istiod drives Consul.
+// transport adds the ACL token and max_stale to each request and counts
+// requests (pilot_consul_requests_total), so operators see how hard istiod
+// drives Consul.
 type transport struct {
-	base  http.RoundTripper
-	token *tokenSource
+	base     http.RoundTripper
+	token    *tokenSource
+	maxStale time.Duration
 }
 
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if tok, err := t.token.get(); err != nil {
+	tok, err := t.token.get()
+	if err != nil {
 		return nil, err
-	} else if tok != "" {
+	}
+	q := req.URL.Query()
+	staleBound := t.maxStale > 0 && q.Has("stale")
+	if tok != "" || staleBound {
 		req = req.Clone(req.Context())
-		req.Header.Set("X-Consul-Token", tok)
+		if tok != "" {
+			req.Header.Set("X-Consul-Token", tok)
+		}
+		if staleBound {
+			q.Set("max_stale", t.maxStale.String())
+			req.URL.RawQuery = q.Encode()
+		}
 	}
 	consulRequests.Increment()
 	return t.base.RoundTrip(req)
@@ -140,6 +233,10 @@ type tokenSource struct {
 func newTokenSource(static, file string) *tokenSource {
 	return &tokenSource{static: static, file: file}
 }
+
+// configured reports whether a token is set at all (else requests go as
+// Consul's anonymous token).
+func (s *tokenSource) configured() bool { return s.static != "" || s.file != "" }
 
 func (s *tokenSource) get() (string, error) {
 	if s.file == "" {

@@ -203,22 +203,3 @@ func TestHealthPolicy(t *testing.T) {
 	// Ports come from every registration, so a health flip never changes the service.
 	assert.Len(t, c.convert("web", entries).instances, 5)
 }
-
-func TestVIPs(t *testing.T) {
-	t.Run("stable whatever the order", func(t *testing.T) {
-		a, b := newVIPAllocator("240.241.0.0/16"), newVIPAllocator("240.241.0.0/16")
-		x1, y1 := a.allocate("x.service.consul"), a.allocate("y.service.consul")
-		y2, x2 := b.allocate("y.service.consul"), b.allocate("x.service.consul")
-		assert.Equal(t, x1, x2)
-		assert.Equal(t, y1, y2)
-		assert.NotEqual(t, x1, y1)
-	})
-	t.Run("collisions probe, full range gives none", func(t *testing.T) {
-		a := newVIPAllocator("240.241.0.0/30")
-		x, y := a.allocate("x"), a.allocate("y")
-		assert.ElementsMatch(t, []string{"240.241.0.1", "240.241.0.2"}, []string{x, y}, "network and broadcast addresses unused")
-		assert.Equal(t, "", a.allocate("z"), "range full")
-		a.release("x")
-		assert.Equal(t, x, a.allocate("z"))
-	})
-}

@@ -71,7 +71,7 @@ func TestDebugView(t *testing.T) {
 	assert.Empty(t, rv.Consul.LastError)
 	assert.NotZero(t, rv.Consul.CatalogIndex)
 	assert.Equal(t, 3, rv.Counts.Services, "consul, web, taken")
-	assert.Equal(t, 3, rv.Counts.VIPsUsed)
+	assert.Equal(t, 4, rv.Counts.VIPsUsed, "every listed name holds one: web-sidecar-proxy too (vip.go)")
 	assert.Equal(t, uint64(65534), rv.Counts.VIPCapacity)
 	assert.Equal(t, []string{"taken.service.consul"}, rv.HiddenByKubernetes)
 

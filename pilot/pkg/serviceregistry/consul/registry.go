@@ -10,6 +10,8 @@ package consul
 
 import (
 	"context"
+	"fmt"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -112,7 +114,7 @@ func New(args Args, opts Options) (*Controller, error) {
 		pinpoint: newPinpointer(),
 		dirty:    newDirtySet("consul-" + string(opts.ClusterID)),
 		store:    newStore(args.Mapping.VIPRange),
-		status:   &status{cluster: opts.ClusterID, server: args.ServerURL},
+		status:   newStatus(opts.ClusterID, args.ServerURL),
 		sync:     newSyncTracker(),
 	}
 	return c, nil
@@ -131,15 +133,16 @@ func (c *Controller) Run(stop <-chan struct{}) {
 	defer cancel()
 	c.sync.started = time.Now()
 	log.Infof("consul registry %s: watching %s (consistency %s, at most %d connections)",
-		c.opts.ClusterID, c.args.ServerURL, c.args.Consistency, c.args.MaxConcurrentRequests+2)
+		c.opts.ClusterID, c.args.ServerURL, c.args.Consistency, c.args.MaxConcurrentRequests+watches)
 
 	var wg sync.WaitGroup
 	for range c.args.MaxConcurrentRequests {
 		wg.Go(func() { c.work(ctx) })
 	}
-	wg.Go(func() { c.blockingWatch(ctx, "catalog", c.readCatalog) })
-	wg.Go(func() { c.blockingWatch(ctx, "health", c.readHealth) })
-	wg.Go(func() { c.runPinpoint(ctx) })
+	wg.Go(func() { c.keep(ctx, "catalog watch", func() { c.blockingWatch(ctx, "catalog", c.readCatalog) }) })
+	wg.Go(func() { c.keep(ctx, "health watch", func() { c.blockingWatch(ctx, "health", c.readHealth) }) })
+	wg.Go(func() { c.keep(ctx, "nodes watch", func() { c.blockingWatch(ctx, "nodes", c.readNodes) }) })
+	wg.Go(func() { c.keep(ctx, "pinpoint", func() { c.runPinpoint(ctx) }) })
 	wg.Go(func() { c.awaitSync(ctx) })
 
 	<-stop
@@ -151,27 +154,94 @@ func (c *Controller) Run(stop <-chan struct{}) {
 }
 
 // HasSynced is true once every service of the first catalog listing has been
-// read, or once SyncTimeout has passed (so an unreachable Consul cannot keep
-// istiod unready forever).
+// read and pushed to istiod, or once the first sync went SyncTimeout without
+// a single successful read (so an unreachable Consul cannot keep istiod
+// unready forever).
 func (c *Controller) HasSynced() bool { return c.sync.synced.Load() }
 
 // awaitSync logs the end of the first sync, or gives up waiting for it
-// after SyncTimeout.
+// once Consul has not answered for SyncTimeout. A sync that makes
+// progress, however slowly, is never cut short: a ready istiod with part
+// of the catalog would drop the clusters of every service not yet read
+// from proxies that connect to it.
 func (c *Controller) awaitSync(ctx context.Context) {
-	timeout := time.NewTimer(c.args.SyncTimeout)
-	defer timeout.Stop()
-	select {
-	case <-ctx.Done():
+	timer := time.NewTimer(c.args.SyncTimeout)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.sync.done:
+			services, endpoints, _ := c.store.counts()
+			log.Infof("consul registry %s synced: %d services, %d endpoints in %v",
+				c.opts.ClusterID, services, endpoints, time.Since(c.sync.started).Round(time.Millisecond))
+			return
+		case <-timer.C:
+		}
+		st := c.status.view()
+		progress := c.sync.started
+		if st.lastSuccess.After(progress) {
+			progress = st.lastSuccess
+		}
+		if wait := time.Until(progress.Add(c.args.SyncTimeout)); wait > 0 {
+			timer.Reset(wait)
+			continue
+		}
+		missing, ended := c.sync.timeout()
+		if !ended {
+			continue // synced meanwhile; logged above
+		}
+		consulSyncTimeouts.Increment()
+		log.Errorf("consul registry %s: NOT SYNCED: no successful read from Consul at %s for %v (last error: %v); "+
+			"reporting ready WITHOUT %s: proxies that connect now get no cluster for them until Consul answers",
+			c.opts.ClusterID, c.args.ServerURL, c.args.SyncTimeout, st.lastErr, unreadText(missing))
+		select {
+		case <-ctx.Done():
+		case <-c.sync.complete:
+			log.Infof("consul registry %s: first sync complete after all, %v after start",
+				c.opts.ClusterID, time.Since(c.sync.started).Round(time.Millisecond))
+		}
 		return
-	case <-c.sync.done:
-	case <-timeout.C:
-		if missing, ended := c.sync.timeout(); ended {
-			log.Errorf("consul registry %s: NOT SYNCED after %v (Consul at %s unreachable or slow; %d services unread); "+
-				"reporting ready anyway, serving what was read so far", c.opts.ClusterID, c.args.SyncTimeout, c.args.ServerURL, missing)
+	}
+}
+
+func unreadText(missing int) string {
+	if missing < 0 {
+		return "any Consul service (the catalog was never listed)"
+	}
+	return fmt.Sprintf("%d unread Consul services", missing)
+}
+
+// keep runs loop until ctx ends. A panic in it is recovered (see
+// recovered) and the loop started again after a pause: the watches hold
+// no state a restart loses, and a restarted watch re-reads from scratch.
+func (c *Controller) keep(ctx context.Context, name string, loop func()) {
+	for ctx.Err() == nil {
+		func() {
+			defer func() {
+				if v := recover(); v != nil {
+					c.recovered(name, v)
+				}
+			}()
+			loop()
+		}()
+		if !sleep(ctx, time.Second) {
 			return
 		}
 	}
-	services, endpoints, _ := c.store.counts()
-	log.Infof("consul registry %s synced: %d services, %d endpoints in %v",
-		c.opts.ClusterID, services, endpoints, time.Since(c.sync.started).Round(time.Millisecond))
+}
+
+// recovered handles a panic in the registry: logged with its stack,
+// counted (pilot_consul_panics_total) and shown in /debug/consulz; the
+// caller restarts what panicked. Not crashing is deliberate (README,
+// Reliability): every replica reads the same catalog, so a panic that some
+// Consul data provokes would crash all of them together, again after each
+// restart, and with them every Kubernetes service the mesh holds. Recovered,
+// the registry keeps its last good state and the rest of istiod serves on.
+func (c *Controller) recovered(where string, v any) error {
+	err := fmt.Errorf("consul registry %s: panic in %s: %v", c.opts.ClusterID, where, v)
+	consulPanics.Increment()
+	c.status.panicked(err.Error())
+	log.Errorf("%v; recovered, its last good state is kept and it is retried\n%s", err, debug.Stack())
+	return err
 }

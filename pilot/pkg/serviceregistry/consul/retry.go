@@ -1,31 +1,155 @@
 package consul
 
-// retry.go owns the registry's one retry policy: every failed Consul read
-// (a watch, the pinpoint read, one service) waits retryDelay before trying
-// again.
+// retry.go owns how the registry retries. Two kinds of failure, two
+// policies:
+//   - Consul itself fails (refused, no answer in time, 429, 5xx, a token it
+//     rejects): every reader waits behind one gate, and requests resume one
+//     at a time, doubling while they succeed. Thousands of services failing
+//     together then cost Consul a request per retry period, not thousands.
+//   - One service's read fails while Consul answers others (ACLs hide its
+//     nodes): that service alone is retried, slower and slower.
 
 import (
+	"context"
 	"math/rand/v2"
 	"sync"
 	"time"
 )
 
-// Backoff bounds for failed Consul reads. The cap is low on purpose: a
-// failing read costs Consul one small request, and istiod must converge
-// within a couple of seconds of Consul coming back after an outage.
+// Backoff bounds while Consul fails. The cap is low on purpose: the gate
+// lets one request through per period, so a failing Consul gets at most a
+// few requests a second per registry, and istiod converges within a
+// second of Consul coming back after an outage.
 const (
 	backoffMin = 100 * time.Millisecond
 	backoffMax = 500 * time.Millisecond
 )
 
+// Bounds of a single service's retries: it is retried although Consul
+// keeps refusing it, in case its ACLs change.
+const (
+	serviceRetryMin = time.Second
+	serviceRetryMax = 5 * time.Minute
+)
+
 // retryDelay is exponential with jitter over the upper half: a fleet of
 // istiods restarting together does not hit a recovering Consul in lock-step.
 func retryDelay(failures int) time.Duration {
-	d := min(backoffMin<<min(failures, 16), backoffMax)
+	return jittered(backoffMin, backoffMax, failures)
+}
+
+func jittered(lo, hi time.Duration, failures int) time.Duration {
+	d := min(lo<<min(failures, 20), hi)
 	return d/2 + rand.N(d/2+1)
 }
 
-// backoff counts one reader's consecutive failures.
+// outcome is what a request tells the gate about Consul.
+type outcome int
+
+const (
+	answered    outcome = iota // Consul answered (an empty or refused result included)
+	unavailable                // Consul failed: refused, timed out, overloaded, stale
+	abandoned                  // the caller gave up (shutdown): says nothing
+)
+
+// gate is the one brake on every request to Consul. While Consul works it
+// only bounds the requests in flight (slots: MaxConcurrentRequests); the
+// blocking watches pass without a slot. When a request finds Consul failing,
+// the gate closes for retryDelay, then lets one request through; each
+// success doubles how many may be in flight, a failure closes it again.
+type gate struct {
+	mu       sync.Mutex
+	max      int       // slots while Consul works
+	limit    int       // slots now: max, or fewer while resuming
+	inflight int       // requests holding a slot
+	failures int       // consecutive failed periods; 0 while Consul works
+	resumeAt time.Time // no request before this while failures > 0
+	changed  chan struct{}
+}
+
+func newGate(slots int) *gate {
+	return &gate{max: slots, limit: slots, changed: make(chan struct{})}
+}
+
+// enter waits until a request may go. A request with slot holds one of the
+// gate's slots until release; one without (a blocking watch, a hedge) only
+// waits while the gate is closed. release reports what Consul did.
+func (g *gate) enter(ctx context.Context, slot bool) (release func(outcome), err error) {
+	for {
+		g.mu.Lock()
+		wait := time.Duration(0)
+		if g.failures > 0 {
+			wait = time.Until(g.resumeAt)
+		}
+		if wait <= 0 && (!slot || g.inflight < g.limit) {
+			if slot {
+				g.inflight++
+			}
+			g.mu.Unlock()
+			start := time.Now()
+			return func(o outcome) { g.done(slot, start, o) }, nil
+		}
+		changed := g.changed
+		g.mu.Unlock()
+		if err := waitFor(ctx, changed, wait); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// waitFor waits for changed, or for d when d > 0.
+func waitFor(ctx context.Context, changed <-chan struct{}, d time.Duration) error {
+	var timeout <-chan time.Time
+	if d > 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		timeout = t.C
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-changed:
+	case <-timeout:
+	}
+	return nil
+}
+
+func (g *gate) done(slot bool, start time.Time, o outcome) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if slot {
+		g.inflight--
+	}
+	switch o {
+	case answered:
+		if g.failures > 0 || g.limit < g.max {
+			g.failures = 0
+			g.limit = min(g.max, 2*g.limit)
+		}
+	case unavailable:
+		// Requests sent before the gate last closed fail together; only
+		// one sent since counts, or one outage would escalate per request.
+		if g.failures > 0 && start.Before(g.resumeAt) {
+			break
+		}
+		g.resumeAt = time.Now().Add(retryDelay(g.failures))
+		g.failures++
+		g.limit = 1
+	}
+	close(g.changed)
+	g.changed = make(chan struct{})
+}
+
+// closed reports whether Consul is failing (the gate lets one request
+// through at a time, after a delay).
+func (g *gate) closed() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.failures > 0
+}
+
+// backoff counts one reader's consecutive failures, for the pause after
+// a failure the gate did not see (an answer that could not be used).
 type backoff struct{ failures int }
 
 // fail returns how long to wait before the next attempt.
@@ -35,35 +159,32 @@ func (b *backoff) fail() time.Duration {
 	return d
 }
 
-// first is true when the last fail was the first of a streak.
-func (b *backoff) first() bool { return b.failures == 1 }
-
 func (b *backoff) reset() { b.failures = 0 }
 
-// retryLimiter is the same policy per queued service, as the work queue's
-// rate limiter (workqueue.TypedRateLimiter).
-type retryLimiter struct {
+// serviceRetries is the policy of one service's failed reads, as the work
+// queue's rate limiter (workqueue.TypedRateLimiter).
+type serviceRetries struct {
 	mu       sync.Mutex
 	failures map[string]int
 }
 
-func newRetryLimiter() *retryLimiter { return &retryLimiter{failures: map[string]int{}} }
+func newServiceRetries() *serviceRetries { return &serviceRetries{failures: map[string]int{}} }
 
-func (r *retryLimiter) When(name string) time.Duration {
+func (r *serviceRetries) When(name string) time.Duration {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	d := retryDelay(r.failures[name])
+	d := jittered(serviceRetryMin, serviceRetryMax, r.failures[name])
 	r.failures[name]++
 	return d
 }
 
-func (r *retryLimiter) Forget(name string) {
+func (r *serviceRetries) Forget(name string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	delete(r.failures, name)
 }
 
-func (r *retryLimiter) NumRequeues(name string) int {
+func (r *serviceRetries) NumRequeues(name string) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.failures[name]

@@ -10,9 +10,12 @@ package consul
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync"
 	"time"
 
+	"github.com/hashicorp/consul/api"
 	"k8s.io/client-go/util/workqueue"
 
 	"istio.io/istio/pilot/pkg/model"
@@ -23,101 +26,158 @@ import (
 type dirtySet struct {
 	queue workqueue.TypedRateLimitingInterface[string]
 	mu    sync.Mutex
-	since map[string]time.Time // when a change to a service was first seen, for the latency metric
+	marks map[string]mark
+}
+
+// mark is why a service waits: since when, and the index its read must
+// reach (an answer below it comes from a server that has not seen the
+// change that marked it).
+type mark struct {
+	since time.Time // when a change was first seen, for the latency metric
+	need  uint64
 }
 
 func newDirtySet(name string) *dirtySet {
 	return &dirtySet{
-		queue: workqueue.NewTypedRateLimitingQueueWithConfig[string](newRetryLimiter(),
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig[string](newServiceRetries(),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: name}),
-		since: map[string]time.Time{},
+		marks: map[string]mark{},
 	}
 }
 
-// mark says services may have changed or left.
-func (d *dirtySet) mark(names ...string) {
-	now := time.Now()
-	d.mu.Lock()
-	for _, n := range names {
-		if _, ok := d.since[n]; !ok {
-			d.since[n] = now
-		}
-	}
-	d.mu.Unlock()
+// mark says services may have changed or left; their reads must reach need.
+func (d *dirtySet) mark(need uint64, names ...string) {
+	d.merge(mark{since: time.Now(), need: need}, names...)
 	for _, n := range names {
 		d.queue.Add(n)
 	}
 }
 
-// take blocks for the next service; quit once shut down.
-func (d *dirtySet) take() (name string, since time.Time, quit bool) {
-	name, quit = d.queue.Get()
-	if quit {
-		return "", time.Time{}, true
-	}
+func (d *dirtySet) merge(m mark, names ...string) {
 	d.mu.Lock()
-	since = d.since[name]
-	delete(d.since, name)
-	d.mu.Unlock()
-	return name, since, false
+	defer d.mu.Unlock()
+	for _, n := range names {
+		old, ok := d.marks[n]
+		if ok && old.since.Before(m.since) {
+			m.since = old.since
+		}
+		d.marks[n] = mark{since: m.since, need: max(old.need, m.need)}
+	}
 }
 
-// done releases a service; failed retries it after the retry delay.
-func (d *dirtySet) done(name string, since time.Time, failed bool) {
-	if failed {
-		d.mu.Lock()
-		if _, ok := d.since[name]; !ok {
-			d.since[name] = since
-		}
-		d.mu.Unlock()
-		d.queue.AddRateLimited(name)
-	} else {
+// take blocks for the next service; quit once shut down.
+func (d *dirtySet) take() (name string, m mark, quit bool) {
+	name, quit = d.queue.Get()
+	if quit {
+		return "", mark{}, true
+	}
+	d.mu.Lock()
+	m = d.marks[name]
+	delete(d.marks, name)
+	d.mu.Unlock()
+	return name, m, false
+}
+
+// done releases a service. After a failure it is read again: at once when
+// Consul failed (the gate paces every reader), after the service's own
+// retry delay when Consul refused that service alone.
+func (d *dirtySet) done(name string, m mark, err error) {
+	switch {
+	case err == nil:
 		d.queue.Forget(name)
+	case isRefused(err):
+		d.merge(m, name)
+		d.queue.AddRateLimited(name)
+	default:
+		d.merge(m, name)
+		d.queue.Add(name)
 	}
 	d.queue.Done(name)
 }
-
-func (d *dirtySet) failures(name string) int { return d.queue.NumRequeues(name) }
 
 // len is the number of services waiting (not those in work).
 func (d *dirtySet) len() int { return d.queue.Len() }
 
 func (d *dirtySet) shutDown() { d.queue.ShutDown() }
 
+// refusedError: Consul answered, but refused this service alone.
+type refusedError struct{ err error }
+
+func (e *refusedError) Error() string { return e.err.Error() }
+func (e *refusedError) Unwrap() error { return e.err }
+
+func isRefused(err error) bool {
+	var r *refusedError
+	return errors.As(err, &r)
+}
+
 // work processes marked services until the set shuts down.
 func (c *Controller) work(ctx context.Context) {
 	for {
-		name, since, quit := c.dirty.take()
+		name, m, quit := c.dirty.take()
 		if quit {
 			return
 		}
-		err := c.syncService(ctx, name, since)
-		if err != nil && ctx.Err() == nil {
-			n := c.dirty.failures(name)
-			c.status.readFailed("service", err, retryDelay(n), n == 0)
+		err := c.syncServiceSafely(ctx, name, m)
+		switch {
+		case err == nil || ctx.Err() != nil:
+		case isRefused(err):
+			c.status.serviceRefused(name, err)
+		default:
+			c.status.readFailed("service", err, retryDelay(0))
 		}
-		c.dirty.done(name, since, err != nil && ctx.Err() == nil)
+		c.dirty.done(name, m, err)
 	}
 }
 
+// syncServiceSafely is syncService, with a panic turned into a failed read
+// of that service (see recovered): the service stays as last served and is
+// retried, the others go on.
+func (c *Controller) syncServiceSafely(ctx context.Context, name string, m mark) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = &refusedError{c.recovered("service "+name, v)}
+		}
+	}()
+	return c.syncService(ctx, name, m)
+}
+
 // syncService brings one service in line with Consul and pushes what changed.
-func (c *Controller) syncService(ctx context.Context, name string, since time.Time) error {
+func (c *Controller) syncService(ctx context.Context, name string, m mark) error {
 	if !c.catalog.listed(name) {
 		c.removeService(name)
 		return nil
 	}
-	entries, index, err := c.consul.readService(ctx, name)
+	// Never store an answer older than what is served, or older than the
+	// change that marked the service: behind a load balancer, a lagging
+	// server answers too, and its answer would stand until the next change.
+	served, _ := c.store.readIndex(name)
+	need := max(m.need, served)
+	entries, meta, err := c.consul.readService(ctx, name, false)
+	if err == nil && !c.aclHidden(meta, len(entries), false) && c.behind(entries, meta.LastIndex, need) {
+		consulLaggingAnswers.Increment()
+		log.Debugf("consul service %s: answer at index %d is behind %d (catalog %d); asking the leader",
+			name, meta.LastIndex, need, c.catalog.lastIndex())
+		entries, meta, err = c.consul.readService(ctx, name, true)
+	}
 	if err != nil {
 		return err
 	}
 	c.status.readSucceeded()
+	if c.aclHidden(meta, len(entries), false) {
+		err := &refusedError{fmt.Errorf("read service %q: %w: the token needs read on its nodes (node_prefix)", name, errACLFiltered)}
+		c.store.failed(name, err)
+		c.sync.read(name) // read as far as it can be: it does not hold readiness
+		return err
+	}
 	if !c.catalog.listed(name) {
 		// Deregistered while we read it: the answer may predate that.
 		c.removeService(name)
 		return nil
 	}
+	index := meta.LastIndex
 	c.pinpoint.explain(index) // a service's index is that of its last change
-	c.health.noteRead(name, entries)
+	c.health.noteRead(name, entries, index)
 	conv := c.conv.convert(name, entries)
 	for _, w := range conv.warnings(name) {
 		log.Warn(w)
@@ -127,25 +187,34 @@ func (c *Controller) syncService(ctx context.Context, name string, since time.Ti
 	}
 	ch := c.store.update(name, conv, readRecord{index: index, at: time.Now(), skipped: conv.skipped,
 		notServed: conv.notServed, conflicts: conv.conflicts})
-	c.sync.read(name)
 	log.Debugf("consul service %s read at index %d: %d endpoints (service changed: %v, endpoints changed: %v)",
 		name, index, len(conv.endpoints), ch.serviceChanged, ch.endpointsChanged)
 	if c.push(ch) {
 		c.publish(name, ch.next)
-		if !since.IsZero() {
-			consulPushLatency.Record(time.Since(since).Seconds())
+		if !m.since.IsZero() {
+			consulPushLatency.Record(time.Since(m.since).Seconds())
 		}
 	}
+	// After the push: ready means everything read has reached istiod.
+	c.sync.read(name)
 	return nil
+}
+
+// behind says whether an answer is older than what the registry knows:
+// below the index a change marked it with (or what is served), or empty
+// below the listing that lists it (a listed service has instances at the
+// listing's index; one that left since answers at a later index).
+func (c *Controller) behind(entries []*api.ServiceEntry, index, need uint64) bool {
+	return index < need || (len(entries) == 0 && index < c.catalog.lastIndex())
 }
 
 // removeService drops a service that left the catalog.
 func (c *Controller) removeService(name string) {
 	c.health.forget(name)
-	c.sync.read(name)
 	if c.push(change{prev: c.store.remove(name), serviceChanged: true}) {
 		c.publish(name, nil)
 	}
+	c.sync.read(name)
 }
 
 // push tells istiod what one change did; false when there was nothing to say.

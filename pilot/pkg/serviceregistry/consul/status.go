@@ -2,8 +2,8 @@ package consul
 
 // status.go owns what the registry reports about itself: whether Consul is
 // reachable, the last error and success (logged loudly but not spammed,
-// exported as metrics and in /debug/consulz), and whether the first sync
-// is complete.
+// exported as metrics and in /debug/consulz), panics it recovered from,
+// and whether the first sync is complete.
 
 import (
 	"fmt"
@@ -14,19 +14,23 @@ import (
 	"istio.io/istio/pkg/cluster"
 )
 
-// warnEvery is how often an ongoing Consul outage is logged at warn level.
+// warnEvery is how often one kind of failure is logged at warn level: an
+// outage of 10,000 services is one warning per period, not 10,000.
 const warnEvery = 30 * time.Second
 
 type status struct {
 	cluster cluster.ID
 	server  string // Consul's URL, for messages; never holds the token
-	// mu keeps reachable, lastErr and lastSuccess one consistent record:
-	// reads of several readers finish in any order.
+	// mu keeps the record consistent: reads of several readers finish in
+	// any order.
 	mu          sync.Mutex
 	reachable   bool
 	lastErr     error
-	lastWarn    time.Time
 	lastSuccess time.Time
+	warned      map[string]time.Time // by kind of failure: the last warning
+	quiet       map[string]int       // failures since that warning, logged at debug
+	panics      int
+	lastPanic   string
 }
 
 // statusView is one consistent reading of status.
@@ -34,30 +38,63 @@ type statusView struct {
 	reachable   bool
 	lastErr     error
 	lastSuccess time.Time
+	panics      int
+	lastPanic   string
 }
 
-// readFailed records a failed read. first says it is the first failure of
-// its reader's streak: that one is always a warning, later ones are warnings
-// at most every warnEvery (debug otherwise), so an outage is loud but not spam.
-func (s *status) readFailed(what string, err error, retry time.Duration, first bool) {
+func newStatus(cluster cluster.ID, server string) *status {
+	return &status{cluster: cluster, server: server, warned: map[string]time.Time{}, quiet: map[string]int{}}
+}
+
+// readFailed records a failed read of Consul by reader what (catalog,
+// health, nodes, checks, service): Consul is unreachable until a read
+// succeeds. The last good state is kept.
+func (s *status) readFailed(what string, err error, retry time.Duration) {
 	err = fmt.Errorf("consul %s read from %s: %w", what, s.server, err)
 	consulWatchErrors.With(watchLabel.Value(what)).Increment()
-	now := time.Now()
 	s.mu.Lock()
 	s.lastErr = err
 	if s.reachable || s.lastSuccess.IsZero() {
 		consulReachable.Record(0)
 	}
 	s.reachable = false
-	warn := first || now.Sub(s.lastWarn) >= warnEvery
+	s.mu.Unlock()
+	next := "will retry"
+	if retry > 0 {
+		next = fmt.Sprintf("will retry in %v", retry.Round(time.Millisecond))
+	}
+	s.log(what, fmt.Sprintf("%v; keeping the last good state, %s", err, next))
+}
+
+// serviceRefused records that Consul refused to show one service (while
+// it answers others): its last good state is kept, and it is retried
+// slowly; Consul stays reachable.
+func (s *status) serviceRefused(name string, err error) {
+	consulWatchErrors.With(watchLabel.Value("service")).Increment()
+	s.log("refused", fmt.Sprintf("consul registry %s: %v; serving what was read before, if anything, and retrying it slowly",
+		s.cluster, err))
+}
+
+// log writes a failure at warn level once per warnEvery and kind, with the
+// number of failures since the last warning; the others at debug.
+func (s *status) log(kind, msg string) {
+	now := time.Now()
+	s.mu.Lock()
+	warn := now.Sub(s.warned[kind]) >= warnEvery
+	quiet := s.quiet[kind]
 	if warn {
-		s.lastWarn = now
+		s.warned[kind], s.quiet[kind] = now, 0
+	} else {
+		s.quiet[kind]++
 	}
 	s.mu.Unlock()
-	if warn {
-		log.Warnf("%v; keeping the last good state, will retry in %v", err, retry.Round(time.Millisecond))
-	} else {
-		log.Debugf("%v; will retry in %v", err, retry.Round(time.Millisecond))
+	switch {
+	case !warn:
+		log.Debug(msg)
+	case quiet > 0:
+		log.Warnf("%s (and %d more %s failures in the last %v, logged at debug)", msg, quiet, kind, warnEvery)
+	default:
+		log.Warn(msg)
 	}
 }
 
@@ -77,29 +114,43 @@ func (s *status) readSucceeded() {
 	}
 }
 
+// panicked records a recovered panic.
+func (s *status) panicked(msg string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.panics++
+	s.lastPanic = msg
+}
+
 // view reads the record.
 func (s *status) view() statusView {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return statusView{reachable: s.reachable, lastErr: s.lastErr, lastSuccess: s.lastSuccess}
+	return statusView{reachable: s.reachable, lastErr: s.lastErr, lastSuccess: s.lastSuccess,
+		panics: s.panics, lastPanic: s.lastPanic}
 }
 
-// syncTracker follows the first sync: every service of the first listing read.
+// syncTracker follows the first sync: every service of the first listing
+// read and pushed to istiod.
 type syncTracker struct {
-	mu      sync.Mutex
-	started time.Time
-	initial map[string]struct{} // services of the first listing still to read; nil before it
-	done    chan struct{}       // closed once synced (or timed out)
-	synced  atomic.Bool
+	mu       sync.Mutex
+	started  time.Time
+	initial  map[string]struct{} // services of the first listing still to read; nil before it
+	done     chan struct{}       // closed once synced (or timed out)
+	complete chan struct{}       // closed once every service of the first listing is read
+	synced   atomic.Bool
+	timedOut atomic.Bool // readiness was released by SyncTimeout
 }
 
-func newSyncTracker() *syncTracker { return &syncTracker{done: make(chan struct{})} }
+func newSyncTracker() *syncTracker {
+	return &syncTracker{done: make(chan struct{}), complete: make(chan struct{})}
+}
 
 // expect starts tracking the first listing's services.
 func (t *syncTracker) expect(names []string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.synced.Load() || t.initial != nil {
+	if t.initial != nil {
 		return
 	}
 	t.initial = make(map[string]struct{}, len(names))
@@ -109,7 +160,7 @@ func (t *syncTracker) expect(names []string) {
 	t.checkLocked()
 }
 
-// read records that a service was read (or left).
+// read records that a service was read and pushed (or left, or was refused).
 func (t *syncTracker) read(name string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -120,7 +171,15 @@ func (t *syncTracker) read(name string) {
 }
 
 func (t *syncTracker) checkLocked() {
-	if len(t.initial) == 0 && !t.synced.Load() {
+	if len(t.initial) > 0 {
+		return
+	}
+	select {
+	case <-t.complete:
+	default:
+		close(t.complete)
+	}
+	if !t.synced.Load() {
 		t.finishLocked()
 	}
 }
@@ -130,6 +189,17 @@ func (t *syncTracker) finishLocked() {
 	close(t.done)
 }
 
+// unread is how many services of the first listing are still to read
+// (-1 before the first listing).
+func (t *syncTracker) unread() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.initial == nil {
+		return -1
+	}
+	return len(t.initial)
+}
+
 // timeout ends the wait with services still unread; it returns how many.
 func (t *syncTracker) timeout() (missing int, ended bool) {
 	t.mu.Lock()
@@ -137,6 +207,7 @@ func (t *syncTracker) timeout() (missing int, ended bool) {
 	if t.synced.Load() {
 		return 0, false
 	}
+	t.timedOut.Store(true)
 	t.finishLocked()
 	return len(t.initial), true
 }

@@ -37,6 +37,9 @@ type readRecord struct {
 	skipped   []skipped
 	notServed string
 	conflicts []protocolConflict
+	// err is why the last read of the service failed while Consul answered
+	// others (ACLs hide its nodes); what was served before stays served.
+	err string
 }
 
 type store struct {
@@ -46,7 +49,7 @@ type store struct {
 	byIP      map[string][]*serviceState
 	nodes     map[string]sets.String // node -> services with instances there
 	reads     map[string]readRecord  // by Consul name; every service read since it was listed
-	vips      *vipAllocator
+	vips      *vipTable
 	endpoints int // of all services, so the gauge costs O(1) per update
 }
 
@@ -57,7 +60,7 @@ func newStore(vipRange string) *store {
 		byIP:     map[string][]*serviceState{},
 		nodes:    map[string]sets.String{},
 		reads:    map[string]readRecord{},
-		vips:     newVIPAllocator(vipRange),
+		vips:     newVIPTable(vipRange),
 	}
 }
 
@@ -83,7 +86,7 @@ func (s *store) update(name string, conv conversion, rec readRecord) change {
 		return change{prev: prev, serviceChanged: true, endpointsChanged: true}
 	}
 	svc := conv.service
-	svc.DefaultAddress = s.vips.allocate(svc.Hostname)
+	svc.DefaultAddress = s.vips.lookup(svc.Hostname)
 	next := &serviceState{
 		name:        name,
 		service:     svc,
@@ -130,8 +133,32 @@ func (s *store) remove(name string) *serviceState {
 
 func (s *store) removeLocked(prev *serviceState) {
 	s.unindexLocked(prev)
-	s.vips.release(prev.service.Hostname)
 	s.recordGauges()
+}
+
+// failed records that a read of a listed service failed while Consul
+// answered others; what is served for it stays.
+func (s *store) failed(name string, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rec := s.reads[name]
+	rec.err = err.Error()
+	s.reads[name] = rec
+}
+
+// assignVIPs rebuilds the VIP table for the listed hostnames and returns
+// the served services whose VIP it changed, to be re-pushed.
+func (s *store) assignVIPs(hosts []host.Name) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.vips.assign(hosts)
+	var moved []string
+	for name, st := range s.services {
+		if st.service.DefaultAddress != s.vips.lookup(st.service.Hostname) {
+			moved = append(moved, name)
+		}
+	}
+	return moved
 }
 
 func (s *store) indexLocked(st *serviceState) {
@@ -216,7 +243,8 @@ func (s *store) onNode(node string) []string {
 	return s.nodes[node].UnsortedList()
 }
 
-// readIndex is the Consul index of the last read of a listed service.
+// readIndex is the Consul index of the last successful read of a listed
+// service (what is served for it).
 func (s *store) readIndex(name string) (uint64, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()

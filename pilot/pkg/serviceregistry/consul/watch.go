@@ -1,48 +1,68 @@
 package consul
 
-// watch.go owns the blocking-query loop every watch (catalog.go, health.go)
-// runs: wait on Consul's index, back off on errors, hedge reads after a
-// failure, and start over when Consul's index goes backwards.
+// watch.go owns the blocking-query loop every watch (catalog.go, health.go,
+// nodes.go) runs: wait on Consul's index, back off on errors, hedge reads
+// after a failure, ignore answers older than the last one applied, and
+// start over when Consul's index really went backwards.
 
 import (
 	"context"
 	"time"
-
-	"github.com/hashicorp/consul/api"
 )
 
-// A watchRead fetches one answer from Consul and returns its index and how
-// to store it. The watch calls apply, one answer at a time.
-type watchRead func(q *api.QueryOptions) (index uint64, apply func(), err error)
+// A watchRead fetches one answer from Consul (consulClient.get with req) and
+// returns its index and how to store it. The watch calls apply, one answer
+// at a time.
+type watchRead func(ctx context.Context, req request) (index uint64, apply func(), err error)
+
+const (
+	// minWatchGap spaces the reads of one watch: a Consul (or a proxy in
+	// front of it) that answers at once, again and again, gets at most ten
+	// reads a second from each watch, not as many as the network carries.
+	minWatchGap = 100 * time.Millisecond
+	// pollEvery paces a watch whose answers carry no X-Consul-Index (Consul
+	// always sends one; a proxy in between dropped it): with no index to
+	// block on, the watch polls.
+	pollEvery = time.Second
+	// regressionsToReset is how many answers in a row must be older than
+	// the last one applied before the watch believes Consul's index went
+	// backwards (a snapshot restore, a rebuilt cluster) and starts over.
+	// Behind a load balancer, a single older answer is a lagging server.
+	regressionsToReset = 3
+)
 
 // blockingWatch runs one Consul blocking query after another until ctx ends:
-// read is called with WaitIndex set to the last index seen. No polling: each
-// call returns only when Consul has news or the wait time runs out. On
-// errors it backs off and keeps the caller's last good state, since nothing
-// is applied without a successful read.
+// read is called with the last index seen. No polling: each call returns
+// only when Consul has news or the wait time runs out. On errors it backs
+// off and keeps the caller's last good state, since nothing is applied
+// without a successful read.
 func (c *Controller) blockingWatch(ctx context.Context, what string, read watchRead) {
 	var index uint64
 	var bo backoff
+	var last time.Time
+	regressed, polling := 0, false
 	for ctx.Err() == nil {
+		if !sleep(ctx, minWatchGap-time.Since(last)) {
+			return
+		}
+		last = time.Now()
 		var next uint64
 		var apply func()
 		var err error
-		if bo.failures > 0 || index == 0 {
+		if bo.failures > 0 || index == 0 || regressed > 0 {
 			// After a failure, read without blocking: the Consul that answers
 			// may be a rebuilt one whose index is below ours, and a blocking
 			// query on our index would hang there until the wait time runs out.
-			next, apply, err = hedgedRead(ctx, c.consul.query, read)
+			next, apply, err = hedgedRead(ctx, read)
 		} else {
-			q := c.consul.query(ctx)
-			q.WaitIndex, q.WaitTime = index, c.args.WaitTime
-			next, apply, err = read(q)
+			next, apply, err = read(ctx, request{index: index})
 		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
 			d := bo.fail()
-			c.status.readFailed(what, err, d, bo.first())
+			c.status.readFailed(what, err, d)
 			if !sleep(ctx, d) {
 				return
 			}
@@ -51,18 +71,35 @@ func (c *Controller) blockingWatch(ctx context.Context, what string, read watchR
 		log.Debugf("consul %s read: index %d -> %d", what, index, next)
 		bo.reset()
 		c.status.readSucceeded()
-		apply()
 		switch {
-		case next < index:
-			// Consul restored a snapshot or a new leader has a lower index:
-			// start over, or the watch would wait for an index never reached.
-			log.Warnf("consul %s index went backwards (%d -> %d); resetting the watch and re-reading every service",
-				what, index, next)
-			index = 0
-			c.indexReset()
 		case next == 0:
-			index = 1 // Consul's rule: never block on index 0 after a read
+			apply()
+			if !polling {
+				log.Warnf("consul %s answers from %s carry no X-Consul-Index (does a proxy drop it?): polling every %v",
+					what, c.args.ServerURL, pollEvery)
+			}
+			polling = true
+			if !sleep(ctx, pollEvery) {
+				return
+			}
+		case next < index:
+			regressed++
+			if regressed < regressionsToReset {
+				// Older than what is applied: a lagging server. Drop it.
+				log.Debugf("consul %s answer at index %d is older than %d; reading again", what, next, index)
+				continue
+			}
+			// Consul restored a snapshot or the cluster was rebuilt: start
+			// over, or the watch would wait for an index never reached.
+			log.Warnf("consul %s index went backwards (%d -> %d) in %d answers; resetting the watch and re-reading every service",
+				what, index, next, regressed)
+			regressed = 0
+			apply()
+			index = next
+			c.indexReset()
 		default:
+			regressed, polling = 0, false
+			apply()
 			index = next
 		}
 	}
@@ -80,7 +117,7 @@ const hedgeAfter = time.Second
 // requests in flight, and the first keeps waiting, so a Consul that is just
 // slow still gets answered. The first answer wins; the rest are cancelled.
 // It fails when the first request fails.
-func hedgedRead(ctx context.Context, query func(context.Context) *api.QueryOptions, read watchRead) (uint64, func(), error) {
+func hedgedRead(ctx context.Context, read watchRead) (uint64, func(), error) {
 	type answer struct {
 		index uint64
 		apply func()
@@ -95,7 +132,7 @@ func hedgedRead(ctx context.Context, query func(context.Context) *api.QueryOptio
 		rctx, cancel := context.WithCancel(ctx)
 		ended := make(chan struct{})
 		go func() {
-			index, apply, err := read(query(rctx))
+			index, apply, err := read(rctx, request{})
 			close(ended)
 			select {
 			case answers <- answer{index, apply, err, first}:
@@ -130,14 +167,21 @@ func hedgedRead(ctx context.Context, query func(context.Context) *api.QueryOptio
 }
 
 // indexReset handles a Consul whose indexes went backwards (snapshot
-// restore, a fresh agent): the indexes of earlier service reads mean nothing
-// any more, so they are dropped and every service is re-read.
+// restore, a rebuilt cluster): the indexes of earlier reads mean nothing
+// any more, so they are dropped, with what the pinpoint detector derived
+// from them, and every service is re-read.
 func (c *Controller) indexReset() {
 	c.store.forgetReadIndexes()
-	c.dirty.mark(c.catalog.names()...)
+	c.health.forgetIndexes()
+	c.pinpoint.reset()
+	c.dirty.mark(0, c.catalog.names()...)
 }
 
+// sleep waits d (nothing when d <= 0); false if ctx ended first.
 func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {

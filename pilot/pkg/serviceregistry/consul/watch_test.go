@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/consul/api"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -17,12 +16,12 @@ import (
 // fakeRead answers the n-th request (from 1) after delay(n), or fails with
 // err(n) if set; a cancelled request ends with its context's error.
 func fakeRead(calls *atomic.Int32, delay func(n int32) time.Duration, err func(n int32) error) watchRead {
-	return func(q *api.QueryOptions) (uint64, func(), error) {
+	return func(ctx context.Context, _ request) (uint64, func(), error) {
 		n := calls.Add(1)
 		select {
 		case <-time.After(delay(n)):
-		case <-q.Context().Done():
-			return 0, nil, q.Context().Err()
+		case <-ctx.Done():
+			return 0, nil, ctx.Err()
 		}
 		if err != nil {
 			if e := err(n); e != nil {
@@ -32,8 +31,6 @@ func fakeRead(calls *atomic.Int32, delay func(n int32) time.Duration, err func(n
 		return uint64(100 + n), func() {}, nil
 	}
 }
-
-func plainQuery(ctx context.Context) *api.QueryOptions { return (&api.QueryOptions{}).WithContext(ctx) }
 
 // A request that Consul leaves hanging (as during its start-up) is overtaken
 // by a fresh one a second later.
@@ -46,7 +43,7 @@ func TestHedgedReadOvertakesAHangingRequest(t *testing.T) {
 		return 0
 	}, nil)
 	start := time.Now()
-	index, apply, err := hedgedRead(context.Background(), plainQuery, read)
+	index, apply, err := hedgedRead(context.Background(), read)
 	require.NoError(t, err)
 	assert.EqualValues(t, 102, index, "the fresh request's answer")
 	assert.NotNil(t, apply)
@@ -59,12 +56,12 @@ func TestHedgedReadWaitsForASlowConsul(t *testing.T) {
 	var calls atomic.Int32
 	var inflight harness.Peak
 	slow := fakeRead(&calls, func(int32) time.Duration { return 3500 * time.Millisecond }, nil)
-	read := func(q *api.QueryOptions) (uint64, func(), error) {
+	read := func(ctx context.Context, req request) (uint64, func(), error) {
 		inflight.Up()
 		defer inflight.Down()
-		return slow(q)
+		return slow(ctx, req)
 	}
-	index, _, err := hedgedRead(context.Background(), plainQuery, read)
+	index, _, err := hedgedRead(context.Background(), read)
 	require.NoError(t, err)
 	assert.EqualValues(t, 101, index, "the first request's answer")
 	assert.GreaterOrEqual(t, calls.Load(), int32(3), "fresh requests were sent")
@@ -87,6 +84,6 @@ func TestHedgedReadFailsWithTheFirstRequest(t *testing.T) {
 		}
 		return nil
 	})
-	_, _, err := hedgedRead(context.Background(), plainQuery, read)
+	_, _, err := hedgedRead(context.Background(), read)
 	require.ErrorIs(t, err, refused)
 }
