@@ -47,10 +47,15 @@ type scriptedConsul struct {
 	servicesIndex, checksIndex, nodesIndex, extinction uint64
 	serviceIndex                                       map[string]uint64
 
-	changed  chan struct{} // closed and replaced on every write
-	requests map[string]int
+	changed chan struct{} // closed and replaced on every write
+	// abandoned is closed and replaced on a restore: blocked queries
+	// answer at once, as Consul's abandoned state store makes them.
+	abandoned chan struct{}
+	requests  map[string]int
 	// fault, if set, may answer a request instead of the catalog (nil: no fault).
 	fault func(*http.Request) (*http.Response, error)
+	// hold, if set, runs before an answer is returned; it may block.
+	hold func(*http.Request)
 }
 
 func newScriptedConsul() *scriptedConsul {
@@ -61,6 +66,7 @@ func newScriptedConsul() *scriptedConsul {
 		checks:       map[checkKey]*api.HealthCheck{},
 		serviceIndex: map[string]uint64{},
 		changed:      make(chan struct{}),
+		abandoned:    make(chan struct{}),
 		requests:     map[string]int{},
 	}
 }
@@ -73,6 +79,34 @@ func (s *scriptedConsul) write(f func(idx uint64)) {
 	close(s.changed)
 	s.changed = make(chan struct{})
 	s.mu.Unlock()
+}
+
+// restore is a snapshot restore at index: every table index drops to it
+// (the catalog stays as it is), and blocked queries answer at once.
+func (s *scriptedConsul) restore(index uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.index = index
+	s.servicesIndex, s.checksIndex, s.nodesIndex, s.extinction = index, index, index, min(s.extinction, index)
+	for name := range s.serviceIndex {
+		s.serviceIndex[name] = index
+	}
+	close(s.abandoned)
+	s.abandoned = make(chan struct{})
+}
+
+// setFault sets (or with nil clears) the fault hook.
+func (s *scriptedConsul) setFault(f func(*http.Request) (*http.Response, error)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.fault = f
+}
+
+// setHold sets (or with nil clears) the hold hook.
+func (s *scriptedConsul) setHold(f func(*http.Request)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.hold = f
 }
 
 // setNode creates or updates a node (address, meta).
@@ -261,24 +295,32 @@ func (s *scriptedConsul) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
+	s.mu.Lock()
+	abandoned := s.abandoned
+	s.mu.Unlock()
 	for {
 		s.mu.Lock()
 		body, index, err := s.answerLocked(req.URL.Path, q)
-		changed := s.changed
+		changed, hold := s.changed, s.hold
 		s.mu.Unlock()
 		if err != nil {
 			return respond(http.StatusNotFound, []byte(err.Error()), 0), nil
 		}
-		if waitIndex == 0 || index > waitIndex {
-			return respond(http.StatusOK, body, index), nil
+		answer := waitIndex == 0 || index > waitIndex
+		if !answer {
+			select {
+			case <-changed:
+				continue
+			case <-deadline.C:
+			case <-abandoned:
+			case <-req.Context().Done():
+				return nil, req.Context().Err()
+			}
 		}
-		select {
-		case <-changed:
-		case <-deadline.C:
-			return respond(http.StatusOK, body, index), nil
-		case <-req.Context().Done():
-			return nil, req.Context().Err()
+		if hold != nil {
+			hold(req)
 		}
+		return respond(http.StatusOK, body, index), nil
 	}
 }
 
