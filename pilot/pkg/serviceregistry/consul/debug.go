@@ -64,6 +64,9 @@ type serviceView struct {
 	ProtocolConflicts  []protocolConflict `json:"protocolConflicts,omitempty"`
 	ReadIndex          uint64             `json:"readIndex"`
 	ReadAt             time.Time          `json:"readAt"`
+	// ReadError is why the last read failed while Consul answered others
+	// (ACLs hide its nodes); what is shown is the last good read.
+	ReadError string `json:"readError,omitempty"`
 }
 
 type portView struct {
@@ -162,14 +165,19 @@ func (c *Controller) debugView(service string) registryView {
 		}
 		rec := records[s.name]
 		sv.Skipped, sv.ProtocolConflicts, sv.ReadIndex, sv.ReadAt = rec.skipped, rec.conflicts, rec.index, rec.at
+		sv.ReadError = rec.err
 		v.Services = append(v.Services, sv)
 	}
 	for _, name := range sortedKeys(records) {
 		rec := records[name]
-		if rec.notServed == "" || (service != "" && service != name && service != string(c.conv.hostname(name))) {
+		reason := rec.notServed
+		if reason == "" && rec.err != "" && c.store.get(name) == nil {
+			reason = "its read is refused: " + rec.err
+		}
+		if reason == "" || (service != "" && service != name && service != string(c.conv.hostname(name))) {
 			continue
 		}
-		v.NotServed = append(v.NotServed, notServedView{Name: name, Reason: rec.notServed, Skipped: rec.skipped,
+		v.NotServed = append(v.NotServed, notServedView{Name: name, Reason: reason, Skipped: rec.skipped,
 			ReadIndex: rec.index, ReadAt: rec.at})
 	}
 	sort.Strings(v.HiddenByKubernetes)

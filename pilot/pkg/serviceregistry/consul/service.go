@@ -124,7 +124,7 @@ func (c *Controller) work(ctx context.Context) {
 		case isRefused(err):
 			c.status.serviceRefused(name, err)
 		default:
-			c.status.readFailed("service", err, retryDelay(0))
+			c.status.readFailed("service", err, 0) // when the gate lets it
 		}
 		c.dirty.done(name, m, err)
 	}

@@ -31,6 +31,8 @@ type status struct {
 	quiet       map[string]int       // failures since that warning, logged at debug
 	panics      int
 	lastPanic   string
+	// warn writes a warning (tests count them).
+	warn func(string)
 }
 
 // statusView is one consistent reading of status.
@@ -43,7 +45,8 @@ type statusView struct {
 }
 
 func newStatus(cluster cluster.ID, server string) *status {
-	return &status{cluster: cluster, server: server, warned: map[string]time.Time{}, quiet: map[string]int{}}
+	return &status{cluster: cluster, server: server, warned: map[string]time.Time{}, quiet: map[string]int{},
+		warn: func(msg string) { log.Warn(msg) }}
 }
 
 // readFailed records a failed read of Consul by reader what (catalog,
@@ -92,9 +95,9 @@ func (s *status) log(kind, msg string) {
 	case !warn:
 		log.Debug(msg)
 	case quiet > 0:
-		log.Warnf("%s (and %d more %s failures in the last %v, logged at debug)", msg, quiet, kind, warnEvery)
+		s.warn(fmt.Sprintf("%s (and %d more %s failures in the last %v, logged at debug)", msg, quiet, kind, warnEvery))
 	default:
-		log.Warn(msg)
+		s.warn(msg)
 	}
 }
 

@@ -19,7 +19,7 @@ import (
 
 // startScripted runs a registry against sc inside the calling bubble; it is
 // stopped (and Run has returned) at cleanup.
-func startScripted(t *testing.T, sc *scriptedConsul, edit func(*Args)) (*Controller, *istiodSide) {
+func startScripted(t *testing.T, sc *scriptedConsul, edit func(*Args), before ...func(*Controller)) (*Controller, *istiodSide) {
 	t.Helper()
 	args := DefaultArgs()
 	args.ServerURL = "http://consul.invalid:8500"
@@ -32,6 +32,9 @@ func startScripted(t *testing.T, sc *scriptedConsul, edit func(*Args)) (*Control
 	require.NoError(t, err)
 	reg.consul.transport.base = sc
 	reg.AppendServiceHandler(side.handler)
+	for _, f := range before {
+		f(reg)
+	}
 	stop, done := make(chan struct{}), make(chan struct{})
 	go func() { reg.Run(stop); close(done) }()
 	t.Cleanup(func() {
