@@ -45,8 +45,8 @@ type Args struct {
 	// time a blocking one may take beyond its wait).
 	RequestTimeout time.Duration
 	// SyncTimeout bounds how long an unreachable Consul can hold istiod's
-	// readiness: the first sync is given up after this long without a
-	// single successful read.
+	// readiness: the first sync is given up after this long without
+	// progress (no service of the first listing read).
 	SyncTimeout time.Duration
 	// Auth is how the registry proves itself to Consul and verifies it.
 	Auth Auth
@@ -151,7 +151,7 @@ func AddFlags(fs *pflag.FlagSet, a *Args) {
 	fs.DurationVar(&a.RequestTimeout, "consulRequestTimeout", a.RequestTimeout,
 		"Deadline of a Consul request that does not block; a blocking one gets its wait time plus this")
 	fs.DurationVar(&a.SyncTimeout, "consulSyncTimeout", a.SyncTimeout,
-		"How long the first sync may go without a single successful Consul read before istiod reports ready without it")
+		"How long the first sync may go without progress (no service read) before istiod reports ready without it")
 }
 
 // Complete fills unset settings from Consul's standard environment variables

@@ -155,13 +155,13 @@ func (c *Controller) Run(stop <-chan struct{}) {
 
 // HasSynced is true once every service of the first catalog listing has been
 // read and pushed to istiod, or once the first sync went SyncTimeout without
-// a single successful read (so an unreachable Consul cannot keep istiod
-// unready forever).
+// progress (so an unreachable Consul cannot keep istiod unready forever).
 func (c *Controller) HasSynced() bool { return c.sync.synced.Load() }
 
 // awaitSync logs the end of the first sync, or gives up waiting for it
-// once Consul has not answered for SyncTimeout. A sync that makes
-// progress, however slowly, is never cut short: a ready istiod with part
+// once it has made no progress (the first listing, a service of it read)
+// for SyncTimeout. A sync that makes progress, however slowly, is never
+// cut short: a ready istiod with part
 // of the catalog would drop the clusters of every service not yet read
 // from proxies that connect to it.
 func (c *Controller) awaitSync(ctx context.Context) {
@@ -178,12 +178,7 @@ func (c *Controller) awaitSync(ctx context.Context) {
 			return
 		case <-timer.C:
 		}
-		st := c.status.view()
-		progress := c.sync.started
-		if st.lastSuccess.After(progress) {
-			progress = st.lastSuccess
-		}
-		if wait := time.Until(progress.Add(c.args.SyncTimeout)); wait > 0 {
+		if wait := time.Until(c.sync.lastProgress().Add(c.args.SyncTimeout)); wait > 0 {
 			timer.Reset(wait)
 			continue
 		}
@@ -192,9 +187,9 @@ func (c *Controller) awaitSync(ctx context.Context) {
 			continue // synced meanwhile; logged above
 		}
 		consulSyncTimeouts.Increment()
-		log.Errorf("consul registry %s: NOT SYNCED: no successful read from Consul at %s for %v (last error: %v); "+
+		log.Errorf("consul registry %s: NOT SYNCED: the first sync from Consul at %s made no progress for %v (last error: %v); "+
 			"reporting ready WITHOUT %s: proxies that connect now get no cluster for them until Consul answers",
-			c.opts.ClusterID, c.args.ServerURL, c.args.SyncTimeout, st.lastErr, unreadText(missing))
+			c.opts.ClusterID, c.args.ServerURL, c.args.SyncTimeout, c.status.view().lastErr, unreadText(missing))
 		select {
 		case <-ctx.Done():
 		case <-c.sync.complete:

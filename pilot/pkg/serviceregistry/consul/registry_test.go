@@ -39,6 +39,12 @@ func newFixture(t *testing.T, edit func(*Args)) *fixture {
 
 func startRegistry(t *testing.T, c *harness.Consul, edit func(*Args)) *fixture {
 	t.Helper()
+	return startRegistryWith(t, c, newIstiodSide(), edit)
+}
+
+// startRegistryWith is startRegistry with istiod's side given (hooks set).
+func startRegistryWith(t *testing.T, c *harness.Consul, side *istiodSide, edit func(*Args)) *fixture {
+	t.Helper()
 	args := DefaultArgs()
 	args.ServerURL = c.URL()
 	args.WaitTime = 10 * time.Second
@@ -46,7 +52,6 @@ func startRegistry(t *testing.T, c *harness.Consul, edit func(*Args)) *fixture {
 		edit(&args)
 	}
 	require.NoError(t, args.Complete(func(string) string { return "" }))
-	side := newIstiodSide()
 	xds := xdsfake.NewWithDelegate(side)
 	reg, err := New(args, Options{XDSUpdater: xds})
 	require.NoError(t, err)

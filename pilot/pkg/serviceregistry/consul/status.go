@@ -138,6 +138,7 @@ func (s *status) view() statusView {
 type syncTracker struct {
 	mu       sync.Mutex
 	started  time.Time
+	progress time.Time           // the first listing, or a service of it read
 	initial  map[string]struct{} // services of the first listing still to read; nil before it
 	done     chan struct{}       // closed once synced (or timed out)
 	complete chan struct{}       // closed once every service of the first listing is read
@@ -160,6 +161,7 @@ func (t *syncTracker) expect(names []string) {
 	for _, n := range names {
 		t.initial[n] = struct{}{}
 	}
+	t.progress = time.Now()
 	t.checkLocked()
 }
 
@@ -167,10 +169,21 @@ func (t *syncTracker) expect(names []string) {
 func (t *syncTracker) read(name string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.initial != nil {
+	if _, ok := t.initial[name]; ok {
 		delete(t.initial, name)
+		t.progress = time.Now()
 		t.checkLocked()
 	}
+}
+
+// lastProgress is when the first sync last moved (its start, if never).
+func (t *syncTracker) lastProgress() time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.progress.IsZero() {
+		return t.started
+	}
+	return t.progress
 }
 
 func (t *syncTracker) checkLocked() {
