@@ -11,12 +11,14 @@ import (
 )
 
 // FaultProxy sits in front of a real Consul and injects faults: delays,
-// HTTP error statuses, connection resets. It counts requests and the peak
-// of concurrently open connections, and can see or rewrite each request.
+// HTTP error statuses, connection resets, requests never answered. It
+// counts requests and the peak of concurrently open connections, and can
+// see or rewrite each request and each answer.
 type FaultProxy struct {
 	URL      string
-	mode     atomic.Value // string: "", "delay", "reset", or an HTTP status code
+	mode     atomic.Value // string: see Set
 	rewrite  atomic.Pointer[func(*http.Request)]
+	answer   atomic.Pointer[func(*http.Response)]
 	requests atomic.Int64
 	conns    Peak
 	srv      *http.Server
@@ -35,6 +37,12 @@ func StartFaultProxy(env Env, backend string) (*FaultProxy, error) {
 	p := &FaultProxy{URL: "http://" + l.Addr().String()}
 	p.mode.Store("")
 	rp := httputil.NewSingleHostReverseProxy(u)
+	rp.ModifyResponse = func(resp *http.Response) error {
+		if f := p.answer.Load(); f != nil {
+			(*f)(resp)
+		}
+		return nil
+	}
 	p.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			p.requests.Add(1)
@@ -54,6 +62,25 @@ func StartFaultProxy(env Env, backend string) (*FaultProxy, error) {
 					if c, _, err := hj.Hijack(); err == nil {
 						if tc, ok := c.(*net.TCPConn); ok {
 							_ = tc.SetLinger(0) // RST, not FIN
+						}
+						c.Close()
+						return
+					}
+				}
+			case "hang":
+				// Accepted and never answered, as through a connection a NAT
+				// or load balancer dropped without a reset: only the client
+				// giving up ends it.
+				<-r.Context().Done()
+				return
+			case "reset-after-data":
+				if hj, ok := w.(http.Hijacker); ok {
+					if c, buf, err := hj.Hijack(); err == nil {
+						_, _ = buf.WriteString("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 4096\r\n" +
+							"X-Consul-Index: 1\r\n\r\n[{\"Node\":")
+						_ = buf.Flush()
+						if tc, ok := c.(*net.TCPConn); ok {
+							_ = tc.SetLinger(0)
 						}
 						c.Close()
 						return
@@ -80,8 +107,15 @@ func StartFaultProxy(env Env, backend string) (*FaultProxy, error) {
 	return p, nil
 }
 
-// Set switches the fault: "", "delay", "reset", "429", "500", "503".
+// Set switches the fault for requests that arrive from now on: "" (none),
+// "delay" (3 s), "reset" (RST before any answer), "reset-after-data" (the
+// start of an answer, then RST), "hang" (never answered), or an HTTP
+// status code ("429", "503").
 func (p *FaultProxy) Set(mode string) { p.mode.Store(mode) }
+
+// Answer calls f with every answer Consul gives before it is passed on: to
+// record it, or to change it (headers, body).
+func (p *FaultProxy) Answer(f func(*http.Response)) { p.answer.Store(&f) }
 
 // Requests seen so far.
 func (p *FaultProxy) Requests() int64 { return p.requests.Load() }

@@ -1,0 +1,151 @@
+package consul
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/consul/api"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/pilot-consul/pilot-consul/tests/harness"
+)
+
+// behindProxy runs a registry against a real Consul through a fault proxy.
+func behindProxy(t *testing.T, edit func(*Args)) (*fixture, *harness.FaultProxy) {
+	t.Helper()
+	c, err := harness.StartConsul(t)
+	require.NoError(t, err)
+	proxy, err := harness.StartFaultProxy(t, c.URL())
+	require.NoError(t, err)
+	f := startRegistry(t, c, func(a *Args) {
+		a.ServerURL = proxy.URL
+		if edit != nil {
+			edit(a)
+		}
+	})
+	return f, proxy
+}
+
+// Defect: no request had a deadline. A request that is accepted and never
+// answered (a lost node, a NAT or load balancer that dropped the
+// connection without a reset) hung its reader for as long as the kernel
+// kept the connection, ~5 minutes, and pooled dead connections could stall
+// every worker at once. Every request now has one: the registry follows
+// Consul again within a few seconds of the connection healing.
+func TestUnansweredRequestsTimeOut(t *testing.T) {
+	f, proxy := behindProxy(t, func(a *Args) { a.RequestTimeout, a.WaitTime = time.Second, 2*time.Second })
+	f.register(api.AgentServiceRegistration{ID: "web-1", Name: "web", Address: "127.0.0.11", Port: 80})
+	f.register(api.AgentServiceRegistration{ID: "web-2", Name: "web", Address: "127.0.0.12", Port: 80})
+	f.waitSynced()
+	f.eventuallyEndpoints("web", "127.0.0.11:80", "127.0.0.12:80")
+
+	for _, fault := range []string{"hang", "reset-after-data"} {
+		proxy.Set(fault)
+		// The blocking reads already forwarded answer this flip; every
+		// request after it meets the fault.
+		f.setHealth("web-2", api.HealthCritical)
+		time.Sleep(3 * time.Second)
+		before := proxy.Requests()
+		time.Sleep(3 * time.Second)
+		rate := float64(proxy.Requests()-before) / 3
+		t.Logf("%s: %.1f requests/s", fault, rate)
+		assert.LessOrEqual(t, rate, 10.0, "%s: requests per second", fault)
+		healed := time.Now()
+		proxy.Set("")
+		f.eventuallyEndpoints("web", "127.0.0.11:80")
+		took := time.Since(healed)
+		t.Logf("%s: converged %v after the connection healed", fault, took)
+		assert.Less(t, took, 5*time.Second, "%s: bound", fault)
+		f.setHealth("web-2", api.HealthPassing)
+		f.eventuallyEndpoints("web", "127.0.0.11:80", "127.0.0.12:80")
+	}
+}
+
+// Defect: a stale read's answer was stored whatever its age. Behind a load
+// balancer in front of the servers, a lagging follower's older answer was
+// stored as truth until the next change (minutes, in a quiet cluster). The
+// proxy answers one read after a health flip with what Consul said before
+// it, as a follower that has not applied the flip would: the registry sees
+// the answer is older than the change that marked the service, and asks
+// the leader.
+func TestLaggingServerAnswerIsNotStored(t *testing.T) {
+	f, proxy := behindProxy(t, nil)
+	f.register(api.AgentServiceRegistration{ID: "web-1", Name: "web", Address: "127.0.0.11", Port: 80})
+	f.register(api.AgentServiceRegistration{ID: "web-2", Name: "web", Address: "127.0.0.12", Port: 80})
+	type answer struct {
+		body  []byte
+		index string
+	}
+	var mu sync.Mutex
+	var last answer
+	var lag, lagged atomic.Bool
+	proxy.Answer(func(resp *http.Response) {
+		if resp.Request.URL.Path != "/v1/health/service/web" {
+			return
+		}
+		body, _ := io.ReadAll(resp.Body)
+		mu.Lock()
+		defer mu.Unlock()
+		if lag.Load() && resp.Request.URL.Query().Has("stale") && last.body != nil {
+			lag.Store(false)
+			lagged.Store(true)
+			body = last.body
+			resp.Header.Set("X-Consul-Index", last.index)
+		} else {
+			last = answer{body, resp.Header.Get("X-Consul-Index")}
+		}
+		resp.Body, resp.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
+		resp.Header.Set("Content-Length", strconv.Itoa(len(body)))
+	})
+	f.waitSynced()
+	f.eventuallyEndpoints("web", "127.0.0.11:80", "127.0.0.12:80")
+
+	lag.Store(true)
+	f.setHealth("web-2", api.HealthCritical)
+	f.eventuallyEndpoints("web", "127.0.0.11:80")
+	assert.True(t, lagged.Load(), "the lagging answer was given")
+	assert.Never(t, func() bool { return len(f.endpoints("web")) != 1 }, time.Second, 10*time.Millisecond,
+		"the old answer is never served")
+}
+
+// Defect: KnownLeader and LastContact were ignored. A server cut off from
+// the leader (the minority side of a partition) served its frozen catalog
+// as truth while /debug/consulz said Consul was reachable. Consul itself
+// hands such a stale read to the leader (max_stale, which the registry
+// sends); an answer that comes back this old anyway (an agent or proxy
+// that ignores max_stale) is refused: the last good state stays, and
+// Consul shows as unreachable.
+func TestAnswerFromAServerWithoutLeaderIsRefused(t *testing.T) {
+	f, proxy := behindProxy(t, nil)
+	var maxStale atomic.Value
+	maxStale.Store("")
+	proxy.Rewrite(func(r *http.Request) {
+		if v := r.URL.Query().Get("max_stale"); v != "" {
+			maxStale.Store(v)
+		}
+	})
+	f.register(api.AgentServiceRegistration{ID: "web-1", Name: "web", Address: "127.0.0.11", Port: 80})
+	f.waitSynced()
+	f.eventuallyEndpoints("web", "127.0.0.11:80")
+	assert.Equal(t, DefaultArgs().MaxStale.String(), maxStale.Load(), "stale reads carry max_stale")
+
+	proxy.Answer(func(resp *http.Response) {
+		resp.Header.Set("X-Consul-KnownLeader", "false")
+		resp.Header.Set("X-Consul-LastContact", "60000")
+	})
+	f.register(api.AgentServiceRegistration{ID: "web-2", Name: "web", Address: "127.0.0.12", Port: 80})
+	require.Eventually(t, func() bool { return !reachable(f.reg) }, 10*time.Second, 10*time.Millisecond)
+	assert.Contains(t, lastError(f.reg), "had not heard from the leader for 1m0s")
+	assert.Equal(t, []string{"127.0.0.11:80"}, f.endpoints("web"), "the frozen answer is not applied")
+
+	proxy.Answer(func(*http.Response) {})
+	f.eventuallyEndpoints("web", "127.0.0.11:80", "127.0.0.12:80")
+	assert.True(t, reachable(f.reg))
+}
