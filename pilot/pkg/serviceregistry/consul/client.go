@@ -127,7 +127,14 @@ func (r *consulClient) get(ctx context.Context, req request, call func(*api.Quer
 	rctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	meta, err := call(q.WithContext(rctx))
-	if err == nil && meta != nil && q.AllowStale && r.maxStale > 0 && meta.LastContact > r.maxStale {
+	switch {
+	case err != nil || meta == nil:
+	case meta.LastIndex == 0:
+		// Consul always sends an index (at least 1): a proxy in between
+		// dropped it. Without it no read can be ordered against another,
+		// nor a blocking query block.
+		err = errNoIndex
+	case q.AllowStale && r.maxStale > 0 && meta.LastContact > r.maxStale:
 		// Consul hands such a read to the leader itself (max_stale); an
 		// answer this old came from something that did not.
 		err = fmt.Errorf("%w: its server had not heard from the leader for %v (max %v)", errStale, meta.LastContact, r.maxStale)
@@ -148,8 +155,12 @@ func (r *consulClient) get(ctx context.Context, req request, call func(*api.Quer
 	return meta, err
 }
 
-// errStale: an answer older than the registry may accept.
-var errStale = errors.New("stale answer")
+var (
+	// errStale: an answer older than the registry may accept.
+	errStale = errors.New("stale answer")
+	// errNoIndex: an answer without X-Consul-Index.
+	errNoIndex = errors.New("answer without X-Consul-Index (does a proxy between istiod and Consul drop it?)")
+)
 
 // consulFailed says whether err means Consul itself is failing (so every
 // reader should back off), rather than refusing one request.

@@ -20,10 +20,6 @@ const (
 	// front of it) that answers at once, again and again, gets at most ten
 	// reads a second from each watch, not as many as the network carries.
 	minWatchGap = 100 * time.Millisecond
-	// pollEvery paces a watch whose answers carry no X-Consul-Index (Consul
-	// always sends one; a proxy in between dropped it): with no index to
-	// block on, the watch polls.
-	pollEvery = time.Second
 	// regressionsToReset is how many answers in a row must be older than
 	// the last one applied before the watch believes Consul's index went
 	// backwards (a snapshot restore, a rebuilt cluster) and starts over.
@@ -40,7 +36,7 @@ func (c *Controller) blockingWatch(ctx context.Context, what string, read watchR
 	var index uint64
 	var bo backoff
 	var last time.Time
-	regressed, polling := 0, false
+	regressed := 0
 	for ctx.Err() == nil {
 		if !sleep(ctx, minWatchGap-time.Since(last)) {
 			return
@@ -72,16 +68,6 @@ func (c *Controller) blockingWatch(ctx context.Context, what string, read watchR
 		bo.reset()
 		c.status.readSucceeded()
 		switch {
-		case next == 0:
-			apply()
-			if !polling {
-				log.Warnf("consul %s answers from %s carry no X-Consul-Index (does a proxy drop it?): polling every %v",
-					what, c.args.ServerURL, pollEvery)
-			}
-			polling = true
-			if !sleep(ctx, pollEvery) {
-				return
-			}
 		case next < index:
 			regressed++
 			if regressed < regressionsToReset {
@@ -98,7 +84,7 @@ func (c *Controller) blockingWatch(ctx context.Context, what string, read watchR
 			index = next
 			c.indexReset()
 		default:
-			regressed, polling = 0, false
+			regressed = 0
 			apply()
 			index = next
 		}

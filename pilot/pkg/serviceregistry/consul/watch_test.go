@@ -3,10 +3,13 @@ package consul
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/http"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/consul/api"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -86,4 +89,36 @@ func TestHedgedReadFailsWithTheFirstRequest(t *testing.T) {
 	})
 	_, _, err := hedgedRead(context.Background(), read)
 	require.ErrorIs(t, err, refused)
+}
+
+// Defect: an answer without X-Consul-Index looked like an index going
+// backwards every other read, and each time every service was re-read, with
+// no pause between reads. Consul always sends the header; a proxy in front
+// of it may drop it. Such answers are now an error that names the cause:
+// the last good state is kept, requests are paced by the gate, and the
+// registry follows Consul again once the header is back.
+func TestAnswersWithoutIndexAreRefused(t *testing.T) {
+	f, proxy := behindProxy(t, nil)
+	for i := range 20 {
+		f.register(api.AgentServiceRegistration{ID: fmt.Sprintf("p-%d", i), Name: fmt.Sprintf("p-%d", i),
+			Address: "127.0.0.70", Port: 80 + i})
+	}
+	f.waitSynced()
+	f.eventuallyEndpoints("p-19", "127.0.0.70:99")
+	settled(t, f.reg)
+	proxy.Answer(func(resp *http.Response) { resp.Header.Del("X-Consul-Index") })
+	f.setHealth("p-3", api.HealthCritical)
+	time.Sleep(time.Second)
+	before := proxy.Requests()
+	time.Sleep(5 * time.Second)
+	rate := float64(proxy.Requests()-before) / 5
+	t.Logf("without X-Consul-Index: %.1f requests/s", rate)
+	assert.LessOrEqual(t, rate, 10.0, "requests per second")
+	assert.False(t, reachable(f.reg))
+	assert.Contains(t, lastError(f.reg), "without X-Consul-Index")
+	assert.Len(t, f.endpoints("p-3"), 1, "last good state kept")
+
+	proxy.Answer(func(*http.Response) {})
+	f.eventuallyEndpoints("p-3")
+	assert.True(t, reachable(f.reg))
 }
