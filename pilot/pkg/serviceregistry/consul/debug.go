@@ -42,6 +42,9 @@ type consulView struct {
 	CatalogIndex       uint64     `json:"catalogIndex"`
 	// ChecksIndex is the index of the last read of every check (pinpoint.go).
 	ChecksIndex uint64 `json:"checksIndex"`
+	// Panics the registry recovered from, and the last one's message.
+	Panics    int    `json:"panics"`
+	LastPanic string `json:"lastPanic,omitempty"`
 }
 
 type countsView struct {
@@ -123,6 +126,8 @@ func (c *Controller) debugView(service string) registryView {
 			Reachable:    st.reachable,
 			CatalogIndex: c.catalog.lastIndex(),
 			ChecksIndex:  c.pinpoint.lastIndex(),
+			Panics:       st.panics,
+			LastPanic:    st.lastPanic,
 		},
 		Synced:             c.HasSynced(),
 		Services:           []serviceView{},

@@ -131,12 +131,13 @@ func (c *Controller) work(ctx context.Context) {
 }
 
 // syncServiceSafely is syncService, with a panic turned into a failed read
-// of that service (see recovered): the service stays as last served and is
-// retried, the others go on.
+// of that service (see recovered): it is retried, the others go on. The
+// panic may have cut its push short, so the next read pushes it whole.
 func (c *Controller) syncServiceSafely(ctx context.Context, name string, m mark) (err error) {
 	defer func() {
 		if v := recover(); v != nil {
 			err = &refusedError{c.recovered("service "+name, v)}
+			c.store.unpushed(name)
 		}
 	}()
 	return c.syncService(ctx, name, m)

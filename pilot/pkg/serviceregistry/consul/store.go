@@ -136,6 +136,19 @@ func (s *store) removeLocked(prev *serviceState) {
 	s.recordGauges()
 }
 
+// unpushed says what is stored for a service may not have reached istiod:
+// its next update compares with nothing, so it is pushed whole.
+func (s *store) unpushed(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st := s.services[name]; st != nil {
+		cp := *st
+		cp.fingerprint, cp.epKey = "", ""
+		s.unindexLocked(st)
+		s.indexLocked(&cp)
+	}
+}
+
 // failed records that a read of a listed service failed while Consul
 // answered others; what is served for it stays.
 func (s *store) failed(name string, err error) {

@@ -2,6 +2,9 @@ package consul
 
 import (
 	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"slices"
 	"sort"
 	"testing"
 	"testing/synctest"
@@ -104,5 +107,100 @@ func TestQuietHourKeepsServing(t *testing.T) {
 			settle(time.Second)
 			assert.Equal(t, sc.truth(), istiodView(side), "after quiet hour %d", hour+1)
 		}
+	})
+}
+
+// A day of production in a minute: 24 simulated hours of quiet stretches
+// (10 minutes to 3 hours) and bursts of change (registrations,
+// deregistrations, service and node health flips, node re-addressing), with
+// a Consul outage, a 429 storm and a snapshot restore among them. After
+// every burst istiod must hold exactly Consul's truth; quiet hours must cost
+// only the watches' own timeouts; nothing may panic; and when Run returns
+// every goroutine it started is gone (synctest fails the test otherwise).
+func TestADayOfQuietAndBursts(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const seed = 22
+		rng := rand.New(rand.NewPCG(seed, seed))
+		sc := newScriptedConsul()
+		nodes := []string{"n1", "n2", "n3"}
+		for i, n := range nodes {
+			sc.setNode(n, fmt.Sprintf("127.0.3.%d", i+1), map[string]string{"zone": "z" + n})
+			sc.setNodeHealth(n, api.HealthPassing)
+		}
+		type inst struct{ node, id string }
+		var live []inst
+		next := 0
+		add := func() {
+			n := nodes[rng.IntN(len(nodes))]
+			svc := fmt.Sprintf("svc-%02d", rng.IntN(20))
+			id := fmt.Sprintf("%s-%d", svc, next)
+			next++
+			addr := "" // half take their node's address
+			if rng.IntN(2) == 0 {
+				addr = fmt.Sprintf("127.4.%d.%d", next/250, 1+next%250)
+			}
+			sc.register(n, api.AgentService{ID: id, Service: svc, Address: addr, Port: 8000 + rng.IntN(3)},
+				[]string{api.HealthPassing, api.HealthCritical}[rng.IntN(4)/3])
+			live = append(live, inst{n, id})
+		}
+		for range 60 {
+			add()
+		}
+		reg, side := startScripted(t, sc, nil)
+		settle(time.Minute)
+		require.True(t, reg.HasSynced())
+		require.Equal(t, sc.truth(), istiodView(side))
+
+		refused := func(*http.Request) (*http.Response, error) { return nil, &netError{"connection refused"} }
+		tooMany := func(*http.Request) (*http.Response, error) {
+			return respond(http.StatusTooManyRequests, []byte("rate limit exceeded"), 0), nil
+		}
+		start, bursts, changes := time.Now(), 0, 0
+		for time.Since(start) < 24*time.Hour {
+			quiet := time.Duration(10+rng.IntN(170)) * time.Minute
+			before := sc.requestCount("/")
+			settle(quiet)
+			perHour := float64(sc.requestCount("/")-before) / quiet.Hours()
+			// Three watches time out once a minute each; nothing else runs.
+			assert.LessOrEqual(t, perHour, 200.0, "requests per quiet hour after %v", time.Since(start))
+
+			bursts++
+			switch bursts {
+			case 5:
+				sc.setFault(refused) // an outage for the whole burst
+			case 9:
+				sc.setFault(tooMany)
+			case 13:
+				sc.restore(sc.index / 2)
+			}
+			ops := 20 + rng.IntN(200)
+			for range ops {
+				switch op := rng.IntN(10); {
+				case op < 3:
+					add()
+				case op < 5 && len(live) > 10:
+					i := rng.IntN(len(live))
+					sc.deregister(live[i].node, live[i].id)
+					live = slices.Delete(live, i, i+1)
+				case op < 8:
+					i := live[rng.IntN(len(live))]
+					sc.setHealth(i.node, i.id, []string{api.HealthPassing, api.HealthWarning, api.HealthCritical}[rng.IntN(3)])
+				case op < 9:
+					sc.setNodeHealth(nodes[rng.IntN(len(nodes))], []string{api.HealthPassing, api.HealthCritical}[rng.IntN(2)])
+				default:
+					n := rng.IntN(len(nodes))
+					sc.setNode(nodes[n], fmt.Sprintf("127.0.%d.%d", 3+rng.IntN(2), n+1), map[string]string{"zone": fmt.Sprintf("z%d", rng.IntN(3))})
+				}
+				changes++
+				time.Sleep(time.Duration(20+rng.IntN(200)) * time.Millisecond)
+			}
+			sc.setFault(nil)
+			settle(2 * time.Minute)
+			require.Equal(t, sc.truth(), istiodView(side), "after burst %d (%v in)", bursts, time.Since(start))
+		}
+		assert.Zero(t, reg.debugView("").Consul.Panics)
+		assert.GreaterOrEqual(t, bursts, 13, "the outage, the 429 storm and the restore all ran")
+		t.Logf("seed %d: %d bursts, %d changes over %v of simulated time, %d requests to Consul",
+			seed, bursts, changes, time.Since(start).Round(time.Minute), sc.requestCount("/"))
 	})
 }

@@ -7,6 +7,8 @@ package consul
 
 import (
 	"context"
+	"fmt"
+	"runtime/debug"
 	"time"
 )
 
@@ -105,10 +107,11 @@ const hedgeAfter = time.Second
 // It fails when the first request fails.
 func hedgedRead(ctx context.Context, read watchRead) (uint64, func(), error) {
 	type answer struct {
-		index uint64
-		apply func()
-		err   error
-		first bool
+		index    uint64
+		apply    func()
+		err      error
+		first    bool
+		panicked any // a panic in the read, raised again in the caller's goroutine
 	}
 	answers := make(chan answer)
 	done := make(chan struct{})
@@ -118,10 +121,20 @@ func hedgedRead(ctx context.Context, read watchRead) (uint64, func(), error) {
 		rctx, cancel := context.WithCancel(ctx)
 		ended := make(chan struct{})
 		go func() {
-			index, apply, err := read(rctx, request{})
+			var a answer
+			func() {
+				defer func() {
+					if v := recover(); v != nil {
+						a = answer{err: fmt.Errorf("panic: %v", v), panicked: fmt.Sprintf("%v\n%s", v, debug.Stack())}
+					}
+				}()
+				index, apply, err := read(rctx, request{})
+				a = answer{index: index, apply: apply, err: err}
+			}()
+			a.first = first
 			close(ended)
 			select {
-			case answers <- answer{index, apply, err, first}:
+			case answers <- a:
 			case <-done:
 			}
 		}()
@@ -136,6 +149,9 @@ func hedgedRead(ctx context.Context, read watchRead) (uint64, func(), error) {
 	for {
 		select {
 		case a := <-answers:
+			if a.panicked != nil {
+				panic(a.panicked) // where the watch's caller recovers it (Controller.keep)
+			}
 			if a.err == nil {
 				return a.index, a.apply, nil
 			}
