@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -39,7 +40,21 @@ type Kube struct {
 	Config     *rest.Config
 	Client     kubernetes.Interface
 	Dynamic    dynamic.Interface
+	// auditLog is the API server's audit log of status writes to Istio
+	// objects ("" for a cluster the harness did not start).
+	auditLog string
 }
+
+// auditPolicy records every write of status to Istio's ServiceEntries and
+// WorkloadEntries, and nothing else.
+const auditPolicy = `apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  resources: [{group: networking.istio.io, resources: ["serviceentries/status", "workloadentries/status"]}]
+- level: None
+`
 
 // StartKube starts etcd and kube-apiserver; both stop at the env's cleanup.
 func StartKube(env Env) (*Kube, error) {
@@ -85,7 +100,13 @@ func StartKube(env Env) (*Kube, error) {
 	if err := os.WriteFile(saKey, keyPEM, 0o600); err != nil {
 		return nil, err
 	}
+	auditLog, policy := filepath.Join(dir, "audit.log"), filepath.Join(dir, "audit-policy.yaml")
+	if err := os.WriteFile(policy, []byte(auditPolicy), 0o600); err != nil {
+		return nil, err
+	}
 	api, err := Start(dir, "kube-apiserver", apiBin, []string{
+		"--audit-policy-file", policy, "--audit-log-path", auditLog, "--audit-log-format", "json",
+		"--audit-log-mode", "blocking",
 		"--etcd-servers", etcdURL, "--bind-address", "127.0.0.1", "--secure-port", strconv.Itoa(ports[2]),
 		"--cert-dir", filepath.Join(dir, "certs"), "--token-auth-file", filepath.Join(dir, "tokens.csv"),
 		"--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
@@ -118,7 +139,45 @@ current-context: local
 	if err := k.setup(); err != nil {
 		return nil, err
 	}
+	k.auditLog = auditLog
 	return k, nil
+}
+
+// StatusWrite is one write of status the API server recorded.
+type StatusWrite struct {
+	Verb                      string
+	Resource, Namespace, Name string
+	Code                      int
+}
+
+// StatusWrites returns the status writes to Istio ServiceEntries and
+// WorkloadEntries the API server has seen (a cluster StartKube started).
+func (k *Kube) StatusWrites() ([]StatusWrite, error) {
+	if k.auditLog == "" {
+		return nil, fmt.Errorf("no audit log: not a cluster the harness started")
+	}
+	data, err := os.ReadFile(k.auditLog)
+	if err != nil && !os.IsNotExist(err) {
+		return nil, fmt.Errorf("read audit log: %w", err)
+	}
+	var out []StatusWrite
+	for _, line := range strings.Split(string(data), "\n") {
+		var e struct {
+			Verb      string `json:"verb"`
+			ObjectRef struct {
+				Resource, Namespace, Name, Subresource string
+			} `json:"objectRef"`
+			ResponseStatus struct {
+				Code int `json:"code"`
+			} `json:"responseStatus"`
+		}
+		if strings.TrimSpace(line) == "" || json.Unmarshal([]byte(line), &e) != nil {
+			continue
+		}
+		out = append(out, StatusWrite{Verb: e.Verb, Resource: e.ObjectRef.Resource, Namespace: e.ObjectRef.Namespace,
+			Name: e.ObjectRef.Name, Code: e.ResponseStatus.Code})
+	}
+	return out, nil
 }
 
 // ConnectKube is a client for the cluster a kubeconfig names (a kind

@@ -184,6 +184,33 @@ ports: [{name: mesh, port: 15008}]
 	assert.Equal(t, uint32(15008), svc.Waypoint.HboneMtlsPort)
 	require.NotNil(t, wds.Service(ns, "unbound.service.consul"))
 	assert.Nil(t, wds.Service(ns, "unbound.service.consul").Waypoint, "no tag, no waypoint")
+
+	// Issue #22 (defect 13): the waypoint binding is a status condition
+	// istiod writes to ServiceEntries; the Consul ones are not in the API
+	// server, and each write there was a 404, retried five times per
+	// event and again at every leader change. A Kubernetes ServiceEntry
+	// bound to the same waypoint afterwards gets its status written: by
+	// then the Consul one's write would have come, and none may.
+	require.NoError(t, kube.Apply(ctx, []byte(`apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: anchor
+  namespace: default
+  labels: {istio.io/use-waypoint: wp, istio.io/use-waypoint-namespace: consul}
+spec:
+  hosts: [anchor.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+`)))
+	var writes []harness.StatusWrite
+	require.Eventually(t, func() bool {
+		writes, err = kube.StatusWrites()
+		return err == nil && slices.ContainsFunc(writes, func(w harness.StatusWrite) bool { return w.Name == "anchor" && w.Code == 200 })
+	}, 30*time.Second, 100*time.Millisecond, "istiod writes the anchor's status (%v)", err)
+	for _, w := range writes {
+		assert.NotEqual(t, ns, w.Namespace, "a status write to a Consul object: %+v", w)
+	}
+	t.Logf("%d status writes to ServiceEntries/WorkloadEntries: %+v", len(writes), writes)
 }
 
 var gatewayResource = schema.GroupVersionResource{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "gateways"}
