@@ -56,10 +56,16 @@ func (s *Service) Add(i int, meta map[string]string, tags []string) {
 // Register (re-)registers instance i with a passing TTL check; its server keeps running.
 func (s *Service) Register(i int, meta map[string]string, tags []string) {
 	s.t.Helper()
-	require.NoError(s.t, s.env.Consul().Agent().ServiceRegister(&api.AgentServiceRegistration{
+	require.NoError(s.t, s.env.Consul().Agent().ServiceRegister(s.Registration(i, meta, tags)))
+}
+
+// Registration is what Register sends Consul for instance i (for callers
+// outside the test's goroutine, which cannot use Register).
+func (s *Service) Registration(i int, meta map[string]string, tags []string) *api.AgentServiceRegistration {
+	return &api.AgentServiceRegistration{
 		ID: s.ID(i), Name: s.Name, Address: s.addr[i], Port: s.Port, Meta: meta, Tags: tags,
 		Check: &api.AgentServiceCheck{CheckID: "ttl-" + s.ID(i), TTL: "1h", Status: api.HealthPassing},
-	}))
+	}
 }
 
 // Deregister removes instance i from Consul; its server keeps running.

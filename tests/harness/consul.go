@@ -33,9 +33,21 @@ type ConsulConfig struct {
 	// dev agent: a restart keeps the catalog and Raft indexes, and WipeData
 	// simulates a rebuilt cluster.
 	Server bool
+	// Cluster makes the agent a member of a cluster (ConsulCluster): a
+	// server expecting that many servers, or a client agent (Client), with
+	// its own data directory, joining the members' Serf LAN addresses.
+	Cluster *ClusterMember
 	// Services are defined in the agent's configuration (as a rebuilt
 	// Consul with its agents' own service files would have them).
 	Services []ConsulService
+}
+
+// ClusterMember is an agent's place in a cluster.
+type ClusterMember struct {
+	// Servers is the number of servers (bootstrap-expect); 0 for a client agent.
+	Servers int
+	// Join are the Serf LAN addresses to (retry-)join.
+	Join []string
 }
 
 // ConsulTLS is the agent's HTTPS listener.
@@ -82,6 +94,8 @@ func CreateReadToken(c *api.Client) (*api.ACLToken, error) {
 type Consul struct {
 	HTTPAddr    string // 127.0.0.1:port
 	SerfWANAddr string // for joining another datacenter
+	SerfLANAddr string // for joining this datacenter
+	ServerAddr  string // the Raft address, as /v1/status/leader names it
 	// Client talks to the agent, with the management token if ACLs are on.
 	Client *api.Client
 	node   string
@@ -95,6 +109,19 @@ type Consul struct {
 // StartConsul starts a Consul agent configured by configure; it is stopped
 // at the env's cleanup.
 func StartConsul(env Env, configure ...func(*ConsulConfig)) (*Consul, error) {
+	c, err := NewConsul(env, configure...)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Start(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// NewConsul prepares an agent (ports, command line, client) without
+// starting it; it is stopped at the env's cleanup once started.
+func NewConsul(env Env, configure ...func(*ConsulConfig)) (*Consul, error) {
 	bin, err := Binary("consul")
 	if err != nil {
 		return nil, err
@@ -109,8 +136,18 @@ func StartConsul(env Env, configure ...func(*ConsulConfig)) (*Consul, error) {
 		f(&c.config)
 	}
 	mode := []string{"-dev"}
-	if c.config.Server {
+	switch m := c.config.Cluster; {
+	case m != nil && m.Servers > 0:
+		mode = []string{"-server", "-bootstrap-expect", strconv.Itoa(m.Servers), "-data-dir", filepath.Join(dir, "data"), "-ui=false"}
+	case m != nil:
+		mode = []string{"-data-dir", filepath.Join(dir, "data")}
+	case c.config.Server:
 		mode = []string{"-server", "-bootstrap-expect", "1", "-data-dir", filepath.Join(dir, "data"), "-ui=false"}
+	}
+	if m := c.config.Cluster; m != nil {
+		for _, j := range m.Join {
+			mode = append(mode, "-retry-join", j)
+		}
 	}
 	c.args = append(append([]string{"agent"}, mode...), "-node", c.node,
 		"-bind", "127.0.0.1", "-client", "127.0.0.1", "-log-level", "info",
@@ -118,15 +155,14 @@ func StartConsul(env Env, configure ...func(*ConsulConfig)) (*Consul, error) {
 		"-server-port", strconv.Itoa(ports[1]), "-serf-lan-port", strconv.Itoa(ports[2]),
 		"-serf-wan-port", strconv.Itoa(ports[3]))
 	c.SerfWANAddr = "127.0.0.1:" + strconv.Itoa(ports[3])
+	c.SerfLANAddr = "127.0.0.1:" + strconv.Itoa(ports[2])
+	c.ServerAddr = "127.0.0.1:" + strconv.Itoa(ports[1])
 	cfg := api.DefaultConfig()
 	cfg.Address, cfg.Token = c.HTTPAddr, c.config.ManagementToken
 	if c.Client, err = api.NewClient(cfg); err != nil {
 		return nil, fmt.Errorf("consul client: %w", err)
 	}
 	env.Cleanup(c.Stop)
-	if err := c.Start(); err != nil {
-		return nil, err
-	}
 	return c, nil
 }
 
@@ -136,6 +172,25 @@ func (c *Consul) URL() string { return "http://" + c.HTTPAddr }
 // Start (re)starts the agent and waits until it is ready; configure applies
 // to this start only (e.g. services its configuration defines).
 func (c *Consul) Start(configure ...func(*ConsulConfig)) error {
+	if err := c.Launch(configure...); err != nil {
+		return err
+	}
+	return c.WaitReady()
+}
+
+// WaitReady waits until the agent is ready (a leader elected, its node in
+// the catalog); a failure stops it.
+func (c *Consul) WaitReady() error {
+	if err := c.proc.WaitReady(60*time.Second, c.ready); err != nil {
+		c.proc.Stop()
+		return fmt.Errorf("consul: %w", err)
+	}
+	return nil
+}
+
+// Launch (re)starts the agent without waiting: the servers of a cluster
+// are ready only once enough of them run.
+func (c *Consul) Launch(configure ...func(*ConsulConfig)) error {
 	cfg := c.config
 	for _, f := range configure {
 		f(&cfg)
@@ -153,10 +208,6 @@ func (c *Consul) Start(configure ...func(*ConsulConfig)) error {
 		return err
 	}
 	c.proc = p
-	if err := p.WaitReady(60*time.Second, c.ready); err != nil {
-		p.Stop()
-		return fmt.Errorf("consul: %w", err)
-	}
 	return nil
 }
 
@@ -217,6 +268,12 @@ func (c *Consul) Kill() {
 		c.proc.Kill()
 	}
 }
+
+// Pause freezes the agent (SIGSTOP); Resume continues it.
+func (c *Consul) Pause() error { return c.proc.Pause() }
+
+// Resume continues a paused agent.
+func (c *Consul) Resume() error { return c.proc.Resume() }
 
 // WipeData deletes a stopped server's data directory (ConsulConfig.Server).
 func (c *Consul) WipeData() error {

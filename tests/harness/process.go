@@ -88,6 +88,14 @@ func (p *Process) Kill() {
 	})
 }
 
+// Pause freezes the process (SIGSTOP): its sockets stay open and the kernel
+// still accepts connections and answers keepalives, but nothing is
+// answered, as from a server wedged in a long GC or I/O stall.
+func (p *Process) Pause() error { return syscall.Kill(-p.cmd.Process.Pid, syscall.SIGSTOP) }
+
+// Resume continues a paused process (SIGCONT).
+func (p *Process) Resume() error { return syscall.Kill(-p.cmd.Process.Pid, syscall.SIGCONT) }
+
 // Tail returns the last n lines of the log.
 func (p *Process) Tail(n int) string {
 	data, _ := os.ReadFile(p.LogPath)

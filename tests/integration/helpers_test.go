@@ -17,10 +17,21 @@ var local *e2e.Local
 // consulzView is the part of istiod's /debug/consulz the tests read.
 type consulzView struct {
 	Registries []struct {
-		Cluster  string `json:"cluster"`
+		Cluster string `json:"cluster"`
+		Consul  struct {
+			Reachable bool   `json:"reachable"`
+			LastError string `json:"lastError"`
+		} `json:"consul"`
 		Services []struct {
-			Name    string `json:"name"`
-			VIP     string `json:"vip"`
+			Name      string `json:"name"`
+			Hostname  string `json:"hostname"`
+			VIP       string `json:"vip"`
+			Instances []struct {
+				ID      string `json:"id"`
+				Address string `json:"address"`
+				Port    int    `json:"port"`
+				Routed  bool   `json:"routed"`
+			} `json:"instances"`
 			Skipped []struct {
 				Instance string `json:"instance"`
 				Reason   string `json:"reason"`
