@@ -1,6 +1,8 @@
 package harness
 
 import (
+	"io"
+	stdlog "log"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -37,6 +39,9 @@ func StartFaultProxy(env Env, backend string) (*FaultProxy, error) {
 	p := &FaultProxy{URL: "http://" + l.Addr().String()}
 	p.mode.Store("")
 	rp := httputil.NewSingleHostReverseProxy(u)
+	// A client that gives up (a blocking query cancelled at shutdown) is
+	// not news: every such request would print "proxy error".
+	rp.ErrorLog = stdlog.New(io.Discard, "", 0)
 	rp.ModifyResponse = func(resp *http.Response) error {
 		if f := p.answer.Load(); f != nil {
 			(*f)(resp)

@@ -106,6 +106,9 @@ func (i *Istiod) Stop() {
 	}
 }
 
+// Exited reports whether istiod has ended (crashed, if nobody stopped it).
+func (i *Istiod) Exited() bool { return i.proc.Exited() }
+
 // Log returns istiod's output.
 func (i *Istiod) Log() string { return i.proc.Log() }
 
