@@ -91,6 +91,16 @@ func (c *ConsulSource) SetHealthy(ctx context.Context, in Instance, healthy bool
 	return c.txn(ctx, api.TxnOps{{Check: &api.CheckTxnOp{Verb: api.CheckSet, Check: c.check(in, status)}}})
 }
 
+// SetRegistered deregisters one instance (its service and check go in one
+// write) or registers it again with a passing check.
+func (c *ConsulSource) SetRegistered(ctx context.Context, in Instance, registered bool) error {
+	if registered {
+		return c.txn(ctx, c.registerOps(in))
+	}
+	return c.txn(ctx, api.TxnOps{{Service: &api.ServiceTxnOp{Verb: api.ServiceDelete, Node: c.Data.Node(in),
+		Service: api.AgentService{ID: c.Data.ID(in), Service: c.Data.Name(in.Svc)}}}})
+}
+
 func (c *ConsulSource) txn(ctx context.Context, ops api.TxnOps) error {
 	ok, resp, _, err := c.Client.Txn().Txn(ops, (&api.QueryOptions{}).WithContext(ctx))
 	if err != nil {

@@ -103,3 +103,17 @@ func (k *KubeSource) SetHealthy(ctx context.Context, in Instance, healthy bool) 
 	}
 	return nil
 }
+
+// SetRegistered deletes one instance's WorkloadEntry or creates it again.
+func (k *KubeSource) SetRegistered(ctx context.Context, in Instance, registered bool) error {
+	var err error
+	if registered {
+		_, err = k.Client.Resource(workloadEntries).Namespace(Namespace).Create(ctx, k.workloadEntry(in), metav1.CreateOptions{})
+	} else {
+		err = k.Client.Resource(workloadEntries).Namespace(Namespace).Delete(ctx, k.Data.ID(in), metav1.DeleteOptions{})
+	}
+	if err != nil {
+		return fmt.Errorf("WorkloadEntry %s (registered %v): %w", k.Data.ID(in), registered, err)
+	}
+	return nil
+}

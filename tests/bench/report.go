@@ -19,6 +19,7 @@ type Report struct {
 		Watchers int     `json:"watchers"`
 		Rate     float64 `json:"flips_per_second"`
 		Churn    string  `json:"churn"`
+		Kind     string  `json:"churn_kind,omitempty"` // "" is health flips (runs before registrations existed)
 		Ambient  bool    `json:"ambient,omitempty"`
 	} `json:"config"`
 	Results []Result `json:"results"`
@@ -79,8 +80,12 @@ func (r *Report) Markdown() string {
 	if r.Config.Ambient {
 		ambient = " and, ambient mode on, 1 WDS watcher subscribed as ztunnel"
 	}
-	fmt.Fprintf(&b, "Measured %s on %s; istiod %s; %d xDS watchers (half sidecar-like, half proxyless gRPC)%s; churn %.0f health flips/s for %s.\n\n",
-		r.When.UTC().Format("2006-01-02"), r.Machine, r.Istiod, r.Config.Watchers, ambient, r.Config.Rate, r.Config.Churn)
+	kind := "health flips"
+	if r.Config.Kind == ChurnRegister {
+		kind = "deregistrations and registrations"
+	}
+	fmt.Fprintf(&b, "Measured %s on %s; istiod %s; %d xDS watchers (half sidecar-like, half proxyless gRPC)%s; churn %.0f %s/s for %s.\n\n",
+		r.When.UTC().Format("2006-01-02"), r.Machine, r.Istiod, r.Config.Watchers, ambient, r.Config.Rate, kind, r.Config.Churn)
 	b.WriteString("| scale | metric | Route A (Consul registry) | Route B (SE+WE) | A/B |\n|---|---|---:|---:|---:|\n")
 	for _, pair := range pairs(r.Results) {
 		a, bb := pair[0], pair[1]

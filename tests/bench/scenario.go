@@ -17,9 +17,12 @@ import (
 
 // Config is one benchmark run's shape.
 type Config struct {
-	Watchers    int           // xDS clients; even ids are sidecar-like, odd ids proxyless
-	Rate        float64       // health flips per second during churn
-	Churn       time.Duration // how long churn runs
+	Watchers int           // xDS clients; even ids are sidecar-like, odd ids proxyless
+	Rate     float64       // changes per second during churn
+	Churn    time.Duration // how long churn runs
+	// Kind of change churn makes: ChurnHealth (an instance's health flips)
+	// or ChurnRegister (it is deregistered and registered again).
+	Kind        string
 	SyncTimeout time.Duration // how long istiod may take to serve everything
 	ProfileDir  string        // if set, CPU profiles of istiod (start-up, churn) are saved here
 	OnlyRouteA  bool          // skip Route B (for profiling our side alone)
@@ -28,6 +31,12 @@ type Config struct {
 	Ambient bool
 	Step    func(format string, args ...any)
 }
+
+// Churn kinds (Config.Kind).
+const (
+	ChurnHealth   = "health"
+	ChurnRegister = "register"
+)
 
 // Route names, as reported.
 const (
@@ -100,7 +109,11 @@ func RunScale(parent *harness.ProcessEnv, data Dataset, cfg Config) ([]Result, e
 	if err != nil {
 		return nil, err
 	}
-	a, err := runRoute(env, kube, data, cfg, RouteA, proxy, src.SetHealthy, "--consulServerURL", proxy.URL)
+	setA, setB := setHealth(src.SetHealthy), setHealth(nil)
+	if cfg.Kind == ChurnRegister {
+		setA = src.SetRegistered
+	}
+	a, err := runRoute(env, kube, data, cfg, RouteA, proxy, setA, "--consulServerURL", proxy.URL)
 	if err != nil {
 		return nil, fmt.Errorf("route A: %w", err)
 	}
@@ -124,7 +137,11 @@ func RunScale(parent *harness.ProcessEnv, data Dataset, cfg Config) ([]Result, e
 	}
 	loadB := time.Since(start)
 	step("%d×%d: wrote %d ServiceEntries and %d WorkloadEntries in %s", data.N, data.M, data.N, data.N*data.M, loadB.Round(time.Millisecond))
-	b, err := runRoute(env, kube, data, cfg, RouteB, nil, ks.SetHealthy, "--registries=Kubernetes")
+	setB = ks.SetHealthy
+	if cfg.Kind == ChurnRegister {
+		setB = ks.SetRegistered
+	}
+	b, err := runRoute(env, kube, data, cfg, RouteB, nil, setB, "--registries=Kubernetes")
 	if err != nil {
 		return nil, fmt.Errorf("route B: %w", err)
 	}
@@ -238,7 +255,7 @@ func runRoute(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Con
 		reqs0 = proxy.Requests()
 	}
 	cpu0, _ := CPU(istiod.PID())
-	cfg.Step("%s: churn, %.0f health flips/s for %s", route, cfg.Rate, cfg.Churn)
+	cfg.Step("%s: churn, %.0f %s changes/s for %s", route, cfg.Rate, cfg.kind(), cfg.Churn)
 	churnStart := time.Now()
 	profiled := make(chan error, 1)
 	if cfg.ProfileDir != "" {
@@ -380,4 +397,12 @@ func saveProfile(istiod *harness.Istiod, dir, route string, data Dataset, d time
 	}
 	name := fmt.Sprintf("istiod-%s-%s-%dx%d.pprof", strings.ToLower(route[:1]), kind, data.N, data.M)
 	return os.WriteFile(filepath.Join(dir, name), b, 0o644)
+}
+
+// kind is the churn kind, ChurnHealth unless set.
+func (c Config) kind() string {
+	if c.Kind == "" {
+		return ChurnHealth
+	}
+	return c.Kind
 }

@@ -23,7 +23,8 @@ func main() {
 	watchers := flag.Int("watchers", 4, "xDS clients (even: sidecar-like, odd: proxyless gRPC)")
 	// Below 10/s: istiod pushes once changes pause for PILOT_DEBOUNCE_AFTER
 	// (100 ms), so a steadier stream waits for PILOT_DEBOUNCE_MAX (10 s).
-	rate := flag.Float64("rate", 5, "health flips per second during churn")
+	rate := flag.Float64("rate", 5, "changes per second during churn")
+	kind := flag.String("churn-kind", bench.ChurnHealth, "what churn changes: health (flips) or register (deregistrations and registrations)")
 	churn := flag.Duration("churn", 30*time.Second, "how long churn runs per route and scale")
 	syncTimeout := flag.Duration("sync-timeout", 15*time.Minute, "how long istiod may take to serve everything")
 	profile := flag.Bool("profile", false, "save a CPU profile of istiod during each churn into the output dir")
@@ -62,8 +63,14 @@ func main() {
 	env.Quiet = true
 
 	rep := &bench.Report{When: time.Now(), Machine: bench.Machine(), Istiod: istiodVersion()}
+	if *kind != bench.ChurnHealth && *kind != bench.ChurnRegister {
+		fail(fmt.Errorf("-churn-kind=%q: want %s or %s", *kind, bench.ChurnHealth, bench.ChurnRegister))
+	}
 	rep.Config.Watchers, rep.Config.Rate, rep.Config.Churn, rep.Config.Ambient = *watchers, *rate, churn.String(), *ambient
-	cfg := bench.Config{Watchers: *watchers, Rate: *rate, Churn: *churn, SyncTimeout: *syncTimeout,
+	if *kind == bench.ChurnRegister {
+		rep.Config.Kind = *kind
+	}
+	cfg := bench.Config{Watchers: *watchers, Rate: *rate, Churn: *churn, SyncTimeout: *syncTimeout, Kind: *kind,
 		ProfileDir: map[bool]string{true: *out}[*profile], OnlyRouteA: *onlyA, Ambient: *ambient,
 		Step: func(format string, args ...any) {
 			fmt.Printf("%s ==> %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
