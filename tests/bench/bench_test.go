@@ -94,17 +94,24 @@ func TestTrackerWarmUpIsUncounted(t *testing.T) {
 	assert.Zero(t, unseen)
 }
 
-// TestBenchSmall runs both routes end to end at a tiny scale, so `make
-// bench` cannot rot between runs: same code path, seconds instead of minutes.
-func TestBenchSmall(t *testing.T) {
+// smallRun runs both routes at 20×3 with cfg's kind of churn and mode.
+func smallRun(t *testing.T, cfg Config) []Result {
+	t.Helper()
 	env, err := harness.NewProcessEnv("pilot-consul-bench-test")
 	require.NoError(t, err)
 	t.Cleanup(env.Close)
 	env.Quiet = true
-	rs, err := RunScale(env, Dataset{N: 20, M: 3}, Config{Watchers: 2, Rate: 5, Churn: 3 * time.Second,
-		SyncTimeout: 2 * time.Minute, Step: t.Logf})
+	cfg.Watchers, cfg.Rate, cfg.Churn, cfg.SyncTimeout, cfg.Step = 2, 5, 3*time.Second, 2*time.Minute, t.Logf
+	rs, err := RunScale(env, Dataset{N: 20, M: 3}, cfg)
 	require.NoError(t, err)
 	require.Len(t, rs, 2)
+	return rs
+}
+
+// TestBenchSmall runs both routes end to end at a tiny scale, so `make
+// bench` cannot rot between runs: same code path, seconds instead of minutes.
+func TestBenchSmall(t *testing.T) {
+	rs := smallRun(t, Config{})
 	for _, r := range rs {
 		assert.True(t, r.Synced, r.Route)
 		assert.Positive(t, r.Changes, r.Route)
@@ -127,14 +134,7 @@ func TestBenchSmall(t *testing.T) {
 // (the listing, the health watch, a spaced read of every check, the
 // service), never a full push.
 func TestBenchSmallRegistrations(t *testing.T) {
-	env, err := harness.NewProcessEnv("pilot-consul-bench-test")
-	require.NoError(t, err)
-	t.Cleanup(env.Close)
-	env.Quiet = true
-	rs, err := RunScale(env, Dataset{N: 20, M: 3}, Config{Watchers: 2, Rate: 5, Churn: 3 * time.Second,
-		SyncTimeout: 2 * time.Minute, Kind: ChurnRegister, Step: t.Logf})
-	require.NoError(t, err)
-	require.Len(t, rs, 2)
+	rs := smallRun(t, Config{Kind: ChurnRegister})
 	for _, r := range rs {
 		assert.True(t, r.Synced, r.Route)
 		assert.Positive(t, r.Changes, r.Route)
@@ -152,14 +152,7 @@ func TestBenchSmallRegistrations(t *testing.T) {
 // do: istiod's ambient index gives every WorkloadEntry HEALTHY ("TODO: WE
 // can be unhealthy" upstream), so a bridge's health is invisible to ztunnel.
 func TestBenchSmallAmbient(t *testing.T) {
-	env, err := harness.NewProcessEnv("pilot-consul-bench-test")
-	require.NoError(t, err)
-	t.Cleanup(env.Close)
-	env.Quiet = true
-	rs, err := RunScale(env, Dataset{N: 20, M: 3}, Config{Watchers: 2, Rate: 5, Churn: 3 * time.Second,
-		SyncTimeout: 2 * time.Minute, Ambient: true, Step: t.Logf})
-	require.NoError(t, err)
-	require.Len(t, rs, 2)
+	rs := smallRun(t, Config{Ambient: true})
 	for _, r := range rs {
 		assert.True(t, r.Synced, "%s: the xDS and the WDS watchers hold everything", r.Route)
 		assert.Positive(t, r.Changes, r.Route)

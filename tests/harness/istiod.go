@@ -133,6 +133,20 @@ func (i *Istiod) Metrics() ([]byte, error) {
 	return get("http://"+i.MonitoringAddr+"/metrics", 10*time.Second)
 }
 
+// Goroutines reads istiod's go_goroutines metric.
+func (i *Istiod) Goroutines() (int, error) {
+	m, err := i.Metrics()
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(string(m), "\n") {
+		if v, ok := strings.CutPrefix(l, "go_goroutines "); ok {
+			return strconv.Atoi(strings.TrimSpace(v))
+		}
+	}
+	return 0, fmt.Errorf("istiod metrics: no go_goroutines")
+}
+
 // ForceGC runs a garbage collection in istiod (ControlZ), so heap readings
 // taken right after compare live memory, not garbage awaiting collection.
 func (i *Istiod) ForceGC() error {

@@ -5,7 +5,6 @@ import (
 	"os"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -188,17 +187,10 @@ func TestConsulOutage(t *testing.T) {
 
 // goroutines reads istiod's go_goroutines metric.
 func goroutines(t *testing.T, istiod *harness.Istiod) int {
-	m, err := istiod.Metrics()
+	t.Helper()
+	n, err := istiod.Goroutines()
 	require.NoError(t, err)
-	for _, l := range strings.Split(string(m), "\n") {
-		if v, ok := strings.CutPrefix(l, "go_goroutines "); ok {
-			n, err := strconv.Atoi(strings.TrimSpace(v))
-			require.NoError(t, err)
-			return n
-		}
-	}
-	t.Fatal("no go_goroutines metric")
-	return 0
+	return n
 }
 
 // Fault 3: a slow and failing Consul (3 s delays, 429, 500, 503, connection

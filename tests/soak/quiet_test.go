@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"os"
 	"slices"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -103,15 +101,7 @@ func TestQuietRun(t *testing.T) {
 // goroutines reads istiod's go_goroutines metric.
 func goroutines(t *testing.T, istiod *harness.Istiod) int {
 	t.Helper()
-	m, err := istiod.Metrics()
+	n, err := istiod.Goroutines()
 	require.NoError(t, err)
-	for _, l := range strings.Split(string(m), "\n") {
-		if v, ok := strings.CutPrefix(l, "go_goroutines "); ok {
-			n, err := strconv.Atoi(strings.TrimSpace(v))
-			require.NoError(t, err)
-			return n
-		}
-	}
-	t.Fatal("no go_goroutines metric")
-	return 0
+	return n
 }

@@ -131,13 +131,15 @@ func (c *Controller) work(ctx context.Context) {
 }
 
 // syncServiceSafely is syncService, with a panic turned into a failed read
-// of that service (see recovered): it is retried, the others go on. The
-// panic may have cut its push short, so the next read pushes it whole.
+// of that service (see recovered): it is retried, the others go on, and
+// like a refused service it does not hold the first sync. The panic may
+// have cut its push short, so the next read pushes it whole.
 func (c *Controller) syncServiceSafely(ctx context.Context, name string, m mark) (err error) {
 	defer func() {
 		if v := recover(); v != nil {
 			err = &refusedError{c.recovered("service "+name, v)}
 			c.store.unpushed(name)
+			c.sync.read(name)
 		}
 	}()
 	return c.syncService(ctx, name, m)

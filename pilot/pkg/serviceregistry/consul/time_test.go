@@ -173,7 +173,7 @@ func TestADayOfQuietAndBursts(t *testing.T) {
 			case 13:
 				sc.restore(sc.index / 2)
 			}
-			ops := 20 + rng.IntN(200)
+			ops := 10 + rng.IntN(100)
 			for range ops {
 				switch op := rng.IntN(10); {
 				case op < 3:
