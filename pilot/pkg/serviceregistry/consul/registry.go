@@ -161,9 +161,8 @@ func (c *Controller) HasSynced() bool { return c.sync.synced.Load() }
 // awaitSync logs the end of the first sync, or gives up waiting for it
 // once it has made no progress (the first listing, a service of it read)
 // for SyncTimeout. A sync that makes progress, however slowly, is never
-// cut short: a ready istiod with part
-// of the catalog would drop the clusters of every service not yet read
-// from proxies that connect to it.
+// cut short: a ready istiod with part of the catalog would drop the
+// clusters of every service not yet read from proxies that connect to it.
 func (c *Controller) awaitSync(ctx context.Context) {
 	timer := time.NewTimer(c.args.SyncTimeout)
 	defer timer.Stop()

@@ -140,14 +140,6 @@ func (g *gate) done(slot bool, start time.Time, o outcome) {
 	g.changed = make(chan struct{})
 }
 
-// closed reports whether Consul is failing (the gate lets one request
-// through at a time, after a delay).
-func (g *gate) closed() bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.failures > 0
-}
-
 // backoff counts one reader's consecutive failures, for the pause after
 // a failure the gate did not see (an answer that could not be used).
 type backoff struct{ failures int }

@@ -205,18 +205,8 @@ func (t *syncTracker) finishLocked() {
 	close(t.done)
 }
 
-// unread is how many services of the first listing are still to read
-// (-1 before the first listing).
-func (t *syncTracker) unread() int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.initial == nil {
-		return -1
-	}
-	return len(t.initial)
-}
-
-// timeout ends the wait with services still unread; it returns how many.
+// timeout ends the wait with services still unread; it returns how many
+// (-1: the catalog was never listed).
 func (t *syncTracker) timeout() (missing int, ended bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -225,5 +215,8 @@ func (t *syncTracker) timeout() (missing int, ended bool) {
 	}
 	t.timedOut.Store(true)
 	t.finishLocked()
+	if t.initial == nil {
+		return -1, true
+	}
 	return len(t.initial), true
 }
