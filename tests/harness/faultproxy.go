@@ -96,6 +96,8 @@ func StartFaultProxy(env Env, backend string) (*FaultProxy, error) {
 				http.Error(w, "injected fault", code)
 				return
 			}
+			// Answers reach Answer hooks as plain JSON: no gzip from Consul.
+			r.Header.Del("Accept-Encoding")
 			rp.ServeHTTP(w, r)
 		}),
 		ConnState: func(_ net.Conn, s http.ConnState) {

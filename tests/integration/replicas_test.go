@@ -39,10 +39,16 @@ func TestReplicasAgree(t *testing.T) {
 		require.NoError(t, err)
 		replicas = append(replicas, istiod)
 	}
+	// Endpoints as a sidecar receives them, for a few of the services.
+	var clusters []string
+	for _, i := range []int{0, 7, 21, 42, 59} {
+		clusters = append(clusters, fmt.Sprintf("outbound|%d||%s.service.consul", 9000+i%5, names[i]))
+	}
 	compare := func(when string) {
 		t.Helper()
 		var views []string
 		var listeners [][]string
+		var endpoints []map[string][]string
 		for _, r := range replicas {
 			var v string
 			require.Eventually(t, func() bool {
@@ -50,8 +56,14 @@ func TestReplicasAgree(t *testing.T) {
 				return strings.Count(v, "\n") == len(names)
 			}, 30*time.Second, 100*time.Millisecond, "%s: every service served", when)
 			views = append(views, v)
-			d, err := harness.ADSDump(r.XDSAddr, "default")
+			d, err := harness.ADSDump(r.XDSAddr, "default", clusters...)
 			require.NoError(t, err)
+			eps := map[string][]string{}
+			for _, c := range clusters {
+				eps[c] = harness.EndpointAddrs(d.Endpoints[c])
+				require.Len(t, eps[c], 1, "%s: %s", when, c)
+			}
+			endpoints = append(endpoints, eps)
 			var ls []string
 			for name := range d.Listeners {
 				if strings.HasPrefix(name, "240.241.0.") {
@@ -64,6 +76,7 @@ func TestReplicasAgree(t *testing.T) {
 		assert.Equal(t, views[0], views[1], "%s: /debug/consulz of the two replicas", when)
 		assert.Len(t, listeners[0], len(names)+1, "%s: a VIP listener per service (and Consul's own)", when)
 		assert.Equal(t, listeners[0], listeners[1], "%s: the VIP listeners sidecars get", when)
+		assert.Equal(t, endpoints[0], endpoints[1], "%s: the endpoints sidecars get", when)
 	}
 	compare("both started")
 	replicas[1].Stop()

@@ -3,9 +3,12 @@ package consul
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -51,5 +54,43 @@ func TestEmptyNamespaceIsEmpty(t *testing.T) {
 	require.NoError(t, c.Client.Agent().ServiceDeregister("only-1"))
 	assert.Eventually(t, func() bool { return f.reg.GetService("only.service.consul") == nil }, 10*time.Second,
 		10*time.Millisecond, "the last service left: %s", lastError(f.reg))
+	assert.True(t, reachable(f.reg))
+}
+
+// Partial ACLs against a real Consul: a token that reads some services'
+// nodes only makes Consul answer [] filtered by ACLs for the others (the
+// proxy rewrites three services' answers so). The sync completes without
+// them, /debug/consulz says why they are not served, and their retries
+// slow down (1 s, 2 s, 4 s...), while the others are served.
+func TestPartialACLsThroughAProxy(t *testing.T) {
+	f, proxy := behindProxy(t, func(a *Args) { a.SyncTimeout = time.Hour })
+	hidden := map[string]bool{"/v1/health/service/acl-1": true, "/v1/health/service/acl-2": true, "/v1/health/service/acl-3": true}
+	var hiddenReads atomic.Int32
+	proxy.Answer(func(resp *http.Response) {
+		if !hidden[resp.Request.URL.Path] {
+			return
+		}
+		hiddenReads.Add(1)
+		resp.Body, resp.ContentLength = io.NopCloser(strings.NewReader("[]")), 2
+		resp.Header.Set("Content-Length", "2")
+		resp.Header.Set("X-Consul-Results-Filtered-By-ACLs", "true")
+	})
+	for i := range 10 {
+		f.register(api.AgentServiceRegistration{ID: fmt.Sprintf("acl-%d", i), Name: fmt.Sprintf("acl-%d", i),
+			Address: "127.0.0.65", Port: 80 + i})
+	}
+	require.Eventually(t, f.reg.HasSynced, 20*time.Second, 20*time.Millisecond, "registry never synced: %s, %+v",
+		lastError(f.reg), f.reg.debugView("").NotServed)
+	f.eventuallyEndpoints("acl-9", "127.0.0.65:89")
+	require.Eventually(t, func() bool { return len(f.reg.debugView("").NotServed) == 3 }, 10*time.Second, 10*time.Millisecond,
+		"not served: %+v", f.reg.debugView("").NotServed)
+	for _, n := range f.reg.debugView("").NotServed {
+		assert.Contains(t, n.Reason, "the token needs read on its nodes (node_prefix)", n.Name)
+	}
+	before := hiddenReads.Load()
+	time.Sleep(5 * time.Second)
+	retries := hiddenReads.Load() - before
+	t.Logf("3 refused services: %d reads in 5 s", retries)
+	assert.LessOrEqual(t, retries, int32(3*3), "retried slower and slower")
 	assert.True(t, reachable(f.reg))
 }
