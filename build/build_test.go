@@ -267,9 +267,9 @@ func TestSkipFile(t *testing.T) {
 		return string(out), err
 	}
 
-	// 9.9.9 moved the code 0002 edits; 0003 and 0004 build on 0002.
+	// 9.9.9 moved the code 0002 edits; 0003, 0004 and 0005 build on 0002.
 	var skip strings.Builder
-	for _, p := range []string{"0002", "0003", "0004"} {
+	for _, p := range []string{"0002", "0003", "0004", "0005"} {
 		matches, _ := filepath.Glob(filepath.Join(root, "patches", p+"-*.patch"))
 		require.Len(t, matches, 1)
 		skip.WriteString(filepath.Base(matches[0]) + "  the bootstrap moved in this release\n")
