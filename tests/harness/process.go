@@ -71,6 +71,7 @@ func (p *Process) Stop() {
 			return
 		}
 		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGCONT) // a paused process handles SIGTERM only once continued
 		select {
 		case <-p.done:
 		case <-time.After(10 * time.Second):

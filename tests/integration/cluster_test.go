@@ -17,13 +17,15 @@ import (
 
 // Bounds of the cluster cases (README, Reliability). istiod runs with a
 // 10 s blocking wait and a 2 s request timeout, so a watch held by a
-// paused server is given up within 10 + 10/16 + 2 s.
+// paused server is given up within 10 + 10/16 + 2 s. A server that lost
+// its leader answers stale reads for max_stale (5 s) more, so a blocking
+// read sent then fails only one wait later.
 const (
 	clusterWait      = 10 * time.Second
 	clusterTimeout   = 2 * time.Second
 	pausedBound      = clusterWait + clusterWait/16 + clusterTimeout + 3*time.Second
 	electionBound    = 15 * time.Second
-	unreachableBound = pausedBound
+	unreachableBound = 5*time.Second + pausedBound
 )
 
 // reader is one istiod reading the cluster, with a client calling a stable
@@ -128,20 +130,13 @@ func TestConsulCluster(t *testing.T) {
 		leader, err := cl.Leader()
 		require.NoError(t, err)
 		follower := (leader + 1) % len(cl.Servers)
-		require.NoError(t, cl.Servers[follower].Pause())
-		resumed := false
-		defer func() {
-			if !resumed {
-				_ = cl.Servers[follower].Resume()
-			}
-		}()
+		pause(t, cl.Servers[follower])
 		stop := churn(t, truth, churned)
 		time.Sleep(3 * time.Second)
 		t.Logf("%d changes", stop())
 		converged("follower paused", pausedBound)
 		noFailedCalls("follower paused")
 		require.NoError(t, cl.Servers[follower].Resume())
-		resumed = true
 	})
 
 	t.Run("two servers paused: the third has no leader", func(t *testing.T) {
@@ -149,7 +144,7 @@ func TestConsulCluster(t *testing.T) {
 		require.NoError(t, err)
 		paused := []int{leader, (leader + 1) % len(cl.Servers)}
 		for _, i := range paused {
-			require.NoError(t, cl.Servers[i].Pause())
+			pause(t, cl.Servers[i])
 		}
 		start := time.Now()
 		for _, r := range readers {
@@ -176,6 +171,14 @@ func TestConsulCluster(t *testing.T) {
 		converged("leader back", pausedBound)
 		noFailedCalls("two servers paused")
 	})
+}
+
+// pause freezes a server until resumed, or until the (sub)test ends:
+// clean-ups that reach Consul through an agent hang while it has no leader.
+func pause(t *testing.T, s *harness.Consul) {
+	t.Helper()
+	require.NoError(t, s.Pause())
+	t.Cleanup(func() { _ = s.Resume() })
 }
 
 // churn flips the health of instances 1 and 2 of each service and
