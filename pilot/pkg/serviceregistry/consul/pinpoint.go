@@ -232,8 +232,9 @@ func (p *pinpointer) changed(checks api.HealthChecks, index uint64, st *store) [
 		seen[k] = hc.ServiceName
 		for _, name := range checkServices(hc.Node, hc.ServiceName, st.onNode) {
 			// Not read yet, or a read may be in flight from before this
-			// change: read (again) rather than trust it.
-			if idx, ok := st.readIndex(name); !ok || hc.ModifyIndex > idx {
+			// change: read (again) rather than trust it. A service Consul
+			// refuses to show is retried on its own schedule (retry.go).
+			if idx, ok, refused := st.readIndexOf(name); !refused && (!ok || hc.ModifyIndex > idx) {
 				dirty[name] = max(dirty[name], hc.ModifyIndex)
 			}
 		}

@@ -259,10 +259,17 @@ func (s *store) onNode(node string) []string {
 // readIndex is the Consul index of the last successful read of a listed
 // service (what is served for it).
 func (s *store) readIndex(name string) (uint64, bool) {
+	index, ok, _ := s.readIndexOf(name)
+	return index, ok
+}
+
+// readIndexOf is readIndex, and whether the service's last read was
+// refused (its read record holds an error).
+func (s *store) readIndexOf(name string) (index uint64, ok, refused bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	r, ok := s.reads[name]
-	return r.index, ok
+	return r.index, ok, r.err != ""
 }
 
 // forgetReadIndexes drops every read's index: after Consul's indexes went
