@@ -24,7 +24,9 @@ const (
 	clusterWait    = 10 * time.Second
 	clusterTimeout = 2 * time.Second
 	pausedBound    = clusterWait + clusterWait/16 + clusterTimeout + 3*time.Second
-	electionBound  = 15 * time.Second
+	// Consul's production Raft timing (raft_multiplier 5) elects a new
+	// leader 5 to 13 s after the old one dies (seen here).
+	electionBound = 30 * time.Second
 	// Autopilot removes a dead server from Raft and promotes it back to
 	// voter only once it has been stable for server_stabilization_time
 	// (10 s) and autopilot next reconciles: 0.3 to 17.8 s seen.
