@@ -15,7 +15,8 @@ package consul
 //
 // Its cost follows the catalog (about 4 MB and 90 ms at 10,000 instances,
 // 40 MB at 100,000), so a long read is spaced by its own duration: after a
-// read that took d, the next waits pinpointSpacing×(d − pinpointFree).
+// read whose request took d, the next waits pinpointSpacing×(d − pinpointFree)
+// (failures and waits do not count; at most pinpointMaxGap).
 // Under registration churn a large catalog's reads then use at most about
 // a fifth of the time, the changes made meanwhile placed by the next read;
 // a small catalog's reads, which cost little, run as often as needed.
@@ -44,9 +45,11 @@ const (
 	// goneKeep is how long a range of vanished checks can explain catalog changes.
 	goneKeep = 30 * time.Second
 	// pinpointSpacing and pinpointFree: after a read that took d, the next
-	// waits pinpointSpacing × (d − pinpointFree).
+	// waits pinpointSpacing × (d − pinpointFree), at most pinpointMaxGap (a
+	// read slowed by a busy Consul must not hold registrations back long).
 	pinpointSpacing = 4
 	pinpointFree    = 100 * time.Millisecond
+	pinpointMaxGap  = 15 * time.Second
 )
 
 type pinpointer struct {
@@ -172,9 +175,8 @@ func (c *Controller) runPinpoint(ctx context.Context) {
 			p.mu.Lock()
 			covered := slices.Clone(p.pending)
 			p.mu.Unlock()
-			start := time.Now()
-			err := c.pinpointRead(ctx)
-			next = time.Now().Add(pinpointSpacing * (time.Since(start) - pinpointFree))
+			took, err := c.pinpointRead(ctx)
+			next = time.Now().Add(pinpointGap(took))
 			if err != nil {
 				if ctx.Err() != nil {
 					return
@@ -196,26 +198,37 @@ func (c *Controller) runPinpoint(ctx context.Context) {
 	}
 }
 
+// pinpointGap is the pause after a read of every check whose request took
+// took (0: it failed): what the read cost, not how long it waited or hung.
+func pinpointGap(took time.Duration) time.Duration {
+	return min(pinpointSpacing*max(took-pinpointFree, 0), pinpointMaxGap)
+}
+
 // pinpointRead reads every check and marks the services whose instances
-// changed since their last read.
-func (c *Controller) pinpointRead(ctx context.Context) error {
+// changed since their last read. It returns how long the request took when
+// it succeeded.
+func (c *Controller) pinpointRead(ctx context.Context) (took time.Duration, err error) {
 	var checks api.HealthChecks
 	meta, err := c.consul.get(ctx, request{slot: true, timeout: 3 * c.args.RequestTimeout}, func(q *api.QueryOptions) (*api.QueryMeta, error) {
+		start := time.Now()
 		var m *api.QueryMeta
 		var err error
 		checks, m, err = c.consul.Health().State(api.HealthAny, q)
+		if err == nil {
+			took = time.Since(start)
+		}
 		return m, err
 	})
 	if err != nil {
-		return fmt.Errorf("list health checks: %w", err)
+		return 0, fmt.Errorf("list health checks: %w", err)
 	}
 	if meta.ResultsFilteredByACLs && len(checks) == 0 {
-		return fmt.Errorf("list health checks: %w: the token needs read on service_prefix and node_prefix", errACLFiltered)
+		return 0, fmt.Errorf("list health checks: %w: the token needs read on service_prefix and node_prefix", errACLFiltered)
 	}
 	for _, m := range c.pinpoint.changed(checks, meta.LastIndex, c.store) {
 		c.dirty.mark(m.need, m.name)
 	}
-	return nil
+	return took, nil
 }
 
 // changed compares a full check list with the last one and with each

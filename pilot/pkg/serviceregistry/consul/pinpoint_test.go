@@ -3,6 +3,7 @@ package consul
 import (
 	"fmt"
 	"net/http"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -88,5 +89,43 @@ func TestPinpointReadsAreSpacedUnderChurn(t *testing.T) {
 		cycle := time.Second + pinpointSpacing*(time.Second-pinpointFree)
 		assert.LessOrEqual(t, pinpoints, int(churn/cycle)+3, "about a fifth of the time")
 		assert.Equal(t, sc.truth(), istiodView(side), "every registration served")
+	})
+}
+
+// Found by the kind tier: the spacing was taken from any read's duration,
+// failures and gate waits included. A read of every check that hung until
+// its deadline (30 s) while a token was being rotated held the next one
+// back for two minutes, and a new instance of an existing service was not
+// served meanwhile. Only a successful request's own duration counts now,
+// and no gap is longer than pinpointMaxGap.
+func TestAFailedPinpointReadDoesNotDelayTheNext(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sc := newScriptedConsul()
+		sc.register("n1", api.AgentService{ID: "web-1", Service: "web", Address: "127.0.0.11", Port: 80}, api.HealthPassing)
+		reg, side := startScripted(t, sc, nil)
+		settle(time.Minute)
+		require.True(t, reg.HasSynced())
+		// The next read of every check hangs until its deadline.
+		var hung atomic.Bool
+		sc.setFault(func(r *http.Request) (*http.Response, error) {
+			if r.URL.Path == "/v1/health/state/any" && r.URL.Query().Get("filter") == "" && hung.CompareAndSwap(false, true) {
+				<-r.Context().Done()
+				return nil, r.Context().Err()
+			}
+			return nil, nil
+		})
+		sc.register("n1", api.AgentService{ID: "web-2", Service: "web", Address: "127.0.0.12", Port: 80}, api.HealthPassing)
+		settle(time.Minute)
+		require.True(t, hung.Load())
+		require.Equal(t, sc.truth(), istiodView(side), "placed by the read after the failed one")
+
+		start := time.Now()
+		sc.register("n1", api.AgentService{ID: "web-3", Service: "web", Address: "127.0.0.13", Port: 80}, api.HealthPassing)
+		for !slices.Equal(sc.truth()["web"], istiodView(side)["web"]) && time.Since(start) < 10*time.Minute {
+			settle(100 * time.Millisecond)
+		}
+		took := time.Since(start)
+		t.Logf("a new instance after the failed read served in %v", took)
+		assert.Less(t, took, 5*time.Second)
 	})
 }
