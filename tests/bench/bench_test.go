@@ -94,7 +94,7 @@ func TestTrackerWarmUpIsUncounted(t *testing.T) {
 	assert.Zero(t, unseen)
 }
 
-// smallRun runs both routes at 20×3 with cfg's kind of churn and mode.
+// smallRun runs every route at 20×3 with cfg's kind of churn and mode.
 func smallRun(t *testing.T, cfg Config) []Result {
 	t.Helper()
 	env, err := harness.NewProcessEnv("pilot-consul-bench-test")
@@ -104,11 +104,12 @@ func smallRun(t *testing.T, cfg Config) []Result {
 	cfg.Watchers, cfg.Rate, cfg.Churn, cfg.SyncTimeout, cfg.Step = 2, 5, 3*time.Second, 2*time.Minute, t.Logf
 	rs, err := RunScale(env, Dataset{N: 20, M: 3}, cfg)
 	require.NoError(t, err)
-	require.Len(t, rs, 2)
+	require.Len(t, rs, 3)
+	require.Equal(t, []string{RouteA, RouteK, RouteB}, []string{rs[0].Route, rs[1].Route, rs[2].Route})
 	return rs
 }
 
-// TestBenchSmall runs both routes end to end at a tiny scale, so `make
+// TestBenchSmall runs every route end to end at a tiny scale, so `make
 // bench` cannot rot between runs: same code path, seconds instead of minutes.
 func TestBenchSmall(t *testing.T) {
 	rs := smallRun(t, Config{})
@@ -119,14 +120,40 @@ func TestBenchSmall(t *testing.T) {
 		assert.Equal(t, r.Changes*2, r.Latency.Count, r.Route)
 		assert.Positive(t, r.PeakRSSBytes, r.Route)
 	}
-	assert.Equal(t, RouteA, rs[0].Route)
 	assert.LessOrEqual(t, rs[0].ConsulPerChg, 2.0, "Route A: at most 2 Consul requests per instance change")
 	assert.LessOrEqual(t, rs[0].ConsulPeak, int64(16+3))
 	assert.Zero(t, rs[0].FullPushes, "Route A: instance churn causes no full push")
+	assert.Zero(t, rs[1].FullPushes, "Route K: an EndpointSlice update causes no full push")
 	rep := &Report{Results: rs}
 	files, err := rep.Write(t.TempDir())
 	require.NoError(t, err)
 	assert.Len(t, files, 3)
+	md := rep.Markdown()
+	assert.Contains(t, md, "| scale | metric | Route A (Consul registry) | Route K (Kubernetes Services) | Route B (SE+WE) | A/K | A/B |")
+	assert.Regexp(t, `\| 20×3 \| change→client p99 \(ms\) \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \|`, md)
+}
+
+// TestReportOfOneRoute: a run of Route A alone (-routes A) still writes its
+// figures, with no ratio columns.
+func TestReportOfOneRoute(t *testing.T) {
+	rep := &Report{Results: []Result{{Route: RouteA, Services: 10000, PerSvc: 10, Synced: true, SyncSeconds: 9.5,
+		Latency: Stats{P50: 220, P99: 640}}}}
+	md := rep.Markdown()
+	assert.Contains(t, md, "| scale | metric | Route A (Consul registry) |\n|---|---|---:|\n")
+	assert.Contains(t, md, "| 10000×10 | initial sync | 9.50 s |\n")
+	assert.Contains(t, md, "| 10000×10 | change→client p99 (ms) | 640.0 |\n")
+}
+
+func TestParseRoutes(t *testing.T) {
+	rs, err := ParseRoutes("b, k")
+	require.NoError(t, err)
+	assert.Equal(t, []string{"B", "K"}, rs)
+	cfg := Config{Routes: rs}
+	assert.False(t, cfg.wants(RouteA))
+	assert.True(t, cfg.wants(RouteK))
+	assert.True(t, Config{}.wants(RouteA), "no selection: every route")
+	_, err = ParseRoutes("A,C")
+	assert.ErrorContains(t, err, `route "C"`)
 }
 
 // TestBenchSmallRegistrations: the same with instances deregistered and
@@ -158,8 +185,10 @@ func TestBenchSmallAmbient(t *testing.T) {
 		assert.Positive(t, r.Changes, r.Route)
 		assert.Equal(t, r.Changes*2, r.Latency.Count, "%s: xDS samples", r.Route)
 	}
-	a, b := rs[0], rs[1]
+	a, k, b := rs[0], rs[1], rs[2]
 	assert.Zero(t, a.Unseen, "Route A: every change reached every watcher, WDS included")
+	assert.Zero(t, k.Unseen, "Route K: every change reached every watcher, WDS included")
+	assert.Equal(t, k.Changes, k.WDSLat.Count)
 	assert.Equal(t, a.Changes, a.WDSLat.Count)
 	assert.Zero(t, a.FullPushes, "Route A: instance churn causes no full push, ambient on")
 	assert.Zero(t, b.WDSLat.Count, "Route B: no health flip reaches WDS")

@@ -37,7 +37,7 @@ func (c *ConsulSource) registerOps(in Instance) api.TxnOps {
 	return api.TxnOps{
 		{Service: &api.ServiceTxnOp{Verb: api.ServiceSet, Node: d.Node(in), Service: api.AgentService{
 			ID: d.ID(in), Service: d.Name(in.Svc), Address: d.IP(in), Port: Port,
-			Tags: []string{"version=" + d.Version(in)}, Meta: map[string]string{"protocol": "http"},
+			Tags: []string{"version=" + d.Version(in)}, Meta: map[string]string{"protocol": "http", "zone": d.Zone(in)},
 		}}},
 		{Check: &api.CheckTxnOp{Verb: api.CheckSet, Check: c.check(in, api.HealthPassing)}},
 	}

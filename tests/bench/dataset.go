@@ -1,7 +1,9 @@
-// Package bench measures the patched istiod serving Consul services two ways,
-// on the same data, machine and istiod binary: Route A is our Consul
-// registry; Route B is what ServiceEntry-writing bridges produce (one
-// ServiceEntry per service, one WorkloadEntry per instance) read from a real
+// Package bench measures the patched istiod serving one catalog several
+// ways, on the same data, machine and istiod binary: Route A is our Consul
+// registry; Route K is the same catalog as Kubernetes Services and
+// EndpointSlices, read by istiod's own Kubernetes registry (the reference);
+// Route B is what ServiceEntry-writing bridges produce (one ServiceEntry per
+// service, one WorkloadEntry per instance). K and B are read from a real
 // kube-apiserver. tests/cmd/bench drives it (`make bench`).
 package bench
 
@@ -17,7 +19,13 @@ const Port = 8080
 
 // Dataset is N services × M instances. Instance addresses come from
 // 198.18.0.0/15 (the benchmarking range): they are data only, nothing dials them.
-type Dataset struct{ N, M int }
+type Dataset struct {
+	N, M int
+	// Domain follows the service name in its hostname: "service.consul"
+	// when empty (Routes A and B); Route K's Services are named by
+	// Kubernetes ("consul.svc.cluster.local").
+	Domain string
+}
 
 // Instance identifies instance j of service i.
 type Instance struct{ Svc, Idx int }
@@ -25,8 +33,13 @@ type Instance struct{ Svc, Idx int }
 // Name of service i in Consul (and of its ServiceEntry).
 func (d Dataset) Name(i int) string { return fmt.Sprintf("svc-%05d", i) }
 
-// Host is the service's hostname in the mesh, in both routes.
-func (d Dataset) Host(i int) string { return d.Name(i) + ".service.consul" }
+// Host is the service's hostname in the mesh.
+func (d Dataset) Host(i int) string {
+	if d.Domain == "" {
+		return d.Name(i) + ".service.consul"
+	}
+	return d.Name(i) + "." + d.Domain
+}
 
 // Cluster is the outbound cluster name istiod gives the service.
 func (d Dataset) Cluster(i int) string { return fmt.Sprintf("outbound|%d||%s", Port, d.Host(i)) }
@@ -57,6 +70,10 @@ func (d Dataset) IP(in Instance) string {
 
 // Addr is "ip:port", as it appears in an EDS endpoint.
 func (d Dataset) Addr(in Instance) string { return fmt.Sprintf("%s:%d", d.IP(in), Port) }
+
+// Zone is the instance's locality zone (Consul service meta "zone",
+// EndpointSlice endpoint zone).
+func (d Dataset) Zone(in Instance) string { return fmt.Sprintf("zone-%d", in.Idx%3) }
 
 // Version is the instance's version label (tag "version=vX" in Consul).
 func (d Dataset) Version(in Instance) string { return fmt.Sprintf("v%d", in.Idx%2+1) }

@@ -22,6 +22,7 @@ var (
 	routeColors = map[string][]color.RGBA{ // by scale, small to large
 		RouteA: {{0x9e, 0xc5, 0xe8, 255}, {0x42, 0x85, 0xc8, 255}, {0x0b, 0x3d, 0x7a, 255}},
 		RouteB: {{0xf5, 0xb7, 0x8e, 255}, {0xe0, 0x6c, 0x2e, 255}, {0x8c, 0x2d, 0x04, 255}},
+		RouteK: {{0xa8, 0xdd, 0xa0, 255}, {0x41, 0xab, 0x5d, 255}, {0x00, 0x5a, 0x32, 255}},
 	}
 	ink  = color.RGBA{0x22, 0x22, 0x22, 255}
 	grid = color.RGBA{0xdd, 0xdd, 0xdd, 255}
@@ -84,7 +85,7 @@ func PlotCDF(results []Result) ([]byte, error) {
 			ly += 16
 		}
 		thick(img, lx, ly+5, lx+24, ly+5, c)
-		short := map[string]string{RouteA: "A CONSUL REGISTRY", RouteB: "B SE+WE"}[r.Route]
+		short := map[string]string{RouteA: "A CONSUL REGISTRY", RouteK: "K KUBERNETES SERVICES", RouteB: "B SE+WE"}[r.Route]
 		drawText(img, lx+32, ly, fmt.Sprintf("%s %dX%d P99 %.0fMS", short, r.Services, r.PerSvc, r.Latency.P99), ink)
 	}
 	var buf bytes.Buffer

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 )
@@ -72,8 +73,9 @@ func (r *Report) Write(dir string) ([]string, error) {
 	return written, nil
 }
 
-// Markdown is the side-by-side table: each metric for Route A, Route B and
-// the A/B ratio (below 1 means Route A uses less / is faster).
+// Markdown is the side-by-side table: each metric for every route measured,
+// then Route A's ratio to each other route (below 1: Route A uses less or
+// is faster).
 func (r *Report) Markdown() string {
 	var b strings.Builder
 	ambient := ""
@@ -86,96 +88,173 @@ func (r *Report) Markdown() string {
 	}
 	fmt.Fprintf(&b, "Measured %s on %s; istiod %s; %d xDS watchers (half sidecar-like, half proxyless gRPC)%s; churn %.0f %s/s for %s.\n\n",
 		r.When.UTC().Format("2006-01-02"), r.Machine, r.Istiod, r.Config.Watchers, ambient, r.Config.Rate, kind, r.Config.Churn)
-	b.WriteString("| scale | metric | Route A (Consul registry) | Route B (SE+WE) | A/B |\n|---|---|---:|---:|---:|\n")
-	for _, pair := range pairs(r.Results) {
-		a, bb := pair[0], pair[1]
-		scale := fmt.Sprintf("%d×%d", a.Services, a.PerSvc)
-		row := func(metric string, va, vb float64, format string) {
-			cell := func(v float64, synced bool) string {
-				if !synced {
-					return "– (never synced)"
-				}
-				return fmt.Sprintf(format, v)
-			}
-			ratio := "–"
-			if vb != 0 && a.Synced && bb.Synced {
-				ratio = fmt.Sprintf("%.2f", va/vb)
-			}
-			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", scale, metric, cell(va, a.Synced), cell(vb, bb.Synced), ratio)
-		}
-		syncA, syncB := fmt.Sprintf("%.2f s", a.SyncSeconds), fmt.Sprintf("%.2f s", bb.SyncSeconds)
-		if !a.Synced {
-			syncA = "> " + syncA
-		}
-		if !bb.Synced {
-			syncB = "> " + syncB
-		}
-		fmt.Fprintf(&b, "| %s | initial sync | %s | %s | %.2f |\n", scale, syncA, syncB, a.SyncSeconds/bb.SyncSeconds)
-		if a.SettleSeconds+bb.SettleSeconds > 0 { // not recorded before the warm-up existed
-			settle := func(r Result) string {
-				if !r.Settled {
-					return fmt.Sprintf("> %.2f s (not every xDS watcher)", r.SettleSeconds)
-				}
-				return fmt.Sprintf("%.2f s", r.SettleSeconds)
-			}
-			ratio := "–"
-			if a.Settled && bb.Settled {
-				ratio = fmt.Sprintf("%.2f", a.SettleSeconds/bb.SettleSeconds)
-			}
-			fmt.Fprintf(&b, "| %s | settled after sync (warm-up flip out and back, xDS) | %s | %s | %s |\n", scale, settle(a), settle(bb), ratio)
-		}
-		row("change→client p50 (ms)", a.Latency.P50, bb.Latency.P50, "%.1f")
-		row("change→client p90 (ms)", a.Latency.P90, bb.Latency.P90, "%.1f")
-		row("change→client p99 (ms)", a.Latency.P99, bb.Latency.P99, "%.1f")
-		row("change→client max (ms)", a.Latency.Max, bb.Latency.Max, "%.1f")
-		if a.SidecarLat.Count+bb.SidecarLat.Count > 0 { // not recorded before per-kind stats existed
-			row("change→sidecar-like p99 (ms)", a.SidecarLat.P99, bb.SidecarLat.P99, "%.1f")
-			row("change→proxyless p99 (ms)", a.ProxylessLat.P99, bb.ProxylessLat.P99, "%.1f")
-		}
-		if a.WDSLat.Count+bb.WDSLat.Count > 0 { // ambient runs only
-			wds := func(st Stats, p float64) string {
-				if st.Count == 0 {
-					return "never"
-				}
-				return fmt.Sprintf("%.1f", p)
-			}
-			for _, q := range []struct {
-				name string
-				a, b float64
-			}{{"p50", a.WDSLat.P50, bb.WDSLat.P50}, {"p99", a.WDSLat.P99, bb.WDSLat.P99}} {
-				ratio := ""
-				if a.WDSLat.Count > 0 && bb.WDSLat.Count > 0 {
-					ratio = fmt.Sprintf("%.2f", q.a/q.b)
-				}
-				fmt.Fprintf(&b, "| %s | change→WDS (ztunnel-like) %s (ms) | %s | %s | %s |\n", scale, q.name,
-					wds(a.WDSLat, q.a), wds(bb.WDSLat, q.b), ratio)
-			}
-			fmt.Fprintf(&b, "| %s | changes seen over WDS | %d of %d | %d of %d | |\n", scale,
-				a.WDSLat.Count, a.Changes, bb.WDSLat.Count, bb.Changes)
-		}
-		row("istiod CPU, sync (s)", a.CPUSyncSec, bb.CPUSyncSec, "%.1f")
-		row("istiod CPU, churn (s)", a.CPUChurnSec, bb.CPUChurnSec, "%.1f")
-		// Peak RSS is measured either way (a lower bound for a route that never synced).
-		fmt.Fprintf(&b, "| %s | istiod peak RSS (MiB) | %.0f | %.0f | %.2f |\n", scale,
-			float64(a.PeakRSSBytes)/(1<<20), float64(bb.PeakRSSBytes)/(1<<20), float64(a.PeakRSSBytes)/float64(max(bb.PeakRSSBytes, 1)))
-		row("full pushes in churn", a.FullPushes, bb.FullPushes, "%.0f")
-		row("CDS pushes in churn (per client)", a.CDSPushes, bb.CDSPushes, "%.0f")
-		row("EDS pushes in churn (per client)", a.EDSPushes, bb.EDSPushes, "%.0f")
-		fmt.Fprintf(&b, "| %s | changes (unseen pairs) | %d (%d) | %d (%d) | |\n", scale, a.Changes, a.Unseen, bb.Changes, bb.Unseen)
-		fmt.Fprintf(&b, "| %s | Consul requests per change; peak connections | %.2f; %d | – | |\n", scale, a.ConsulPerChg, a.ConsulPeak)
+	cols := measured(r.Results)
+	var others []string // the ratio columns: A against each other route
+	if slices.Contains(cols, RouteA) { // then first, in run order
+		others = cols[1:]
+	}
+	b.WriteString("| scale | metric |")
+	for _, c := range cols {
+		fmt.Fprintf(&b, " Route %s |", routeTitles[c])
+	}
+	for _, o := range others {
+		fmt.Fprintf(&b, " A/%s |", o[:1])
+	}
+	b.WriteString("\n|---|---|" + strings.Repeat("---:|", len(cols)+len(others)) + "\n")
+	for _, sc := range byScale(r.Results) {
+		t := table{b: &b, scale: fmt.Sprintf("%d×%d", sc.services, sc.perSvc), cols: cols, others: others, at: sc.routes}
+		t.writeRows()
 	}
 	return b.String()
 }
 
-// pairs groups results as (Route A, Route B) per scale, in run order.
-func pairs(rs []Result) [][2]Result {
-	var out [][2]Result
-	for i := 0; i+1 < len(rs); i += 2 {
-		if rs[i].Route == RouteA && rs[i+1].Route == RouteB {
-			out = append(out, [2]Result{rs[i], rs[i+1]})
+// routeTitles head the table's columns.
+var routeTitles = map[string]string{
+	RouteA: "A (Consul registry)", RouteK: "K (Kubernetes Services)", RouteB: "B (SE+WE)",
+}
+
+// measured lists the routes present in rs, in run order.
+func measured(rs []Result) []string {
+	var out []string
+	for _, route := range routes {
+		if slices.ContainsFunc(rs, func(r Result) bool { return r.Route == route }) {
+			out = append(out, route)
 		}
 	}
 	return out
+}
+
+// scale is one dataset size's results, by route.
+type scale struct {
+	services, perSvc int
+	routes           map[string]Result
+}
+
+// byScale groups results by dataset size, in run order.
+func byScale(rs []Result) []scale {
+	var out []scale
+	for _, r := range rs {
+		if n := len(out); n == 0 || out[n-1].services != r.Services || out[n-1].perSvc != r.PerSvc || hasRoute(out[n-1], r.Route) {
+			out = append(out, scale{services: r.Services, perSvc: r.PerSvc, routes: map[string]Result{}})
+		}
+		out[len(out)-1].routes[r.Route] = r
+	}
+	return out
+}
+
+func hasRoute(s scale, route string) bool { _, ok := s.routes[route]; return ok }
+
+// table writes one scale's rows.
+type table struct {
+	b      *strings.Builder
+	scale  string
+	cols   []string
+	others []string
+	at     map[string]Result
+}
+
+// row writes one metric: a cell per route, then A's ratio to each other
+// route when both values mean something.
+func (t table) row(metric string, cell func(Result) string, value func(Result) (float64, bool)) {
+	fmt.Fprintf(t.b, "| %s | %s |", t.scale, metric)
+	for _, c := range t.cols {
+		r, ok := t.at[c]
+		if !ok {
+			t.b.WriteString(" – |")
+			continue
+		}
+		fmt.Fprintf(t.b, " %s |", cell(r))
+	}
+	for _, o := range t.others {
+		ratio := ""
+		a, okA := t.at[RouteA]
+		x, okX := t.at[o]
+		if value != nil && okA && okX {
+			va, goodA := value(a)
+			vx, goodX := value(x)
+			if goodA && goodX && vx != 0 {
+				ratio = fmt.Sprintf("%.2f", va/vx)
+			}
+		}
+		fmt.Fprintf(t.b, " %s |", ratio)
+	}
+	t.b.WriteString("\n")
+}
+
+// number is a row of one figure per route, meaningful once the route synced.
+func (t table) number(metric, format string, f func(Result) float64) {
+	t.row(metric, func(r Result) string {
+		if !r.Synced {
+			return "– (never synced)"
+		}
+		return fmt.Sprintf(format, f(r))
+	}, func(r Result) (float64, bool) { return f(r), r.Synced })
+}
+
+// any reports whether f holds for some route at this scale.
+func (t table) any(f func(Result) bool) bool {
+	for _, r := range t.at {
+		if f(r) {
+			return true
+		}
+	}
+	return false
+}
+
+func (t table) writeRows() {
+	t.row("initial sync", func(r Result) string {
+		if !r.Synced {
+			return fmt.Sprintf("> %.2f s", r.SyncSeconds)
+		}
+		return fmt.Sprintf("%.2f s", r.SyncSeconds)
+	}, func(r Result) (float64, bool) { return r.SyncSeconds, r.Synced })
+	if t.any(func(r Result) bool { return r.SettleSeconds > 0 }) { // not recorded before the warm-up existed
+		t.row("settled after sync (warm-up flip out and back, xDS)", func(r Result) string {
+			if !r.Settled {
+				return fmt.Sprintf("> %.2f s (not every xDS watcher)", r.SettleSeconds)
+			}
+			return fmt.Sprintf("%.2f s", r.SettleSeconds)
+		}, func(r Result) (float64, bool) { return r.SettleSeconds, r.Settled })
+	}
+	t.number("change→client p50 (ms)", "%.1f", func(r Result) float64 { return r.Latency.P50 })
+	t.number("change→client p90 (ms)", "%.1f", func(r Result) float64 { return r.Latency.P90 })
+	t.number("change→client p99 (ms)", "%.1f", func(r Result) float64 { return r.Latency.P99 })
+	t.number("change→client max (ms)", "%.1f", func(r Result) float64 { return r.Latency.Max })
+	if t.any(func(r Result) bool { return r.SidecarLat.Count > 0 }) { // not recorded before per-kind stats existed
+		t.number("change→sidecar-like p99 (ms)", "%.1f", func(r Result) float64 { return r.SidecarLat.P99 })
+		t.number("change→proxyless p99 (ms)", "%.1f", func(r Result) float64 { return r.ProxylessLat.P99 })
+	}
+	if t.any(func(r Result) bool { return r.WDSLat.Count > 0 }) { // ambient runs only
+		for _, q := range []struct {
+			name string
+			f    func(Stats) float64
+		}{{"p50", func(s Stats) float64 { return s.P50 }}, {"p99", func(s Stats) float64 { return s.P99 }}} {
+			t.row("change→WDS (ztunnel-like) "+q.name+" (ms)", func(r Result) string {
+				if r.WDSLat.Count == 0 {
+					return "never"
+				}
+				return fmt.Sprintf("%.1f", q.f(r.WDSLat))
+			}, func(r Result) (float64, bool) { return q.f(r.WDSLat), r.WDSLat.Count > 0 })
+		}
+		t.row("changes seen over WDS", func(r Result) string {
+			return fmt.Sprintf("%d of %d", r.WDSLat.Count, r.Changes)
+		}, nil)
+	}
+	t.number("istiod CPU, sync (s)", "%.1f", func(r Result) float64 { return r.CPUSyncSec })
+	t.number("istiod CPU, churn (s)", "%.1f", func(r Result) float64 { return r.CPUChurnSec })
+	// Peak RSS is measured either way (a lower bound for a route that never synced).
+	t.row("istiod peak RSS (MiB)", func(r Result) string { return fmt.Sprintf("%.0f", float64(r.PeakRSSBytes)/(1<<20)) },
+		func(r Result) (float64, bool) { return float64(r.PeakRSSBytes), r.PeakRSSBytes > 0 })
+	t.number("full pushes in churn", "%.0f", func(r Result) float64 { return r.FullPushes })
+	t.number("CDS pushes in churn (per client)", "%.0f", func(r Result) float64 { return r.CDSPushes })
+	t.number("EDS pushes in churn (per client)", "%.0f", func(r Result) float64 { return r.EDSPushes })
+	t.row("changes (unseen pairs)", func(r Result) string { return fmt.Sprintf("%d (%d)", r.Changes, r.Unseen) }, nil)
+	t.row("Consul requests per change; peak connections", func(r Result) string {
+		if r.Route != RouteA {
+			return "–"
+		}
+		return fmt.Sprintf("%.2f; %d", r.ConsulPerChg, r.ConsulPeak)
+	}, nil)
 }
 
 // Merge combines reports (scales measured in separate runs) into one; the

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	"github.com/pilot-consul/pilot-consul/tests/harness"
@@ -25,7 +27,9 @@ type Config struct {
 	Kind        string
 	SyncTimeout time.Duration // how long istiod may take to serve everything
 	ProfileDir  string        // if set, CPU profiles of istiod (start-up, churn) are saved here
-	OnlyRouteA  bool          // skip Route B (for profiling our side alone)
+	// Routes to measure, by letter ("A", "K", "B"); nil is all three. They
+	// run in that order whatever the order given.
+	Routes []string
 	// Ambient runs istiod with PILOT_ENABLE_AMBIENT=true and adds a WDS
 	// watcher (as ztunnel subscribes), whose latency is reported apart.
 	Ambient bool
@@ -41,8 +45,31 @@ const (
 // Route names, as reported.
 const (
 	RouteA = "A: Consul registry"
+	RouteK = "K: Kubernetes Services"
 	RouteB = "B: ServiceEntry+WorkloadEntry"
 )
+
+// routes is every route in run order: the reference before the bridge,
+// whose 10,000-service run can take the whole sync timeout.
+var routes = []string{RouteA, RouteK, RouteB}
+
+// wants reports whether cfg measures route.
+func (c Config) wants(route string) bool {
+	return c.Routes == nil || slices.Contains(c.Routes, route[:1])
+}
+
+// ParseRoutes turns "A,K,B" (any order, any subset) into Config.Routes.
+func ParseRoutes(s string) ([]string, error) {
+	var out []string
+	for _, r := range strings.Split(s, ",") {
+		r = strings.ToUpper(strings.TrimSpace(r))
+		if !slices.ContainsFunc(routes, func(name string) bool { return name[:1] == r }) {
+			return nil, fmt.Errorf("route %q: want A, K or B", r)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
 
 // Result is one route at one scale.
 type Result struct {
@@ -78,8 +105,10 @@ type Result struct {
 	SampleMillis  []float64 `json:"latency_samples_ms"`
 }
 
-// RunScale measures both routes on one dataset. Each route gets a fresh
-// istiod; Consul and the kube-apiserver are shared and stop at the end.
+// RunScale measures the routes on one dataset. Each route gets a fresh
+// istiod; Consul and the kube-apiserver are shared and stop at the end,
+// except Route K's kube-apiserver, which holds its Services alone so that
+// neither K's nor B's istiod reads the other's objects.
 func RunScale(parent *harness.ProcessEnv, data Dataset, cfg Config) ([]Result, error) {
 	if err := data.Validate(); err != nil {
 		return nil, err
@@ -98,55 +127,117 @@ func RunScale(parent *harness.ProcessEnv, data Dataset, cfg Config) ([]Result, e
 		return nil, err
 	}
 
+	var out []Result
+	if cfg.wants(RouteA) {
+		a, err := measureA(env, consul, kube, data, cfg)
+		if err != nil {
+			return out, fmt.Errorf("route A: %w", err)
+		}
+		out = append(out, a)
+	}
+	if cfg.wants(RouteK) {
+		k, err := measureK(env, data, cfg)
+		if err != nil {
+			return out, fmt.Errorf("route K: %w", err)
+		}
+		out = append(out, k)
+	}
+	if cfg.wants(RouteB) {
+		b, err := measureB(env, kube, data, cfg)
+		if err != nil {
+			return out, fmt.Errorf("route B: %w", err)
+		}
+		out = append(out, b)
+	}
+	return out, nil
+}
+
+// measureA loads the dataset into Consul and measures our registry reading
+// it through a proxy that counts requests and connections.
+func measureA(env *harness.ProcessEnv, consul *harness.Consul, kube *harness.Kube, data Dataset, cfg Config) (Result, error) {
 	src := &ConsulSource{Client: consul.Client, Data: data}
 	start := time.Now()
-	if err := src.Load(ctx); err != nil {
-		return nil, err
+	if err := src.Load(context.Background()); err != nil {
+		return Result{}, err
 	}
-	loadA := time.Since(start)
-	step("%d×%d: loaded %d instances into Consul in %s", data.N, data.M, data.N*data.M, loadA.Round(time.Millisecond))
-	proxy, err := harness.StartFaultProxy(env, consul.URL()) // counts requests and connections, injects nothing
+	load := time.Since(start)
+	cfg.Step("%d×%d: loaded %d instances into Consul in %s", data.N, data.M, data.N*data.M, load.Round(time.Millisecond))
+	proxy, err := harness.StartFaultProxy(env, consul.URL()) // injects nothing
 	if err != nil {
-		return nil, err
+		return Result{}, err
 	}
-	setA, setB := setHealth(src.SetHealthy), setHealth(nil)
+	set := setHealth(src.SetHealthy)
 	if cfg.Kind == ChurnRegister {
-		setA = src.SetRegistered
+		set = src.SetRegistered
 	}
-	a, err := runRoute(env, kube, data, cfg, RouteA, proxy, setA, "--consulServerURL", proxy.URL)
-	if err != nil {
-		return nil, fmt.Errorf("route A: %w", err)
-	}
-	a.LoadSeconds = loadA.Seconds()
+	r, err := runRoute(env, kube, data, cfg, RouteA, proxy, set, "--consulServerURL", proxy.URL)
+	r.LoadSeconds = load.Seconds()
+	return r, err
+}
 
-	if cfg.OnlyRouteA {
-		return []Result{a}, nil
+// measureK writes the dataset as Services and EndpointSlices into a
+// kube-apiserver of its own and measures istiod's Kubernetes registry alone.
+func measureK(parent *harness.ProcessEnv, data Dataset, cfg Config) (Result, error) {
+	env := parent.Child()
+	defer env.Close()
+	kube, err := harness.StartKube(env)
+	if err != nil {
+		return Result{}, err
 	}
-	// The bridge's writes are not what is measured: lift client-go's default
-	// rate limit so loading 110,000 objects takes minutes, not ten.
+	ctx := context.Background()
+	if err := kube.EnsureNamespace(ctx, Namespace); err != nil {
+		return Result{}, err
+	}
+	client, err := kubernetes.NewForConfig(unthrottled(kube))
+	if err != nil {
+		return Result{}, err
+	}
+	data.Domain = KubeDomain
+	src := &KubeServices{Client: client, Data: data}
+	start := time.Now()
+	if err := src.Load(ctx); err != nil {
+		return Result{}, err
+	}
+	load := time.Since(start)
+	cfg.Step("%d×%d: wrote %d Services and EndpointSlices in %s", data.N, data.M, data.N, load.Round(time.Millisecond))
+	set := setHealth(src.SetHealthy)
+	if cfg.Kind == ChurnRegister {
+		set = src.SetRegistered
+	}
+	r, err := runRoute(env, kube, data, cfg, RouteK, nil, set, "--registries=Kubernetes")
+	r.LoadSeconds = load.Seconds()
+	return r, err
+}
+
+// measureB writes the dataset as ServiceEntries and WorkloadEntries and
+// measures istiod reading them.
+func measureB(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Config) (Result, error) {
+	dyn, err := dynamic.NewForConfig(unthrottled(kube))
+	if err != nil {
+		return Result{}, err
+	}
+	src := &KubeSource{Client: dyn, Data: data}
+	start := time.Now()
+	if err := src.Load(context.Background()); err != nil {
+		return Result{}, err
+	}
+	load := time.Since(start)
+	cfg.Step("%d×%d: wrote %d ServiceEntries and %d WorkloadEntries in %s", data.N, data.M, data.N, data.N*data.M, load.Round(time.Millisecond))
+	set := setHealth(src.SetHealthy)
+	if cfg.Kind == ChurnRegister {
+		set = src.SetRegistered
+	}
+	r, err := runRoute(env, kube, data, cfg, RouteB, nil, set, "--registries=Kubernetes")
+	r.LoadSeconds = load.Seconds()
+	return r, err
+}
+
+// unthrottled lifts client-go's default rate limit: the writers' work is
+// not what is measured, and loading 110,000 objects should take minutes, not ten.
+func unthrottled(kube *harness.Kube) *rest.Config {
 	fast := rest.CopyConfig(kube.Config)
 	fast.QPS, fast.Burst = 5000, 10000
-	dyn, err := dynamic.NewForConfig(fast)
-	if err != nil {
-		return nil, err
-	}
-	ks := &KubeSource{Client: dyn, Data: data}
-	start = time.Now()
-	if err := ks.Load(ctx); err != nil {
-		return nil, err
-	}
-	loadB := time.Since(start)
-	step("%d×%d: wrote %d ServiceEntries and %d WorkloadEntries in %s", data.N, data.M, data.N, data.N*data.M, loadB.Round(time.Millisecond))
-	setB = ks.SetHealthy
-	if cfg.Kind == ChurnRegister {
-		setB = ks.SetRegistered
-	}
-	b, err := runRoute(env, kube, data, cfg, RouteB, nil, setB, "--registries=Kubernetes")
-	if err != nil {
-		return nil, fmt.Errorf("route B: %w", err)
-	}
-	b.LoadSeconds = loadB.Seconds()
-	return []Result{a, b}, nil
+	return fast
 }
 
 // runRoute starts istiod, waits for every watcher to hold everything, churns

@@ -1,7 +1,9 @@
-// Command bench measures the patched istiod serving Consul services through
-// our registry (Route A) and through ServiceEntry + WorkloadEntry objects in
-// the kube-apiserver (Route B, what SE-writing bridges produce), on the same
-// data, machine and istiod binary, in one run. `make bench`.
+// Command bench measures the patched istiod serving one catalog through our
+// Consul registry (Route A), as Kubernetes Services and EndpointSlices read
+// by istiod's own Kubernetes registry (Route K, the reference) and as
+// ServiceEntry + WorkloadEntry objects (Route B, what SE-writing bridges
+// produce), on the same data, machine and istiod binary, in one run.
+// `make bench`.
 package main
 
 import (
@@ -28,7 +30,7 @@ func main() {
 	churn := flag.Duration("churn", 30*time.Second, "how long churn runs per route and scale")
 	syncTimeout := flag.Duration("sync-timeout", 15*time.Minute, "how long istiod may take to serve everything")
 	profile := flag.Bool("profile", false, "save a CPU profile of istiod during each churn into the output dir")
-	onlyA := flag.Bool("only-a", false, "measure Route A only (profiling our side)")
+	routes := flag.String("routes", "A,K,B", "routes to measure: A (Consul registry), K (Kubernetes Services), B (ServiceEntry+WorkloadEntry)")
 	ambient := flag.Bool("ambient", false, "run istiod in ambient mode and add a WDS watcher subscribed as ztunnel")
 	out := flag.String("out", "results", "directory for bench.json, bench.md and latency-cdf.png")
 	merge := flag.String("merge", "", "comma-separated bench.json files to combine into one report in -out (no run)")
@@ -55,6 +57,13 @@ func main() {
 		}
 		ns = append(ns, n)
 	}
+	if *kind != bench.ChurnHealth && *kind != bench.ChurnRegister {
+		fail(fmt.Errorf("-churn-kind=%q: want %s or %s", *kind, bench.ChurnHealth, bench.ChurnRegister))
+	}
+	only, err := bench.ParseRoutes(*routes)
+	if err != nil {
+		fail(fmt.Errorf("-routes: %w", err))
+	}
 	env, err := harness.NewProcessEnv("pilot-consul-bench")
 	if err != nil {
 		fail(err)
@@ -63,28 +72,25 @@ func main() {
 	env.Quiet = true
 
 	rep := &bench.Report{When: time.Now(), Machine: bench.Machine(), Istiod: istiodVersion()}
-	if *kind != bench.ChurnHealth && *kind != bench.ChurnRegister {
-		fail(fmt.Errorf("-churn-kind=%q: want %s or %s", *kind, bench.ChurnHealth, bench.ChurnRegister))
-	}
 	rep.Config.Watchers, rep.Config.Rate, rep.Config.Churn, rep.Config.Ambient = *watchers, *rate, churn.String(), *ambient
 	if *kind == bench.ChurnRegister {
 		rep.Config.Kind = *kind
 	}
 	cfg := bench.Config{Watchers: *watchers, Rate: *rate, Churn: *churn, SyncTimeout: *syncTimeout, Kind: *kind,
-		ProfileDir: map[bool]string{true: *out}[*profile], OnlyRouteA: *onlyA, Ambient: *ambient,
+		ProfileDir: map[bool]string{true: *out}[*profile], Routes: only, Ambient: *ambient,
 		Step: func(format string, args ...any) {
 			fmt.Printf("%s ==> %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
 		}}
 	for _, n := range ns {
 		rs, err := bench.RunScale(env, bench.Dataset{N: n, M: *perSvc}, cfg)
+		rep.Results = append(rep.Results, rs...)
+		// Write after every scale: a long run that dies late keeps what it measured.
+		if _, werr := rep.Write(*out); werr != nil {
+			fail(werr)
+		}
 		if err != nil {
 			env.Close()
 			fail(fmt.Errorf("%d×%d: %w", n, *perSvc, err))
-		}
-		rep.Results = append(rep.Results, rs...)
-		// Write after every scale: a long run that dies late keeps what it measured.
-		if _, err := rep.Write(*out); err != nil {
-			fail(err)
 		}
 	}
 	files, err := rep.Write(*out)
