@@ -380,9 +380,9 @@ wait:
 	r.CPUChurnSec = (cpu1 - cpu0).Seconds()
 	k := float64(cfg.Watchers)
 	// Every full push builds a new push context; endpoint-only pushes do not.
-	r.FullPushes = Metric(after, "pilot_pushcontext_init_seconds_count") - Metric(before, "pilot_pushcontext_init_seconds_count")
-	r.CDSPushes = (Metric(after, "pilot_xds_pushes", `type="cds"`) - Metric(before, "pilot_xds_pushes", `type="cds"`)) / k
-	r.EDSPushes = (Metric(after, "pilot_xds_pushes", `type="eds"`) - Metric(before, "pilot_xds_pushes", `type="eds"`)) / k
+	r.FullPushes = harness.Metric(after, "pilot_pushcontext_init_seconds_count") - harness.Metric(before, "pilot_pushcontext_init_seconds_count")
+	r.CDSPushes = (harness.Metric(after, "pilot_xds_pushes", `type="cds"`) - harness.Metric(before, "pilot_xds_pushes", `type="cds"`)) / k
+	r.EDSPushes = (harness.Metric(after, "pilot_xds_pushes", `type="eds"`) - harness.Metric(before, "pilot_xds_pushes", `type="eds"`)) / k
 	if proxy != nil {
 		r.ConsulReqs = proxy.Requests() - reqs0
 		r.ConsulPerChg = float64(r.ConsulReqs) / float64(max(n, 1))

@@ -102,7 +102,7 @@ func Soak(env harness.Env, cfg SoakConfig) (*SoakResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	res.Goroutines[0], res.HeapBytes[0] = Metric(base, "go_goroutines"), Metric(base, "go_memstats_heap_inuse_bytes")
+	res.Goroutines[0], res.HeapBytes[0] = harness.Metric(base, "go_goroutines"), harness.Metric(base, "go_memstats_heap_inuse_bytes")
 	cpu0, _ := CPU(istiod.PID())
 	reqs0 := proxy.Requests()
 
@@ -196,8 +196,8 @@ loop:
 	res.CPU = cpu1 - cpu0
 	res.ConsulRequests = proxy.Requests() - reqs0
 	if m, err := istiod.Metrics(); err == nil {
-		res.Goroutines[1], res.HeapBytes[1] = Metric(m, "go_goroutines"), Metric(m, "go_memstats_heap_inuse_bytes")
-		res.FullRereads = Metric(m, "pilot_consul_full_rereads_total") - Metric(base, "pilot_consul_full_rereads_total")
+		res.Goroutines[1], res.HeapBytes[1] = harness.Metric(m, "go_goroutines"), harness.Metric(m, "go_memstats_heap_inuse_bytes")
+		res.FullRereads = harness.Metric(m, "pilot_consul_full_rereads_total") - harness.Metric(base, "pilot_consul_full_rereads_total")
 	}
 
 	// Converge: every change seen, or istiod's debounce ceiling (10 s) passed
@@ -220,7 +220,7 @@ loop:
 		return nil, err
 	}
 	if m, err := istiod.Metrics(); err == nil {
-		res.Goroutines[2], res.HeapBytes[2] = Metric(m, "go_goroutines"), Metric(m, "go_memstats_heap_inuse_bytes")
+		res.Goroutines[2], res.HeapBytes[2] = harness.Metric(m, "go_goroutines"), harness.Metric(m, "go_memstats_heap_inuse_bytes")
 	}
 	res.PeakRSS, _ = PeakRSS(istiod.PID())
 	return res, nil

@@ -71,7 +71,7 @@ func DenyByDefault(token string) func(*ConsulConfig) {
 	return func(c *ConsulConfig) { c.ManagementToken = token }
 }
 
-// IstiodReadRules is the ACL policy istiod's token needs (README, Install).
+// IstiodReadRules is the ACL policy istiod's token needs (docs/production-consul.md).
 const IstiodReadRules = `service_prefix "" { policy = "read" } node_prefix "" { policy = "read" }`
 
 // CreateReadToken creates the "istiod-read" policy (once) and a token

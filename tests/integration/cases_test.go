@@ -15,6 +15,7 @@ import (
 
 	"github.com/pilot-consul/pilot-consul/tests/e2e"
 	"github.com/pilot-consul/pilot-consul/tests/harness"
+	"github.com/pilot-consul/pilot-consul/tests/observability"
 )
 
 // The shared end-to-end cases (tests/e2e) on the local mesh; tests/e2e/kind
@@ -25,16 +26,28 @@ func TestSharedCases(t *testing.T) {
 	}
 }
 
-// The registry's metrics are exported on istiod's monitoring port.
+// The registry's metrics are exported on istiod's monitoring port, each
+// with the registry's cluster label, and every metric the dashboard and the
+// alerting rules of build/install/observability use is among them.
 func TestRegistryMetricsExported(t *testing.T) {
 	s := e2e.NewService(t, local, "metrics", 1, e2e.GRPCMeta, nil)
 	e2e.EventuallyServedBy(t, local.Dial(t, s.Target()), s.ID(0))
+	s.SetHealth(0, api.HealthCritical) // a change, so the push latency histogram has a sample
+	s.SetHealth(0, api.HealthPassing)
+	e2e.EventuallyServedBy(t, local.Dial(t, s.Target()), s.ID(0))
 	m, err := mesh.Istiod.Metrics()
 	require.NoError(t, err)
-	for _, want := range []string{"pilot_consul_reachable 1", "pilot_consul_services ", "pilot_consul_endpoints ",
-		"pilot_consul_requests_total ", "pilot_consul_change_to_push_seconds_bucket", "pilot_consul_last_sync_timestamp_seconds "} {
-		assert.Contains(t, string(m), want)
+	assert.Equal(t, 1.0, harness.Metric(m, "pilot_consul_reachable", `cluster="consul"`))
+	assert.Equal(t, 1.0, harness.Metric(m, "pilot_consul_synced", `cluster="consul"`))
+	assert.Positive(t, harness.Metric(m, "pilot_consul_services", `cluster="consul"`))
+	used, err := observability.UsedMetrics(harness.Root())
+	require.NoError(t, err)
+	require.NotEmpty(t, used)
+	for _, name := range used {
+		_, n := harness.Samples(m, name, `cluster="consul"`)
+		assert.Positive(t, n, "the dashboard or an alert uses %s; istiod exports no such series for registry consul", name)
 	}
+	t.Logf("%d metrics used by the dashboard and the alerts, all exported", len(used))
 }
 
 // Local only (a netns test host, a second istiod): a Kubernetes Service and Consul services are routable through the

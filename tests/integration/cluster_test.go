@@ -15,7 +15,7 @@ import (
 	"github.com/pilot-consul/pilot-consul/tests/harness"
 )
 
-// Bounds of the cluster cases (README, Reliability). istiod runs with a
+// Bounds of the cluster cases (docs/reliability.md). istiod runs with a
 // 10 s blocking wait and a 2 s request timeout, so a watch held by a
 // paused server is given up within 10 + 10/16 + 2 s. A server that lost
 // its leader answers stale reads for max_stale (5 s) more, so a blocking

@@ -5,7 +5,6 @@ import (
 	"os"
 	"slices"
 	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -141,8 +140,10 @@ func TestConsulOutage(t *testing.T) {
 	c.Kill()
 	require.Eventually(t, func() bool {
 		m, _ := istiod.Metrics()
-		return strings.Contains(string(m), "pilot_consul_reachable 0")
-	}, 10*time.Second, 100*time.Millisecond, "metric shows Consul unreachable")
+		_, n := harness.Samples(m, "pilot_consul_reachable", `cluster="consul"`)
+		return n == 1 && harness.Metric(m, "pilot_consul_reachable", `cluster="consul"`) == 0 &&
+			harness.Metric(m, "pilot_consul_last_error_timestamp_seconds", `cluster="consul"`) > 0
+	}, 10*time.Second, 100*time.Millisecond, "metrics show Consul unreachable, with the time of the last error")
 	assert.Contains(t, istiod.Log(), "keeping the last good state")
 	time.Sleep(outageDuration()) // the outage itself
 	served := e2e.Counts(conn, 40)

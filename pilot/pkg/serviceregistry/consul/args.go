@@ -66,7 +66,7 @@ type Auth struct {
 	TLSSkipVerify bool
 }
 
-// Mapping holds the settings of the Consul-to-Istio mapping (README, Mapping).
+// Mapping holds the settings of the Consul-to-Istio mapping (docs/mapping.md).
 type Mapping struct {
 	// Domain is the DNS domain of Consul hostnames: <service>.service.<Domain>.
 	Domain string
@@ -85,7 +85,7 @@ type Mapping struct {
 	VIPRange string
 }
 
-// DefaultArgs are the documented defaults (README "Configuration").
+// DefaultArgs are the documented defaults (docs/configuration.md).
 func DefaultArgs() Args {
 	return Args{
 		Consistency:           "stale",
@@ -146,7 +146,7 @@ func AddFlags(fs *pflag.FlagSet, a *Args) {
 		"Service account of Consul instances without meta \"service-account\"; empty means no identity")
 	fs.StringVar(&a.Mapping.VIPRange, "consulVIPRange", a.Mapping.VIPRange, "CIDR that Consul service VIPs are allocated from")
 	fs.IntVar(&a.MaxConcurrentRequests, "consulMaxConcurrentRequests", a.MaxConcurrentRequests,
-		"Most concurrent per-service reads; the registry holds at most this + 2 connections to Consul")
+		"Most concurrent per-service reads; the registry holds at most this + 3 connections to Consul (the catalog, health and nodes watches)")
 	fs.DurationVar(&a.WaitTime, "consulWaitTime", a.WaitTime, "Blocking-query wait time")
 	fs.DurationVar(&a.RequestTimeout, "consulRequestTimeout", a.RequestTimeout,
 		"Deadline of a Consul request that does not block; a blocking one gets its wait time plus this")

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+
+	"istio.io/istio/pkg/monitoring"
 )
 
 // consulClient is the Consul API client with the registry's read options.
@@ -35,7 +37,7 @@ type consulClient struct {
 // MaxConcurrentRequests + 3 (the three blocking watches), so the registry
 // stays far below Consul's http_max_conns_per_client (200) however large
 // the catalog.
-func newClient(a Args) (*consulClient, error) {
+func newClient(a Args, m *registryMetrics) (*consulClient, error) {
 	cfg := api.DefaultNonPooledConfig()
 	cfg.Address = a.ServerURL
 	cfg.Datacenter = a.Datacenter
@@ -75,7 +77,7 @@ func newClient(a Args) (*consulClient, error) {
 	case "consistent":
 		q.RequireConsistent = true
 	}
-	t := &transport{base: base, token: newTokenSource(string(a.Auth.Token), a.Auth.TokenFile), maxStale: maxStale}
+	t := &transport{base: base, token: newTokenSource(string(a.Auth.Token), a.Auth.TokenFile), maxStale: maxStale, requests: m.requests}
 	cfg.HttpClient = &http.Client{Transport: t}
 	cfg.Scheme = "" // taken from Address
 	client, err := api.NewClient(cfg)
@@ -206,6 +208,7 @@ type transport struct {
 	base     http.RoundTripper
 	token    *tokenSource
 	maxStale time.Duration
+	requests monitoring.Metric
 }
 
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -225,7 +228,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			req.URL.RawQuery = q.Encode()
 		}
 	}
-	consulRequests.Increment()
+	t.requests.Increment()
 	return t.base.RoundTrip(req)
 }
 

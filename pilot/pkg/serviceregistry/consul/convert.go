@@ -1,7 +1,7 @@
 package consul
 
 // convert.go owns the mapping from one Consul service's registrations to
-// Istio's model (README, "Mapping"): pure, so every row is testable.
+// Istio's model (docs/mapping.md): pure, so every row is testable.
 
 import (
 	"fmt"
@@ -32,7 +32,7 @@ const (
 )
 
 // converter maps one Consul service's registrations to Istio's model. It is
-// pure: same input, same output, so the mapping table in README is testable.
+// pure: same input, same output, so the mapping table in docs/mapping.md is testable.
 type converter struct {
 	domain          string
 	remoteDC        string // set for a non-local datacenter: part of hostnames
@@ -72,6 +72,8 @@ type skipped struct {
 	Instance string `json:"instance"`
 	Node     string `json:"node"`
 	Reason   string `json:"reason"`
+	// kind names the reason in a metric label (pilot_consul_skipped_instances).
+	kind string
 	// byDesign: not a workload (a Connect proxy, a gateway), not bad input.
 	byDesign bool
 }
@@ -242,12 +244,12 @@ func (c *converter) convert(name string, entries []*api.ServiceEntry) conversion
 // instanceOf validates one registration: an instance, or why it is skipped.
 func (c *converter) instanceOf(name string, e *api.ServiceEntry) (*instance, protocol.Instance, skipped) {
 	if e == nil || e.Service == nil || e.Node == nil {
-		return nil, "", skipped{Reason: "no service or node data"}
+		return nil, "", skipped{Reason: "no service or node data", kind: "no_data"}
 	}
 	s := e.Service
 	skip := skipped{Instance: s.ID, Node: e.Node.Node}
 	if s.Kind != api.ServiceKindTypical {
-		skip.Reason, skip.byDesign = fmt.Sprintf("kind %s is not a workload", s.Kind), true
+		skip.Reason, skip.kind, skip.byDesign = fmt.Sprintf("kind %s is not a workload", s.Kind), "not_a_workload", true
 		return nil, "", skip
 	}
 	addr := s.Address
@@ -257,13 +259,14 @@ func (c *converter) instanceOf(name string, e *api.ServiceEntry) (*instance, pro
 	ip, err := netip.ParseAddr(addr)
 	switch {
 	case addr == "":
-		skip.Reason = "neither the service nor its node has an address"
+		skip.Reason, skip.kind = "neither the service nor its node has an address", "no_address"
 	case err != nil || ip.IsUnspecified():
 		skip.Reason = fmt.Sprintf("address %q is not an IP address (Consul hostnames are not resolved; register an IP)", addr)
+		skip.kind = "hostname_address"
 	case ip.Zone() != "":
-		skip.Reason = fmt.Sprintf("address %q is scoped to a network interface", addr)
+		skip.Reason, skip.kind = fmt.Sprintf("address %q is scoped to a network interface", addr), "scoped_address"
 	case s.Port < 1 || s.Port > 65535:
-		skip.Reason = fmt.Sprintf("port %d is out of range 1-65535", s.Port)
+		skip.Reason, skip.kind = fmt.Sprintf("port %d is out of range 1-65535", s.Port), "port_out_of_range"
 	default:
 		return &instance{id: s.ID, node: e.Node.Node, address: ip.Unmap().String(), port: s.Port, labels: instanceLabels(s)},
 			c.protocolOf(name, s.Meta[MetaProtocol]), skipped{}

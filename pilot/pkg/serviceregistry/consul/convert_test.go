@@ -51,7 +51,7 @@ func entry(r reg) *api.ServiceEntry {
 	return e
 }
 
-// TestMapping mirrors the README mapping table row by row.
+// TestMapping mirrors the mapping table of docs/mapping.md row by row.
 func TestMapping(t *testing.T) {
 	c := testConverter()
 	t.Run("hostname is <service>.service.<domain>, namespace configurable", func(t *testing.T) {
@@ -119,8 +119,13 @@ func TestMapping(t *testing.T) {
 		assert.Contains(t, warnings[0], `"c"`)
 		assert.Contains(t, warnings[0], "not an IP")
 		assert.Contains(t, warnings[1], "neither the service nor its node has an address")
-		assert.Equal(t, skipped{Instance: "c", Node: "n1",
+		assert.Equal(t, skipped{Instance: "c", Node: "n1", kind: "hostname_address",
 			Reason: `address "db.example.com" is not an IP address (Consul hostnames are not resolved; register an IP)`}, out.skipped[0])
+		var kinds []string // the reason label of pilot_consul_skipped_instances
+		for _, s := range out.skipped {
+			kinds = append(kinds, s.kind)
+		}
+		assert.Equal(t, []string{"hostname_address", "no_address", "scoped_address"}, kinds)
 	})
 	t.Run("bad port skipped", func(t *testing.T) {
 		out := c.convert("web", []*api.ServiceEntry{entry(reg{id: "a", addr: "10.0.0.1", port: 0}), entry(reg{id: "b", addr: "10.0.0.1", port: 70000})})

@@ -2,8 +2,7 @@ package consul
 
 // debug.go owns /debug/consulz: for each registry, what it reads, what it
 // serves, and why anything it read is not served. It is what an operator
-// looks at when a Consul service does not show up in the mesh (README,
-// "Debugging").
+// looks at when a Consul service does not show up in the mesh (docs/debugging.md).
 
 import (
 	"encoding/json"

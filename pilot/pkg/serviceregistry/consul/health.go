@@ -17,8 +17,8 @@ import (
 // nonPassingFilter asks Consul only for checks that are not passing. The
 // answer's size follows the number of unhealthy checks, not the size of the
 // catalog: with every check listed, each health change anywhere made Consul
-// encode, and istiod decode, every check in the datacenter (README,
-// Performance).
+// encode, and istiod decode, every check in the datacenter (docs/architecture.md,
+// Watching).
 const nonPassingFilter = `Status != "passing"`
 
 type checkKey struct{ node, id string }

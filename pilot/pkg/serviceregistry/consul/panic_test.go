@@ -14,7 +14,7 @@ import (
 
 // A panic anywhere in the registry is recovered, logged, counted and shown
 // in /debug/consulz, and what panicked starts again; it never ends istiod
-// (README, Reliability: every replica reads the same catalog, so a panic
+// (docs/reliability.md: every replica reads the same catalog, so a panic
 // Consul's data provokes would crash them all together, again and again).
 func TestPanicsAreRecoveredAndRetried(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {

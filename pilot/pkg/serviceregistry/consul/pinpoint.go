@@ -23,7 +23,7 @@ package consul
 //
 // The gap: an instance without checks that joins or leaves in the same
 // listing as another change, or inside a range where checks vanished, is
-// found only when its service is next read for another reason (README,
+// found only when its service is next read for another reason (docs/architecture.md,
 // Known limits).
 
 import (
@@ -313,7 +313,7 @@ func (c *Controller) judge() {
 		return
 	}
 	names := c.catalog.names()
-	consulFullReads.Increment()
+	c.metrics.fullReads.Increment()
 	log.Debugf("consul catalog changed at %v with no check or service read to explain it: re-reading all %d services",
 		unexplained, len(names))
 	c.dirty.mark(0, names...)

@@ -70,12 +70,17 @@ type Controller struct {
 
 	status  *status
 	sync    *syncTracker
+	metrics *registryMetrics
 	ambient *ambientFeed // nil unless the ambient index asked (AmbientInputs)
 }
 
 // New builds a registry from completed Args.
 func New(args Args, opts Options) (*Controller, error) {
-	client, err := newClient(args)
+	if opts.ClusterID == "" {
+		opts.ClusterID = "consul"
+	}
+	metrics := newRegistryMetrics(opts.ClusterID)
+	client, err := newClient(args, metrics)
 	if err != nil {
 		return nil, err
 	}
@@ -84,9 +89,6 @@ func New(args Args, opts Options) (*Controller, error) {
 	}
 	if opts.KubernetesHas == nil {
 		opts.KubernetesHas = func(host.Name) bool { return false }
-	}
-	if opts.ClusterID == "" {
-		opts.ClusterID = "consul"
 	}
 	var remoteDC string
 	if opts.RemoteDatacenter {
@@ -113,9 +115,10 @@ func New(args Args, opts Options) (*Controller, error) {
 		health:   newHealthWatch(),
 		pinpoint: newPinpointer(),
 		dirty:    newDirtySet("consul-" + string(opts.ClusterID)),
-		store:    newStore(args.Mapping.VIPRange),
-		status:   newStatus(opts.ClusterID, args.ServerURL),
+		store:    newStore(args.Mapping.VIPRange, metrics),
+		status:   newStatus(opts.ClusterID, args.ServerURL, metrics),
 		sync:     newSyncTracker(),
+		metrics:  metrics,
 	}
 	return c, nil
 }
@@ -132,6 +135,8 @@ func (c *Controller) Run(stop <-chan struct{}) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	c.sync.started = time.Now()
+	c.metrics.synced.Record(0)
+	c.metrics.syncSeconds.Record(0)
 	log.Infof("consul registry %s: watching %s (consistency %s, at most %d connections)",
 		c.opts.ClusterID, c.args.ServerURL, c.args.Consistency, c.args.MaxConcurrentRequests+watches)
 
@@ -171,6 +176,7 @@ func (c *Controller) awaitSync(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-c.sync.done:
+			c.syncCompleted()
 			services, endpoints, _ := c.store.counts()
 			log.Infof("consul registry %s synced: %d services, %d endpoints in %v",
 				c.opts.ClusterID, services, endpoints, time.Since(c.sync.started).Round(time.Millisecond))
@@ -185,18 +191,25 @@ func (c *Controller) awaitSync(ctx context.Context) {
 		if !ended {
 			continue // synced meanwhile; logged above
 		}
-		consulSyncTimeouts.Increment()
+		c.metrics.syncTimeouts.Increment()
 		log.Errorf("consul registry %s: NOT SYNCED: the first sync from Consul at %s made no progress for %v (last error: %v); "+
 			"reporting ready WITHOUT %s: proxies that connect now get no cluster for them until Consul answers",
 			c.opts.ClusterID, c.args.ServerURL, c.args.SyncTimeout, c.status.view().lastErr, unreadText(missing))
 		select {
 		case <-ctx.Done():
 		case <-c.sync.complete:
+			c.syncCompleted()
 			log.Infof("consul registry %s: first sync complete after all, %v after start",
 				c.opts.ClusterID, time.Since(c.sync.started).Round(time.Millisecond))
 		}
 		return
 	}
+}
+
+// syncCompleted exports the end of the first sync.
+func (c *Controller) syncCompleted() {
+	c.metrics.synced.Record(1)
+	c.metrics.syncSeconds.Record(time.Since(c.sync.started).Seconds())
 }
 
 func unreadText(missing int) string {
@@ -227,14 +240,14 @@ func (c *Controller) keep(ctx context.Context, name string, loop func()) {
 
 // recovered handles a panic in the registry: logged with its stack,
 // counted (pilot_consul_panics_total) and shown in /debug/consulz; the
-// caller restarts what panicked. Not crashing is deliberate (README,
-// Reliability): every replica reads the same catalog, so a panic that some
+// caller restarts what panicked. Not crashing is deliberate
+// (docs/reliability.md): every replica reads the same catalog, so a panic that some
 // Consul data provokes would crash all of them together, again after each
 // restart, and with them every Kubernetes service the mesh holds. Recovered,
 // the registry keeps its last good state and the rest of istiod serves on.
 func (c *Controller) recovered(where string, v any) error {
 	err := fmt.Errorf("consul registry %s: panic in %s: %v", c.opts.ClusterID, where, v)
-	consulPanics.Increment()
+	c.metrics.panics.Increment()
 	c.status.panicked(err.Error())
 	log.Errorf("%v; recovered, its last good state is kept and it is retried\n%s", err, debug.Stack())
 	return err

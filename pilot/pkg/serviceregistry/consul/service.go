@@ -158,7 +158,7 @@ func (c *Controller) syncService(ctx context.Context, name string, m mark) error
 	need := max(m.need, served)
 	entries, meta, err := c.consul.readService(ctx, name, false)
 	if err == nil && !c.aclHidden(meta, len(entries), false) && c.behind(entries, meta.LastIndex, need) {
-		consulLaggingAnswers.Increment()
+		c.metrics.lagging.Increment()
 		log.Debugf("consul service %s: answer at index %d is behind %d (catalog %d); asking the leader",
 			name, meta.LastIndex, need, c.catalog.lastIndex())
 		entries, meta, err = c.consul.readService(ctx, name, true)
@@ -195,7 +195,7 @@ func (c *Controller) syncService(ctx context.Context, name string, m mark) error
 	if c.push(ch) {
 		c.publish(name, ch.next)
 		if !m.since.IsZero() {
-			consulPushLatency.Record(time.Since(m.since).Seconds())
+			c.metrics.pushLatency.Record(time.Since(m.since).Seconds())
 		}
 	}
 	// After the push: ready means everything read has reached istiod.

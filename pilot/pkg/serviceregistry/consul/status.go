@@ -32,7 +32,8 @@ type status struct {
 	panics      int
 	lastPanic   string
 	// warn writes a warning (tests count them).
-	warn func(string)
+	warn    func(string)
+	metrics *registryMetrics
 }
 
 // statusView is one consistent reading of status.
@@ -44,9 +45,11 @@ type statusView struct {
 	lastPanic   string
 }
 
-func newStatus(cluster cluster.ID, server string) *status {
+func newStatus(cluster cluster.ID, server string, m *registryMetrics) *status {
+	m.reachable.Record(0) // until a read succeeds
+	m.lastError.Record(0)
 	return &status{cluster: cluster, server: server, warned: map[string]time.Time{}, quiet: map[string]int{},
-		warn: func(msg string) { log.Warn(msg) }}
+		warn: func(msg string) { log.Warn(msg) }, metrics: m}
 }
 
 // readFailed records a failed read of Consul by reader what (catalog,
@@ -54,11 +57,12 @@ func newStatus(cluster cluster.ID, server string) *status {
 // succeeds. The last good state is kept.
 func (s *status) readFailed(what string, err error, retry time.Duration) {
 	err = fmt.Errorf("consul %s read from %s: %w", what, s.server, err)
-	consulWatchErrors.With(watchLabel.Value(what)).Increment()
+	s.metrics.watchError(what)
+	s.metrics.lastError.Record(float64(time.Now().Unix()))
 	s.mu.Lock()
 	s.lastErr = err
-	if s.reachable || s.lastSuccess.IsZero() {
-		consulReachable.Record(0)
+	if s.reachable {
+		s.metrics.reachable.Record(0)
 	}
 	s.reachable = false
 	s.mu.Unlock()
@@ -73,7 +77,7 @@ func (s *status) readFailed(what string, err error, retry time.Duration) {
 // it answers others): its last good state is kept, and it is retried
 // slowly; Consul stays reachable.
 func (s *status) serviceRefused(name string, err error) {
-	consulWatchErrors.With(watchLabel.Value("service")).Increment()
+	s.metrics.watchError("service")
 	s.log("refused", fmt.Sprintf("consul registry %s: %v; serving what was read before, if anything, and retrying it slowly",
 		s.cluster, err))
 }
@@ -107,11 +111,11 @@ func (s *status) readSucceeded() {
 	recovered := s.lastErr != nil
 	s.lastErr, s.lastSuccess = nil, now
 	if !s.reachable {
-		consulReachable.Record(1)
+		s.metrics.reachable.Record(1)
 	}
 	s.reachable = true
 	s.mu.Unlock()
-	consulLastSync.Record(float64(now.Unix()))
+	s.metrics.lastSync.Record(float64(now.Unix()))
 	if recovered {
 		log.Infof("consul registry %s: reads from %s succeed again", s.cluster, s.server)
 	}

@@ -51,16 +51,25 @@ type store struct {
 	reads     map[string]readRecord  // by Consul name; every service read since it was listed
 	vips      *vipTable
 	endpoints int // of all services, so the gauge costs O(1) per update
+	// skipped counts the registrations the last reads left out, by kind of
+	// reason, for the same reason.
+	skipped map[string]int
+	metrics *registryMetrics
 }
 
-func newStore(vipRange string) *store {
+func newStore(vipRange string, m *registryMetrics) *store {
+	vips := newVIPTable(vipRange)
+	m.vipCapacity.Record(float64(vips.capacity()))
+	m.vips.Record(0)
 	return &store{
 		services: map[string]*serviceState{},
 		byHost:   map[host.Name]*serviceState{},
 		byIP:     map[string][]*serviceState{},
 		nodes:    map[string]sets.String{},
 		reads:    map[string]readRecord{},
-		vips:     newVIPTable(vipRange),
+		vips:     vips,
+		skipped:  map[string]int{},
+		metrics:  m,
 	}
 }
 
@@ -76,6 +85,7 @@ type change struct {
 func (s *store) update(name string, conv conversion, rec readRecord) change {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.countSkipped(s.reads[name].skipped, rec.skipped)
 	s.reads[name] = rec
 	prev := s.services[name]
 	if conv.service == nil {
@@ -123,6 +133,7 @@ func (s *store) update(name string, conv conversion, rec readRecord) change {
 func (s *store) remove(name string) *serviceState {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.countSkipped(s.reads[name].skipped, nil)
 	delete(s.reads, name)
 	prev := s.services[name]
 	if prev != nil {
@@ -165,6 +176,7 @@ func (s *store) assignVIPs(hosts []host.Name) []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.vips.assign(hosts)
+	s.metrics.vips.Record(float64(len(s.vips.byHost)))
 	var moved []string
 	for name, st := range s.services {
 		if st.service.DefaultAddress != s.vips.lookup(st.service.Hostname) {
@@ -213,8 +225,28 @@ func (s *store) unindexLocked(st *serviceState) {
 // recordGauges is O(1): it runs on every update (a count over every service
 // made the first sync of 10,000 services quadratic).
 func (s *store) recordGauges() {
-	consulServices.Record(float64(len(s.services)))
-	consulEndpoints.Record(float64(s.endpoints))
+	s.metrics.services.Record(float64(len(s.services)))
+	s.metrics.endpoints.Record(float64(s.endpoints))
+}
+
+// countSkipped replaces a service's skipped registrations, before, with
+// after in the counts by reason, and exports the reasons that moved.
+func (s *store) countSkipped(before, after []skipped) {
+	if len(before) == 0 && len(after) == 0 {
+		return
+	}
+	moved := map[string]bool{}
+	for _, k := range before {
+		s.skipped[k.kind]--
+		moved[k.kind] = true
+	}
+	for _, k := range after {
+		s.skipped[k.kind]++
+		moved[k.kind] = true
+	}
+	for kind := range moved {
+		s.metrics.skipped(kind, s.skipped[kind])
+	}
 }
 
 // get returns what is served for a Consul service, or nil.

@@ -99,7 +99,7 @@ const hedgeAfter = time.Second
 
 // hedgedRead runs a non-blocking read. Requests that reach a Consul agent
 // while it starts up can stay unanswered for many seconds after it answers
-// new ones (README, Architecture), far longer than istiod may take to
+// new ones (docs/architecture.md), far longer than istiod may take to
 // reconverge. So while the first request is pending, a fresh one is sent
 // every hedgeAfter, replacing the previous fresh one: at most two
 // requests in flight, and the first keeps waiting, so a Consul that is just
