@@ -9,7 +9,8 @@
 #   consul, kube-apiserver, etcd (Debian's, local tier), kind,
 #   kube-node (kubelet, kubeadm, kubectl, kube-proxy, kube-controller-manager,
 #   kube-scheduler, kube-apiserver: version-stamped, for the kind node image),
-#   etcd-server (etcd built at kubeadm's version), coredns,
+#   etcd-server (etcd built at kubeadm's version), coredns, promtool
+#   (Prometheus's rule checker, for the alerting rules' tests),
 #   all (what the local tier needs: etcd, consul, kube-apiserver)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -95,6 +96,7 @@ for t in "${targets[@]}"; do
 	etcd-server) build_go etcd "-s -w" etcd=go.etcd.io/etcd/server/v3 ;;
 	coredns) build_go coredns "-s -w" github.com/pilot-consul/pilot-consul/build/tools/coredns ;;
 	kind) build_go kind "-s -w" sigs.k8s.io/kind ;;
+	promtool) build_go prometheus "-s -w" github.com/prometheus/prometheus/cmd/promtool ;;
 	all)
 		install_etcd
 		build_go consul "-s -w" github.com/hashicorp/consul
