@@ -3,7 +3,7 @@
 # ISTIO (default: VERSION's ISTIO_DEFAULT): its pinned source + patches/ +
 # our pilot/, and links out/pilot-discovery and out/pilot-agent to them.
 # Incremental: each stage runs only when its inputs changed, and a no-op
-# build returns in seconds. See README "Rebasing onto a new Istio release".
+# build returns in seconds. See docs/rebasing.md.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 mkdir -p "$work"

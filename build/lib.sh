@@ -74,7 +74,7 @@ istio_source() {
 	fi
 	local commit dir tmp got
 	commit=$(pin COMMIT)
-	[[ -n "$commit" ]] || die "Istio $ISTIO is not pinned: VERSION has no ISTIO_${ISTIO//[.-]/_}_COMMIT and _TREE (README: Rebasing onto a new Istio release)"
+	[[ -n "$commit" ]] || die "Istio $ISTIO is not pinned: VERSION has no ISTIO_${ISTIO//[.-]/_}_COMMIT and _TREE (docs/rebasing.md)"
 	dir="$cache/istio-src/istio-$ISTIO-${commit:0:12}"
 	if [[ -f "$dir/go.mod" ]]; then
 		echo "$dir"
@@ -92,7 +92,7 @@ istio_source() {
 		tar -xJf "$archive" -C "$tmp" --strip-components=1 || unfinished "$tmp" "could not unpack $archive"
 	else
 		local url=${ISTIO_GIT_URL:-https://github.com/istio/istio.git}
-		log "cloning Istio $ISTIO from $url (offline: set ISTIO_SRC_ARCHIVES or ISTIO_SRC, see README)"
+		log "cloning Istio $ISTIO from $url (offline: set ISTIO_SRC_ARCHIVES or ISTIO_SRC, see docs/build.md)"
 		git clone -q -c advice.detachedHead=false --depth 1 --branch "$ISTIO" "$url" "$tmp" ||
 			unfinished "$tmp" "could not clone tag $ISTIO from $url; offline, point ISTIO_SRC_ARCHIVES at a directory holding istio-$ISTIO.tar.xz"
 		got=$(git -C "$tmp" rev-parse HEAD)
@@ -144,7 +144,7 @@ hash_files() {
 init_pristine() {
 	local src=$1 want got head
 	want=$(pin TREE)
-	[[ -n "$want" ]] || die "Istio $ISTIO is not pinned: VERSION has no ISTIO_${ISTIO//[.-]/_}_TREE (README: Rebasing onto a new Istio release)"
+	[[ -n "$want" ]] || die "Istio $ISTIO is not pinned: VERSION has no ISTIO_${ISTIO//[.-]/_}_TREE (docs/rebasing.md)"
 	log "copying Istio source $src into $tree"
 	rm -rf "$tree" "$work/source"
 	mkdir -p "$tree"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates patches/ from the commits on top of "pristine" in the work tree,
-# after conflicts were resolved there (see README "Rebasing onto a new Istio
-# release"). --zero-commit and fixed identities keep the diffs of patches/ quiet.
+# after conflicts were resolved there (see docs/rebasing.md).
+# --zero-commit and fixed identities keep the diffs of patches/ quiet.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 

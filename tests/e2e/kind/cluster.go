@@ -209,7 +209,7 @@ func (c *Cluster) deployConsul(ctx context.Context) error {
 func (c *Cluster) newReadToken() (*api.ACLToken, error) { return harness.CreateReadToken(c.consul) }
 
 // installIstio runs the patched tree's istioctl with our overlay, exactly as
-// README "Install on a cluster" tells users to.
+// docs/install.md tells users to.
 func (c *Cluster) installIstio(ctx context.Context) error { return c.install(ctx, OverlayArgs(c.cfg)) }
 
 func (c *Cluster) install(ctx context.Context, overlay []string) error {

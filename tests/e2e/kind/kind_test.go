@@ -52,7 +52,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// The install the suite did is the one README tells users to do: our image,
+// The install the suite did is the one docs/install.md tells users to do: our image,
 // the Consul registry on.
 func TestInstalledAsUsersDo(t *testing.T) {
 	ctx := context.Background()
