@@ -15,6 +15,9 @@ WORKSPACE = GOWORK=$(CURDIR)/_work/$(ISTIO)/go.work
 FUZZTIME ?= 60s
 KEEP ?=
 BENCH_ARGS ?=
+BENCH_OUT ?= results
+# The pictures' module (gonum/plot) is not in the release workspace.
+PLOTS = GOWORK=off go -C tests/plots
 
 ##@ General
 
@@ -35,9 +38,15 @@ test: ## Run every test: the local tiers, then the kind tier.
 	$(MAKE) test-local test-kind
 
 .PHONY: bench
-bench: build tools ## Benchmark Route A (our registry) vs Route B (ServiceEntry/WorkloadEntry) into results/ (BENCH_ARGS=...).
+bench: build tools ## Benchmark Route A (our registry) vs K (Kubernetes Services) and B (ServiceEntry/WorkloadEntry) into BENCH_OUT (BENCH_ARGS=...).
 	$(WORKSPACE) go build -o bin/bench ./tests/cmd/bench
-	bin/bench -out results $(BENCH_ARGS)
+	bin/bench -out $(BENCH_OUT) $(BENCH_ARGS)
+	$(MAKE) plots PLOTS_DIR=$(BENCH_OUT)
+
+PLOTS_DIR ?= tests/bench/results
+.PHONY: plots
+plots: ## Draw the bench's pictures (gonum/plot, tests/plots) from PLOTS_DIR/bench.json into PLOTS_DIR.
+	$(PLOTS) run . bench -out $(abspath $(PLOTS_DIR)) $(abspath $(PLOTS_DIR))/bench.json
 
 ##@ Build
 
@@ -93,6 +102,7 @@ test-upstream: ## Upstream Istio tests of every patched package, on the previous
 .PHONY: test-integration
 test-integration: build tools ## End-to-end: patched istiod + Consul + kube-apiserver + gRPC xDS clients.
 	$(WORKSPACE) go test -count=1 -p 1 -timeout 20m ./tests/...
+	$(PLOTS) test -count=1 ./...
 
 .PHONY: test-local
 test-local: test-unit test-upstream test-integration ## The tiers that need no Docker (unit, upstream, local mesh).

@@ -51,7 +51,7 @@ func churn(ctx context.Context, data Dataset, t *Tracker, set setHealth, rate fl
 			// Consecutive flips hit different services; the instance index
 			// advances once every service has lost one.
 			if len(taken) >= data.N*data.M/2 {
-				continue // pushes are behind (see debounce in README): wait rather than empty the services
+				continue // pushes are behind (see debounce in docs/performance.md): wait rather than empty the services
 			}
 			in := Instance{Svc: next % data.N, Idx: (next / data.N) % data.M}
 			next++

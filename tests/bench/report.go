@@ -47,7 +47,8 @@ func Machine() string {
 	return fmt.Sprintf("%d × %s%s, %s/%s, %s", runtime.NumCPU(), model, mem, runtime.GOOS, runtime.GOARCH, runtime.Version())
 }
 
-// Write stores the JSON, the markdown table and the latency plot in dir.
+// Write stores the JSON and the markdown table in dir (tests/plots draws
+// the pictures from the JSON: make bench runs it).
 func (r *Report) Write(dir string) ([]string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
@@ -57,11 +58,6 @@ func (r *Report) Write(dir string) ([]string, error) {
 		return nil, err
 	}
 	files := map[string][]byte{"bench.json": js, "bench.md": []byte(r.Markdown())}
-	png, err := PlotCDF(r.Results)
-	if err != nil {
-		return nil, fmt.Errorf("plot: %w", err)
-	}
-	files["latency-cdf.png"] = png
 	var written []string
 	for name, b := range files {
 		p := filepath.Join(dir, name)
@@ -89,8 +85,10 @@ func (r *Report) Markdown() string {
 	fmt.Fprintf(&b, "Measured %s on %s; istiod %s; %d xDS watchers (half sidecar-like, half proxyless gRPC)%s; churn %.0f %s/s for %s.\n\n",
 		r.When.UTC().Format("2006-01-02"), r.Machine, r.Istiod, r.Config.Watchers, ambient, r.Config.Rate, kind, r.Config.Churn)
 	cols := measured(r.Results)
-	var others []string // the ratio columns: A against each other route
-	if slices.Contains(cols, RouteA) { // then first, in run order
+	// The ratio columns: A against each other route (A runs, and so
+	// comes, first).
+	var others []string
+	if slices.Contains(cols, RouteA) {
 		others = cols[1:]
 	}
 	b.WriteString("| scale | metric |")
@@ -154,7 +152,8 @@ type table struct {
 }
 
 // row writes one metric: a cell per route, then A's ratio to each other
-// route when both values mean something.
+// route when both values mean something (value's bool). A value that is
+// only a lower bound (a route that never synced) makes the ratio a bound.
 func (t table) row(metric string, cell func(Result) string, value func(Result) (float64, bool)) {
 	fmt.Fprintf(t.b, "| %s | %s |", t.scale, metric)
 	for _, c := range t.cols {
@@ -166,19 +165,28 @@ func (t table) row(metric string, cell func(Result) string, value func(Result) (
 		fmt.Fprintf(t.b, " %s |", cell(r))
 	}
 	for _, o := range t.others {
-		ratio := ""
-		a, okA := t.at[RouteA]
-		x, okX := t.at[o]
-		if value != nil && okA && okX {
-			va, goodA := value(a)
-			vx, goodX := value(x)
-			if goodA && goodX && vx != 0 {
-				ratio = fmt.Sprintf("%.2f", va/vx)
-			}
-		}
-		fmt.Fprintf(t.b, " %s |", ratio)
+		fmt.Fprintf(t.b, " %s |", t.ratio(o, value))
 	}
 	t.b.WriteString("\n")
+}
+
+func (t table) ratio(other string, value func(Result) (float64, bool)) string {
+	a, okA := t.at[RouteA]
+	x, okX := t.at[other]
+	if value == nil || !okA || !okX {
+		return ""
+	}
+	va, goodA := value(a)
+	vx, goodX := value(x)
+	switch {
+	case vx == 0:
+		return ""
+	case goodA && goodX:
+		return fmt.Sprintf("%.2f", va/vx)
+	case goodA && !x.Synced && x.SyncSeconds > 0 && vx == x.SyncSeconds:
+		return fmt.Sprintf("< %.2f", va/vx) // the other's figure is a lower bound
+	}
+	return ""
 }
 
 // number is a row of one figure per route, meaningful once the route synced.
@@ -210,6 +218,9 @@ func (t table) writeRows() {
 	}, func(r Result) (float64, bool) { return r.SyncSeconds, r.Synced })
 	if t.any(func(r Result) bool { return r.SettleSeconds > 0 }) { // not recorded before the warm-up existed
 		t.row("settled after sync (warm-up flip out and back, xDS)", func(r Result) string {
+			if !r.Synced {
+				return "– (never synced)"
+			}
 			if !r.Settled {
 				return fmt.Sprintf("> %.2f s (not every xDS watcher)", r.SettleSeconds)
 			}

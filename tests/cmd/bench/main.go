@@ -32,7 +32,7 @@ func main() {
 	profile := flag.Bool("profile", false, "save a CPU profile of istiod during each churn into the output dir")
 	routes := flag.String("routes", "A,K,B", "routes to measure: A (Consul registry), K (Kubernetes Services), B (ServiceEntry+WorkloadEntry)")
 	ambient := flag.Bool("ambient", false, "run istiod in ambient mode and add a WDS watcher subscribed as ztunnel")
-	out := flag.String("out", "results", "directory for bench.json, bench.md and latency-cdf.png")
+	out := flag.String("out", "results", "directory for bench.json and bench.md (make bench then draws the pictures with tests/plots)")
 	merge := flag.String("merge", "", "comma-separated bench.json files to combine into one report in -out (no run)")
 	flag.Parse()
 	if *merge != "" {

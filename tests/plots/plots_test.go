@@ -1,0 +1,49 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"gonum.org/v1/plot/plotter"
+)
+
+// results is where make bench keeps the run the docs show.
+const results = "../bench/results"
+
+// TestPicturesMatchTheResults: every picture committed beside bench.json is
+// what this command draws from it now, byte for byte: a picture cannot
+// describe other results than the ones committed, nor survive a change of
+// how pictures are drawn without being drawn again (make plots).
+func TestPicturesMatchTheResults(t *testing.T) {
+	dir := t.TempDir()
+	written, err := benchPictures(filepath.Join(results, "bench.json"), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(written) == 0 {
+		t.Fatal("no picture drawn")
+	}
+	for _, p := range written {
+		name := filepath.Base(p)
+		got, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := os.ReadFile(filepath.Join(results, name))
+		if err != nil {
+			t.Fatalf("%s is drawn from bench.json but not committed (make plots): %v", name, err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("%s differs from what bench.json draws now: run make plots", name)
+		}
+	}
+}
+
+func TestExponentOfAPowerLaw(t *testing.T) {
+	k, ok := exponent(plotter.XYs{{X: 10, Y: 3}, {X: 100, Y: 30}, {X: 1000, Y: 300}})
+	if !ok || k < 0.999 || k > 1.001 {
+		t.Fatalf("linear growth: exponent %v, %v", k, ok)
+	}
+}
