@@ -48,6 +48,13 @@ PLOTS_DIR ?= tests/bench/results
 plots: ## Draw the bench's pictures (gonum/plot, tests/plots) from PLOTS_DIR/bench.json into PLOTS_DIR.
 	$(PLOTS) run . bench -out $(abspath $(PLOTS_DIR)) $(abspath $(PLOTS_DIR))/bench.json
 
+.PHONY: dashboard-picture
+dashboard-picture: build tools ## Record istiod's metrics through a scripted scenario (~4 min) and draw the dashboard from them into docs/dashboard/.
+	$(WORKSPACE) go build -o bin/metrics-recorder ./tests/cmd/metrics-recorder
+	bin/metrics-recorder -out docs/dashboard/scrapes.txt.gz
+	$(PLOTS) run . dashboard -dashboard $(CURDIR)/build/install/observability/dashboard.json \
+		-out $(CURDIR)/docs/dashboard/dashboard.png $(CURDIR)/docs/dashboard/scrapes.txt.gz
+
 ##@ Build
 
 .PHONY: build

@@ -1,6 +1,8 @@
 // Command plots draws pictures from committed results:
 //
 //	plots bench -out DIR BENCH.json        latency-cdf.png (and growth.png with several scales)
+//	plots dashboard -out PNG -dashboard JSON -clusters east,west SCRAPES.txt.gz
+//	                                       the Grafana dashboard's panels over a recording of istiod's metrics
 //
 // Every picture in the docs is made this way (make plots), so each can be
 // drawn again from the JSON committed beside it.
@@ -10,6 +12,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 )
 
 func main() {
@@ -17,7 +20,9 @@ func main() {
 		usage()
 	}
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
-	out := fs.String("out", ".", "directory the pictures are written to")
+	out := fs.String("out", ".", "bench: directory the pictures are written to; dashboard: the PNG")
+	dash := fs.String("dashboard", "build/install/observability/dashboard.json", "dashboard: the Grafana dashboard")
+	clusters := fs.String("clusters", "east,west", "dashboard: the registries (cluster label) shown, one row each")
 	_ = fs.Parse(os.Args[2:])
 	var written []string
 	var err error
@@ -27,6 +32,12 @@ func main() {
 			usage()
 		}
 		written, err = benchPictures(fs.Arg(0), *out)
+	case "dashboard":
+		if fs.NArg() != 1 {
+			usage()
+		}
+		err = dashboardPicture(*dash, fs.Arg(0), *out, strings.Split(*clusters, ","))
+		written = []string{*out}
 	default:
 		usage()
 	}
@@ -40,6 +51,6 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: plots bench [-out DIR] BENCH.json")
+	fmt.Fprintln(os.Stderr, "usage: plots bench [-out DIR] BENCH.json\n       plots dashboard -out PNG [-dashboard JSON] [-clusters a,b] SCRAPES.txt.gz")
 	os.Exit(2)
 }

@@ -41,6 +41,29 @@ func TestPicturesMatchTheResults(t *testing.T) {
 	}
 }
 
+// TestDashboardPictureMatchesTheRecording: docs/dashboard/dashboard.png is
+// the dashboard of build/install/observability drawn over the recording
+// committed beside it, every query evaluated by Prometheus's engine.
+func TestDashboardPictureMatchesTheRecording(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "dashboard.png")
+	err := dashboardPicture("../../build/install/observability/dashboard.json", "../../docs/dashboard/scrapes.txt.gz", out,
+		[]string{"east", "west"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := os.ReadFile("../../docs/dashboard/dashboard.png")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Error("docs/dashboard/dashboard.png differs from the dashboard drawn over its recording: run make dashboard-picture")
+	}
+}
+
 func TestExponentOfAPowerLaw(t *testing.T) {
 	k, ok := exponent(plotter.XYs{{X: 10, Y: 3}, {X: 100, Y: 30}, {X: 1000, Y: 300}})
 	if !ok || k < 0.999 || k > 1.001 {
