@@ -155,24 +155,13 @@ func RunScale(parent *harness.ProcessEnv, data Dataset, cfg Config) ([]Result, e
 // measureA loads the dataset into Consul and measures our registry reading
 // it through a proxy that counts requests and connections.
 func measureA(env *harness.ProcessEnv, consul *harness.Consul, kube *harness.Kube, data Dataset, cfg Config) (Result, error) {
-	src := &ConsulSource{Client: consul.Client, Data: data}
-	start := time.Now()
-	if err := src.Load(context.Background()); err != nil {
-		return Result{}, err
-	}
-	load := time.Since(start)
-	cfg.Step("%d×%d: loaded %d instances into Consul in %s", data.N, data.M, data.N*data.M, load.Round(time.Millisecond))
 	proxy, err := harness.StartFaultProxy(env, consul.URL()) // injects nothing
 	if err != nil {
 		return Result{}, err
 	}
-	set := setHealth(src.SetHealthy)
-	if cfg.Kind == ChurnRegister {
-		set = src.SetRegistered
-	}
-	r, err := runRoute(env, kube, data, cfg, RouteA, proxy, set, "--consulServerURL", proxy.URL)
-	r.LoadSeconds = load.Seconds()
-	return r, err
+	src := &ConsulSource{Client: consul.Client, Data: data}
+	return measure(env, kube, data, cfg, RouteA, src, fmt.Sprintf("loaded %d instances into Consul", data.N*data.M),
+		proxy, "--consulServerURL", proxy.URL)
 }
 
 // measureK writes the dataset as Services and EndpointSlices into a
@@ -184,8 +173,7 @@ func measureK(parent *harness.ProcessEnv, data Dataset, cfg Config) (Result, err
 	if err != nil {
 		return Result{}, err
 	}
-	ctx := context.Background()
-	if err := kube.EnsureNamespace(ctx, Namespace); err != nil {
+	if err := kube.EnsureNamespace(context.Background(), Namespace); err != nil {
 		return Result{}, err
 	}
 	client, err := kubernetes.NewForConfig(unthrottled(kube))
@@ -194,19 +182,8 @@ func measureK(parent *harness.ProcessEnv, data Dataset, cfg Config) (Result, err
 	}
 	data.Domain = KubeDomain
 	src := &KubeServices{Client: client, Data: data}
-	start := time.Now()
-	if err := src.Load(ctx); err != nil {
-		return Result{}, err
-	}
-	load := time.Since(start)
-	cfg.Step("%d×%d: wrote %d Services and EndpointSlices in %s", data.N, data.M, data.N, load.Round(time.Millisecond))
-	set := setHealth(src.SetHealthy)
-	if cfg.Kind == ChurnRegister {
-		set = src.SetRegistered
-	}
-	r, err := runRoute(env, kube, data, cfg, RouteK, nil, set, "--registries=Kubernetes")
-	r.LoadSeconds = load.Seconds()
-	return r, err
+	return measure(env, kube, data, cfg, RouteK, src, fmt.Sprintf("wrote %d Services and EndpointSlices", data.N),
+		nil, "--registries=Kubernetes")
 }
 
 // measureB writes the dataset as ServiceEntries and WorkloadEntries and
@@ -217,17 +194,34 @@ func measureB(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Con
 		return Result{}, err
 	}
 	src := &KubeSource{Client: dyn, Data: data}
+	return measure(env, kube, data, cfg, RouteB, src,
+		fmt.Sprintf("wrote %d ServiceEntries and %d WorkloadEntries", data.N, data.N*data.M), nil, "--registries=Kubernetes")
+}
+
+// source is where a route's dataset lives: written before istiod starts,
+// then changed one write at a time.
+type source interface {
+	Load(ctx context.Context) error
+	SetHealthy(ctx context.Context, in Instance, healthy bool) error
+	SetRegistered(ctx context.Context, in Instance, registered bool) error
+}
+
+// measure loads src (timed, but not counted against the route: istiod is
+// not running yet), then measures the route with churn of cfg's kind.
+func measure(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Config, route string, src source, loaded string,
+	proxy *harness.FaultProxy, args ...string,
+) (Result, error) {
 	start := time.Now()
 	if err := src.Load(context.Background()); err != nil {
 		return Result{}, err
 	}
 	load := time.Since(start)
-	cfg.Step("%d×%d: wrote %d ServiceEntries and %d WorkloadEntries in %s", data.N, data.M, data.N, data.N*data.M, load.Round(time.Millisecond))
+	cfg.Step("%d×%d: %s in %s", data.N, data.M, loaded, load.Round(time.Millisecond))
 	set := setHealth(src.SetHealthy)
 	if cfg.Kind == ChurnRegister {
 		set = src.SetRegistered
 	}
-	r, err := runRoute(env, kube, data, cfg, RouteB, nil, set, "--registries=Kubernetes")
+	r, err := runRoute(env, kube, data, cfg, route, proxy, set, args...)
 	r.LoadSeconds = load.Seconds()
 	return r, err
 }
