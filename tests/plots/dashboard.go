@@ -185,7 +185,12 @@ func loadScrapes(path, dir string) (*tsdb.DB, time.Time, time.Time, error) {
 	return db, time.UnixMilli(first), time.UnixMilli(last), nil
 }
 
-var labelPair = regexp.MustCompile(`([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"`)
+var (
+	labelPair = regexp.MustCompile(`([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"`)
+	// unfilled is a legend placeholder naming a label the series lacks
+	// (Grafana leaves it empty).
+	unfilled = regexp.MustCompile(`\{\{[^}]*\}\}`)
+)
 
 // parseSample reads one exposition line: name{labels} value.
 func parseSample(line string) (labels.Labels, float64, error) {
@@ -229,7 +234,7 @@ func query(engine *promql.Engine, db *tsdb.DB, expr, legend string, start, end t
 	for _, s := range m {
 		name := legend
 		s.Metric.Range(func(l labels.Label) { name = strings.ReplaceAll(name, "{{"+l.Name+"}}", l.Value) })
-		name = regexp.MustCompile(`\{\{[^}]*\}\}`).ReplaceAllString(name, "")
+		name = unfilled.ReplaceAllString(name, "")
 		var pts plotter.XYs
 		for _, p := range s.Floats {
 			if !math.IsNaN(p.F) && !math.IsInf(p.F, 0) {
