@@ -10,7 +10,7 @@
 #   kube-node (kubelet, kubeadm, kubectl, kube-proxy, kube-controller-manager,
 #   kube-scheduler, kube-apiserver: version-stamped, for the kind node image),
 #   etcd-server (etcd built at kubeadm's version), coredns, promtool
-#   (Prometheus's rule checker, for the alerting rules' tests),
+#   (Prometheus's rule checker, for the alerting rules' tests), helm,
 #   all (what the local tier needs: etcd, consul, kube-apiserver)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -66,6 +66,15 @@ kube_ldflags() {
 	echo "-s -w$flags"
 }
 
+# helm reports its release, and renders charts for the Kubernetes minor the
+# project runs (helm template's default would be 1.20).
+helm_ldflags() {
+	local v
+	v=$(cd "$root/build/tools/helm" && go list -m -f '{{.Version}}' helm.sh/helm/v3)
+	echo "-s -w -X helm.sh/helm/v3/internal/version.version=$v" \
+		"-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=35"
+}
+
 install_etcd() {
 	if command -v etcd >/dev/null 2>&1; then
 		return 0
@@ -97,6 +106,7 @@ for t in "${targets[@]}"; do
 	coredns) build_go coredns "-s -w" github.com/pilot-consul/pilot-consul/build/tools/coredns ;;
 	kind) build_go kind "-s -w" sigs.k8s.io/kind ;;
 	promtool) build_go prometheus "-s -w" github.com/prometheus/prometheus/cmd/promtool ;;
+	helm) build_go helm "$(helm_ldflags)" helm.sh/helm/v3/cmd/helm ;;
 	all)
 		install_etcd
 		build_go consul "-s -w" github.com/hashicorp/consul

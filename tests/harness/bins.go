@@ -54,7 +54,7 @@ func Binary(name string) (string, error) {
 	var path string
 	var build []string
 	switch name {
-	case "consul", "kube-apiserver", "kind", "promtool":
+	case "consul", "kube-apiserver", "kind", "promtool", "helm":
 		path = filepath.Join(Root(), "bin", name)
 		build = []string{"build/tools.sh", name}
 	case "pilot-discovery":

@@ -29,9 +29,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 
-	"istio.io/istio/operator/pkg/helm"
-	"istio.io/istio/operator/pkg/values"
-
 	"github.com/pilot-consul/pilot-consul/tests/harness"
 )
 
@@ -54,24 +51,26 @@ func render(t *testing.T) []byte {
 	return operator
 }
 
-// renderHelm renders the istiod chart with build/install/values.yaml, as
-// `helm install istiod -f values.yaml --set image=...` would, using the
-// chart and Helm renderer of the pinned Istio.
+// renderHelm renders the release's own istiod chart with
+// build/install/values.yaml through the helm CLI (built from its Go
+// module), as `helm template istiod <chart> -n istio-system -f values.yaml
+// --set image=...` does for a user; Helm keeps its cache and config in a
+// temporary directory.
 func renderHelm(t *testing.T) []byte {
 	t.Helper()
-	raw, err := os.ReadFile(filepath.Join(harness.Root(), "build/install/values.yaml"))
+	bin, err := harness.Binary("helm")
 	require.NoError(t, err)
-	vals := map[string]any{}
-	require.NoError(t, utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(raw), 4096).Decode(&vals))
-	vals["image"] = hub + "/pilot:" + tag
-	mfs, _, err := helm.Render("istiod", "istio-system", "istio-control/istio-discovery",
-		values.Map{"spec": map[string]any{"values": vals}}, nil)
-	require.NoError(t, err)
-	var docs []string
-	for _, m := range mfs {
-		docs = append(docs, m.Content)
-	}
-	return []byte(strings.Join(docs, "\n---\n"))
+	home := t.TempDir()
+	cmd := exec.Command(bin, "template", "istiod", filepath.Join(harness.IstioTree(), "manifests/charts/istio-control/istio-discovery"),
+		"--namespace", "istio-system", "-f", filepath.Join(harness.Root(), "build/install/values.yaml"),
+		"--set", "image="+hub+"/pilot:"+tag)
+	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+filepath.Join(home, "cache"),
+		"HELM_CONFIG_HOME="+filepath.Join(home, "config"), "HELM_DATA_HOME="+filepath.Join(home, "data"))
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	require.NoError(t, err, "helm template:\n%s", stderr.String())
+	return out
 }
 
 // istiod finds the istiod Deployment in a rendered manifest.
