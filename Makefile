@@ -61,6 +61,10 @@ dashboard-picture: build tools ## Record istiod's metrics through a scripted sce
 build: ## Build out/<release>/pilot-discovery and pilot-agent (Istio ISTIO, default ISTIO_DEFAULT, + patches/ + pilot/).
 	build/build.sh
 
+.PHONY: build-upstream
+build-upstream: ## Build out/<release>-upstream/pilot-discovery: the release as shipped (no patches, no overlay), the istiod of users who cannot replace theirs.
+	build/build-upstream.sh
+
 .PHONY: tools
 tools: ## Build the real servers the local tier uses (Consul, kube-apiserver; etcd from Debian), cached by version.
 	build/tools.sh all

@@ -286,3 +286,24 @@ func TestSkipFile(t *testing.T) {
 	assert.Contains(t, out, "9.9.9.skip: 0099-gone.patch is not in patches/ (stale line)")
 	assert.Contains(t, out, "9.9.9.skip: 0001-consul-add-the-Consul-registry-ID-and-its-flags.patch has no reason")
 }
+
+// The upstream istiod (build-upstream.sh) is the release as shipped: its
+// version is the bare tag, it knows no Consul registry and no Consul flag,
+// and a second build reuses the first.
+func TestUpstreamBuildIsTheReleaseAsShipped(t *testing.T) {
+	out, err := exec.Command("./build-upstream.sh").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	release, err := exec.Command("bash", "-c", "source ./lib.sh && echo $ISTIO").Output()
+	require.NoError(t, err)
+	bin := filepath.Join("..", "out", strings.TrimSpace(string(release))+"-upstream", "pilot-discovery")
+	version, err := exec.Command(bin, "version", "--short").Output()
+	require.NoError(t, err)
+	assert.Equal(t, "client version: "+strings.TrimSpace(string(release)), strings.TrimSpace(string(version)))
+	help, err := exec.Command(bin, "discovery", "--help").CombinedOutput()
+	require.NoError(t, err, "%s", help)
+	assert.Contains(t, string(help), "choose one or more from {Kubernetes, Mock}", "no Consul registry")
+	assert.NotContains(t, string(help), "--consul", "no Consul flag")
+	again, err := exec.Command("./build-upstream.sh").CombinedOutput()
+	require.NoError(t, err, "%s", again)
+	assert.Contains(t, string(again), "is up to date", "a second build reuses the first")
+}

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Builds out/<tag>-upstream/pilot-discovery: the release's pinned source as
+# upstream ships it — no patches/, no pilot/ overlay, only the dependency
+# substitutions build/istio/<tag>.deps lists for pins the module proxy lacks —
+# the istiod that users who cannot replace theirs run. Reused across clones
+# by its inputs, like build.sh's.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+"$root/build/build.sh" # the work tree with its "pristine" commit, checked against VERSION's pin
+
+up="$work/upstream"
+pristine=$(git -C "$tree" rev-parse pristine)
+if [[ "$(git -C "$up" rev-parse HEAD 2>/dev/null)" != "$pristine" ]]; then
+	rm -rf "$up"
+	git -C "$tree" worktree prune
+	git -C "$tree" worktree add -q --detach "$up" "$pristine"
+fi
+# Only the substitutions, on upstream's go.mod and go.sum.
+git -C "$up" checkout -q -- go.mod go.sum
+tree=$up substitute_deps
+
+uout="$root/out/$ISTIO-upstream"
+mkdir -p "$uout"
+commit=$(pin COMMIT)
+stamp="$(go version) upstream $ISTIO $(git -C "$up" rev-parse 'HEAD^{tree}') $(hash_of "$up/go.mod" "$up/go.sum")"
+if [[ -x "$uout/pilot-discovery" && "$(cat "$uout/.pilot-discovery.stamp" 2>/dev/null)" == "$stamp" ]]; then
+	log "out/$ISTIO-upstream/pilot-discovery is up to date (Istio $ISTIO as released)"
+	exit 0
+fi
+saved="$cache/istiod/upstream-$(echo "$stamp" | sha256sum | cut -c1-16)"
+if [[ -x "$saved/pilot-discovery" ]]; then
+	cp "$saved/pilot-discovery" "$uout/"
+	echo "$stamp" >"$uout/.pilot-discovery.stamp"
+	log "out/$ISTIO-upstream/pilot-discovery reused from $saved"
+	exit 0
+fi
+log "compiling upstream pilot-discovery $ISTIO (cold: a few minutes; shares most packages with the patched build)"
+start=$SECONDS
+pkgver=istio.io/istio/pkg/version
+rm -rf "$uout/.build" && mkdir -p "$uout/.build"
+(cd "$up" && GOWORK=off CGO_ENABLED=0 go build -o "$uout/.build/" \
+	-ldflags "-s -w -X $pkgver.buildVersion=$ISTIO -X $pkgver.buildGitRevision=$commit -X $pkgver.buildTag=$ISTIO -X $pkgver.buildStatus=Clean" \
+	./pilot/cmd/pilot-discovery)
+mkdir -p "$saved.tmp" && cp "$uout/.build/pilot-discovery" "$saved.tmp/"
+rm -rf "$saved" && mv "$saved.tmp" "$saved"
+mv "$uout/.build/pilot-discovery" "$uout/"
+rmdir "$uout/.build"
+echo "$stamp" >"$uout/.pilot-discovery.stamp"
+log "built out/$ISTIO-upstream/pilot-discovery in $((SECONDS - start))s"
