@@ -21,30 +21,22 @@ git -C "$up" checkout -q -- go.mod go.sum
 tree=$up substitute_deps
 
 uout="$root/out/$ISTIO-upstream"
-mkdir -p "$uout"
 commit=$(pin COMMIT)
 stamp="$(go version) upstream $ISTIO $(git -C "$up" rev-parse 'HEAD^{tree}') $(hash_of "$up/go.mod" "$up/go.sum")"
-if [[ -x "$uout/pilot-discovery" && "$(cat "$uout/.pilot-discovery.stamp" 2>/dev/null)" == "$stamp" ]]; then
-	log "out/$ISTIO-upstream/pilot-discovery is up to date (Istio $ISTIO as released)"
-	exit 0
-fi
-saved="$cache/istiod/upstream-$(echo "$stamp" | sha256sum | cut -c1-16)"
-if [[ -x "$saved/pilot-discovery" ]]; then
-	cp "$saved/pilot-discovery" "$uout/"
-	echo "$stamp" >"$uout/.pilot-discovery.stamp"
-	log "out/$ISTIO-upstream/pilot-discovery reused from $saved"
-	exit 0
-fi
-log "compiling upstream pilot-discovery $ISTIO (cold: a few minutes; shares most packages with the patched build)"
+# The release's own go.mod only: the work dir's go.work (above $up) is the
+# patched tree's.
+compile() {
+	local pkgver=istio.io/istio/pkg/version
+	log "compiling upstream pilot-discovery $ISTIO (cold: a few minutes; shares most packages with the patched build)"
+	(cd "$up" && GOWORK=off CGO_ENABLED=0 go build -o "$1" \
+		-ldflags "-s -w -X $pkgver.buildVersion=$ISTIO -X $pkgver.buildGitRevision=$commit -X $pkgver.buildTag=$ISTIO -X $pkgver.buildStatus=Clean" \
+		./pilot/cmd/pilot-discovery)
+}
+
 start=$SECONDS
-pkgver=istio.io/istio/pkg/version
-rm -rf "$uout/.build" && mkdir -p "$uout/.build"
-(cd "$up" && GOWORK=off CGO_ENABLED=0 go build -o "$uout/.build/" \
-	-ldflags "-s -w -X $pkgver.buildVersion=$ISTIO -X $pkgver.buildGitRevision=$commit -X $pkgver.buildTag=$ISTIO -X $pkgver.buildStatus=Clean" \
-	./pilot/cmd/pilot-discovery)
-mkdir -p "$saved.tmp" && cp "$uout/.build/pilot-discovery" "$saved.tmp/"
-rm -rf "$saved" && mv "$saved.tmp" "$saved"
-mv "$uout/.build/pilot-discovery" "$uout/"
-rmdir "$uout/.build"
-echo "$stamp" >"$uout/.pilot-discovery.stamp"
-log "built out/$ISTIO-upstream/pilot-discovery in $((SECONDS - start))s"
+did=$(istiod_binaries "$uout" "$stamp" upstream- pilot-discovery compile)
+case $did in
+kept) log "out/$ISTIO-upstream/pilot-discovery is up to date (Istio $ISTIO as released)" ;;
+built) log "built out/$ISTIO-upstream/pilot-discovery in $((SECONDS - start))s" ;;
+*) log "out/$ISTIO-upstream/pilot-discovery ${did/reused/reused from}" ;;
+esac

@@ -40,7 +40,6 @@ add_consul_client
 write_workspace
 
 # Stage 4: compile, unless nothing that goes into the binary changed.
-mkdir -p "$out"
 commit=$(pin COMMIT)
 version="${ISTIO}+pilot-consul-${PILOT_CONSUL_VERSION}"
 # Only what is compiled in counts: editing a test must not relink istiod.
@@ -53,36 +52,21 @@ link_outputs() {
 	for b in pilot-discovery pilot-agent; do ln -sfn "$ISTIO/$b" "$root/out/$b"; done
 }
 
-if [[ -x "$out/pilot-discovery" && -x "$out/pilot-agent" && "$(cat "$out/.pilot-discovery.stamp" 2>/dev/null)" == "$stamp" ]]; then
-	link_outputs
-	log "out/$ISTIO/pilot-discovery and pilot-agent are up to date ($version)"
-	exit 0
-fi
-
-# The same inputs built from another clone: reuse. The stamp names the
-# source by its git tree, so any source of the same Istio qualifies.
-saved="$cache/istiod/$(echo "$stamp" | sha256sum | cut -c1-16)"
-if [[ -x "$saved/pilot-discovery" && -x "$saved/pilot-agent" ]]; then
-	cp "$saved/pilot-discovery" "$saved/pilot-agent" "$out/"
-	echo "$stamp" >"$out/.pilot-discovery.stamp"
-	link_outputs
-	log "out/$ISTIO/pilot-discovery and pilot-agent reused from $saved ($version)"
-	exit 0
-fi
-
 # pilot-agent comes from the same tree: the proxy image of proxyless gRPC
 # pods runs it without Envoy (build/docker.sh). One go build shares the compile.
-log "compiling pilot-discovery and pilot-agent $version (cold: a few minutes)"
+compile() {
+	local pkgver=istio.io/istio/pkg/version
+	log "compiling pilot-discovery and pilot-agent $version (cold: a few minutes)"
+	(cd "$tree" && CGO_ENABLED=0 go build -o "$1" \
+		-ldflags "-s -w -X $pkgver.buildVersion=$version -X $pkgver.buildGitRevision=$commit -X $pkgver.buildTag=$ISTIO -X $pkgver.buildStatus=Clean" \
+		./pilot/cmd/pilot-discovery ./pilot/cmd/pilot-agent)
+}
+
 start=$SECONDS
-pkgver=istio.io/istio/pkg/version
-rm -rf "$out/.build" && mkdir -p "$out/.build"
-(cd "$tree" && CGO_ENABLED=0 go build -o "$out/.build/" \
-	-ldflags "-s -w -X $pkgver.buildVersion=$version -X $pkgver.buildGitRevision=$commit -X $pkgver.buildTag=$ISTIO -X $pkgver.buildStatus=Clean" \
-	./pilot/cmd/pilot-discovery ./pilot/cmd/pilot-agent)
-mkdir -p "$saved.tmp" && cp "$out/.build/pilot-discovery" "$out/.build/pilot-agent" "$saved.tmp/"
-rm -rf "$saved" && mv "$saved.tmp" "$saved"
-mv "$out/.build/pilot-discovery" "$out/.build/pilot-agent" "$out/"
-rmdir "$out/.build"
-echo "$stamp" >"$out/.pilot-discovery.stamp"
+did=$(istiod_binaries "$out" "$stamp" "" "pilot-discovery pilot-agent" compile)
 link_outputs
-log "built out/$ISTIO/pilot-discovery and pilot-agent in $((SECONDS - start))s"
+case $did in
+kept) log "out/$ISTIO/pilot-discovery and pilot-agent are up to date ($version)" ;;
+built) log "built out/$ISTIO/pilot-discovery and pilot-agent in $((SECONDS - start))s" ;;
+*) log "out/$ISTIO/pilot-discovery and pilot-agent ${did/reused/reused from} ($version)" ;;
+esac

@@ -138,6 +138,47 @@ hash_files() {
 	sort -z | xargs -0 sha256sum | sed -e "s#  $work/#  #" -e "s#  $root/#  #" | sha256sum | cut -c1-16
 }
 
+# istiod_binaries OUT STAMP KEY "BINARY..." COMPILE... leaves the binaries in
+# OUT and prints what it did: "kept" (OUT holds them, built from STAMP), "reused
+# <dir>" (another clone built the same inputs: the stamp names the source by
+# its git tree, so any source of the same Istio qualifies) or "built"
+# (COMPILE DIR wrote them into DIR; they are saved in the cache for others).
+istiod_binaries() {
+	local out=$1 stamp=$2 key=$3 b saved
+	local -a bins
+	read -r -a bins <<<"$4"
+	shift 4
+	mkdir -p "$out"
+	saved="$cache/istiod/$key$(echo "$stamp" | sha256sum | cut -c1-16)"
+	if [[ "$(cat "$out/.pilot-discovery.stamp" 2>/dev/null)" == "$stamp" ]] && all_executable "$out" "${bins[@]}"; then
+		echo kept
+		return
+	fi
+	if all_executable "$saved" "${bins[@]}"; then
+		for b in "${bins[@]}"; do cp "$saved/$b" "$out/" || return 1; done
+		echo "$stamp" >"$out/.pilot-discovery.stamp" || return 1
+		echo "reused $saved"
+		return
+	fi
+	# Callers read this function's output in $(...), where errexit does not
+	# hold: every step checks its own status.
+	rm -rf "$out/.build" && mkdir -p "$out/.build" || return 1
+	"$@" "$out/.build/" >&2 || return 1
+	# Move only complete binaries, so an interrupted build is never mistaken for one.
+	mkdir -p "$saved.tmp" || return 1
+	for b in "${bins[@]}"; do cp "$out/.build/$b" "$saved.tmp/" || return 1; done
+	rm -rf "$saved" && mv "$saved.tmp" "$saved" || return 1
+	for b in "${bins[@]}"; do mv "$out/.build/$b" "$out/" || return 1; done
+	rmdir "$out/.build" && echo "$stamp" >"$out/.pilot-discovery.stamp" || return 1
+	echo built
+}
+
+all_executable() {
+	local dir=$1 b
+	shift
+	for b in "$@"; do [[ -x "$dir/$b" ]] || return 1; done
+}
+
 # init_pristine SRC makes $tree a throwaway git repo whose first commit, tagged
 # "pristine", is SRC exactly as upstream ships it, and checks that it is the
 # Istio VERSION pins: a wrong tree stops the build here.
