@@ -4,11 +4,13 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -137,8 +139,19 @@ func (p *Process) WaitReady(timeout time.Duration, ready func(context.Context) e
 		p.Name, timeout, last, p.LogPath, p.Tail(30))
 }
 
-// FreePorts returns n distinct free TCP ports on 127.0.0.1.
+// FreePorts returns n distinct free TCP ports on 127.0.0.1, below the
+// kernel's ephemeral range and never handed out twice by this process. A
+// port the kernel picks for ":0" comes from the ephemeral range, which
+// outgoing connections draw from too: under parallel tests one took such a
+// port between its release here and the server's bind ("address already in
+// use").
 func FreePorts(n int) ([]int, error) {
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	lo, hi := 10000, ephemeralLow()
+	if len(handedOut) > (hi-lo)/2 {
+		handedOut = map[int]bool{} // long ago: free again, or found taken by the bind check
+	}
 	ports := make([]int, 0, n)
 	var ls []net.Listener
 	defer func() {
@@ -146,15 +159,45 @@ func FreePorts(n int) ([]int, error) {
 			l.Close()
 		}
 	}()
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	for tries := 0; len(ports) < n; tries++ {
+		if tries == 10*(hi-lo) {
+			return nil, fmt.Errorf("free port: none free in %d-%d", lo, hi-1)
+		}
+		p := lo + rand.IntN(hi-lo)
+		if handedOut[p] {
+			continue
+		}
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
 		if err != nil {
-			return nil, fmt.Errorf("free port: %w", err)
+			continue // in use
 		}
 		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		ports = append(ports, p)
+		handedOut[p] = true
 	}
 	return ports, nil
+}
+
+var (
+	portsMu   sync.Mutex
+	handedOut = map[int]bool{}
+)
+
+// ephemeralLow is where the kernel's ephemeral port range starts (32768
+// when it cannot be read).
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 32768
+	}
+	if v, err := strconv.Atoi(f[0]); err == nil && v > 10000+1000 {
+		return v
+	}
+	return 32768
 }
 
 // httpOK is a readiness probe: GET url answers 200.
