@@ -104,7 +104,11 @@ func TestAnswersWithoutIndexAreRefused(t *testing.T) {
 			Address: "127.0.0.70", Port: 80 + i})
 	}
 	f.waitSynced()
-	f.eventuallyEndpoints("p-19", "127.0.0.70:99")
+	// Every service served before the header goes: the workers read in any
+	// order, so p-19 served says nothing of p-3.
+	for i := range 20 {
+		f.eventuallyEndpoints(fmt.Sprintf("p-%d", i), fmt.Sprintf("127.0.0.70:%d", 80+i))
+	}
 	settled(t, f.reg)
 	proxy.Answer(func(resp *http.Response) { resp.Header.Del("X-Consul-Index") })
 	f.setHealth("p-3", api.HealthCritical)
