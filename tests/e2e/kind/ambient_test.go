@@ -81,7 +81,7 @@ func TestAmbient(t *testing.T) {
 	w.waitFor(t, "the flipped instance removed", func(v harness.WDSView) bool {
 		return len(v.Workloads) == 1 && v.Workloads[0].Address == "198.19.250.71"
 	})
-	assert.Equal(t, []string{"-" + plain.UID}, w.received(), "only the flipped workload changes")
+	assert.Equal(t, []string{"-" + plain.UID}, w.received(), "only the flipped workload changes (client: %s)", w.stderr())
 
 	require.NoError(t, agent.ServiceDeregister("ambient-kind-1"))
 	require.NoError(t, agent.ServiceDeregister("ambient-kind-2"))
@@ -108,7 +108,10 @@ type wdsWatch struct {
 	last  harness.WDSView
 	names []string // Received, accumulated
 	err   error
+	log   *syncBuffer // the client's stderr: its reconnections
 }
+
+func (w *wdsWatch) stderr() string { return w.log.String() }
 
 func (c *Cluster) watchWDS(t *testing.T, service string) *wdsWatch {
 	t.Helper()
@@ -118,7 +121,7 @@ func (c *Cluster) watchWDS(t *testing.T, service string) *wdsWatch {
 		"/e2e-echo", "wds", "-service", service, "-istio-version", harness.IstioRelease())
 	require.NoError(t, err)
 	t.Cleanup(s.Close)
-	w := &wdsWatch{}
+	w := &wdsWatch{log: &s.stderr}
 	go func() {
 		for line := range s.lines {
 			var v harness.WDSView

@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/pilot-consul/pilot-consul/tests/e2e"
@@ -221,16 +222,23 @@ func TestIstiodPodRestart(t *testing.T) {
 	e2e.EventuallyServedBy(t, c, s.ID(0), s.ID(2))
 }
 
-// waitReplaced waits until a Ready istiod pod other than old serves, and
-// returns its name.
+// waitReplaced waits until a Ready istiod pod other than old serves and old
+// is gone, and returns the new pod's name. A client that connects through
+// istiod's Service before old is gone may reach it and be cut off when it
+// exits: its reconnection resends the whole state.
 func (c *Cluster) waitReplaced(t *testing.T, old *corev1.Pod) string {
 	t.Helper()
+	ctx := context.Background()
 	var fresh *corev1.Pod
 	require.Eventually(t, func() bool {
 		var err error
-		fresh, err = c.istiodPod(context.Background())
+		fresh, err = c.istiodPod(ctx)
 		return err == nil && fresh.Name != old.Name && fresh.DeletionTimestamp == nil
 	}, 3*time.Minute, time.Second, "no new istiod pod became Ready")
+	require.Eventually(t, func() bool {
+		_, err := c.kube.Client.CoreV1().Pods("istio-system").Get(ctx, old.Name, metav1.GetOptions{})
+		return apierrors.IsNotFound(err)
+	}, 2*time.Minute, time.Second, "the replaced istiod pod %s is still there", old.Name)
 	t.Logf("istiod %s replaced by %s", old.Name, fresh.Name)
 	c.atReady.pod = fresh.Name
 	return fresh.Name
