@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds out/<tag>/pilot-discovery and pilot-agent for the Istio release
 # ISTIO (default: VERSION's ISTIO_DEFAULT): its pinned source + patches/ +
-# our pilot/, and links out/pilot-discovery and out/pilot-agent to them.
+# our pilot/, and links out/pilot-discovery and out/pilot-agent to them;
+# then out/<tag>/consul-mcp, our MCP server, from the same workspace.
 # Incremental: each stage runs only when its inputs changed, and a no-op
 # build returns in seconds. See docs/rebasing.md.
 set -euo pipefail
@@ -69,4 +70,21 @@ case $did in
 kept) log "out/$ISTIO/pilot-discovery and pilot-agent are up to date ($version)" ;;
 built) log "built out/$ISTIO/pilot-discovery and pilot-agent in $((SECONDS - start))s" ;;
 *) log "out/$ISTIO/pilot-discovery and pilot-agent ${did/reused/reused from} ($version)" ;;
+esac
+
+# Stage 5: consul-mcp, a binary of our module (mcp/, cmd/consul-mcp) that
+# runs the registry outside istiod; compiled in the workspace the tests use.
+mcp_code=$(find "$root/pilot" "$root/mcp" "$root/cmd" -type f -name '*.go' ! -name '*_test.go' ! -path '*/testdata/*' -print0 | hash_files)
+mcp_stamp="$stamp $mcp_code $(hash_of "$root/go.mod" "$root/go.sum")"
+compile_mcp() {
+	log "compiling consul-mcp"
+	(cd "$root" && GOWORK="$work/go.work" CGO_ENABLED=0 go build -o "$1" \
+		-ldflags "-s -w -X istio.io/istio/pkg/version.buildVersion=$version" ./cmd/consul-mcp)
+}
+start=$SECONDS
+did=$(istiod_binaries "$out" "$mcp_stamp" mcp- consul-mcp compile_mcp)
+case $did in
+kept) ;;
+built) log "built out/$ISTIO/consul-mcp in $((SECONDS - start))s" ;;
+*) log "out/$ISTIO/consul-mcp ${did/reused/reused from}" ;;
 esac

@@ -139,7 +139,7 @@ hash_files() {
 }
 
 # istiod_binaries OUT STAMP KEY "BINARY..." COMPILE... leaves the binaries in
-# OUT and prints what it did: "kept" (OUT holds them, built from STAMP), "reused
+# OUT (their stamp in OUT/.<first binary>.stamp) and prints what it did: "kept" (OUT holds them, built from STAMP), "reused
 # <dir>" (another clone built the same inputs: the stamp names the source by
 # its git tree, so any source of the same Istio qualifies) or "built"
 # (COMPILE DIR wrote them into DIR; they are saved in the cache for others).
@@ -150,13 +150,14 @@ istiod_binaries() {
 	shift 4
 	mkdir -p "$out"
 	saved="$cache/istiod/$key$(echo "$stamp" | sha256sum | cut -c1-16)"
-	if [[ "$(cat "$out/.pilot-discovery.stamp" 2>/dev/null)" == "$stamp" ]] && all_executable "$out" "${bins[@]}"; then
+	local stampfile="$out/.${bins[0]}.stamp"
+	if [[ "$(cat "$stampfile" 2>/dev/null)" == "$stamp" ]] && all_executable "$out" "${bins[@]}"; then
 		echo kept
 		return
 	fi
 	if all_executable "$saved" "${bins[@]}"; then
 		for b in "${bins[@]}"; do cp "$saved/$b" "$out/" || return 1; done
-		echo "$stamp" >"$out/.pilot-discovery.stamp" || return 1
+		echo "$stamp" >"$stampfile" || return 1
 		echo "reused $saved"
 		return
 	fi
@@ -169,7 +170,7 @@ istiod_binaries() {
 	for b in "${bins[@]}"; do cp "$out/.build/$b" "$saved.tmp/" || return 1; done
 	rm -rf "$saved" && mv "$saved.tmp" "$saved" || return 1
 	for b in "${bins[@]}"; do mv "$out/.build/$b" "$out/" || return 1; done
-	rmdir "$out/.build" && echo "$stamp" >"$out/.pilot-discovery.stamp" || return 1
+	rmdir "$out/.build" && echo "$stamp" >"$stampfile" || return 1
 	echo built
 }
 

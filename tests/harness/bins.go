@@ -57,9 +57,12 @@ func Binary(name string) (string, error) {
 	case "consul", "kube-apiserver", "kind", "promtool", "helm":
 		path = filepath.Join(Root(), "bin", name)
 		build = []string{"build/tools.sh", name}
-	case "pilot-discovery":
+	case "pilot-discovery", "consul-mcp":
 		path = filepath.Join(OutDir(), name)
 		build = []string{"build/build.sh"}
+	case "upstream-pilot-discovery": // the release as shipped (make build-upstream)
+		path = filepath.Join(OutDir()+"-upstream", "pilot-discovery")
+		build = []string{"build/build-upstream.sh"}
 	case "etcd":
 		if p, err := exec.LookPath("etcd"); err == nil {
 			return p, nil

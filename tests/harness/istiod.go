@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -46,13 +47,6 @@ func NewIstiod(env Env, kube *Kube, consulURL string, extra ...string) (*Istiod,
 	if err != nil {
 		return nil, err
 	}
-	ports, err := FreePorts(6)
-	if err != nil {
-		return nil, err
-	}
-	addr := func(i int) string { return "127.0.0.1:" + strconv.Itoa(ports[i]) }
-	dir := env.TempDir()
-	i := &Istiod{XDSAddr: addr(0), HTTPAddr: addr(1), MonitoringAddr: addr(2), CtrlzAddr: addr(5), dir: dir, bin: bin}
 	// pflag appends repeated list flags, so an explicit --registries in extra
 	// replaces ours rather than following it.
 	registries := []string{"--registries=Kubernetes,Consul", "--consulServerURL", consulURL}
@@ -61,12 +55,55 @@ func NewIstiod(env Env, kube *Kube, consulURL string, extra ...string) (*Istiod,
 			registries = nil
 		}
 	}
-	i.Args = append(append([]string{"discovery"}, registries...), "--kubeconfig", kube.Kubeconfig,
+	i, err := newIstiod(env, kube, bin, "default:info,consul:info", "")
+	if err != nil {
+		return nil, err
+	}
+	i.Args = append(append(i.Args, registries...), extra...)
+	return i, nil
+}
+
+// StartUpstreamIstiod starts the release's istiod as shipped (no patches)
+// with the given mesh config (YAML, e.g. configSources for consul-mcp) and
+// its Kubernetes registry only.
+func StartUpstreamIstiod(env Env, kube *Kube, meshConfig string, extra ...string) (*Istiod, error) {
+	bin, err := Binary("upstream-pilot-discovery")
+	if err != nil {
+		return nil, err
+	}
+	i, err := newIstiod(env, kube, bin, "default:info,adsc:warn", meshConfig)
+	if err != nil {
+		return nil, err
+	}
+	i.Args = append(append(i.Args, "--registries=Kubernetes"), extra...)
+	if err := i.Start(); err != nil {
+		return nil, err
+	}
+	return i, nil
+}
+
+// newIstiod lays out an istiod's ports and files; meshConfig "" is none
+// (Istio's defaults).
+func newIstiod(env Env, kube *Kube, bin, logLevels, meshConfig string) (*Istiod, error) {
+	ports, err := FreePorts(6)
+	if err != nil {
+		return nil, err
+	}
+	addr := func(i int) string { return "127.0.0.1:" + strconv.Itoa(ports[i]) }
+	dir := env.TempDir()
+	meshFile := filepath.Join(dir, "no-mesh-config")
+	if meshConfig != "" {
+		meshFile = filepath.Join(dir, "mesh.yaml")
+		if err := os.WriteFile(meshFile, []byte(meshConfig), 0o644); err != nil {
+			return nil, fmt.Errorf("istiod mesh config: %w", err)
+		}
+	}
+	i := &Istiod{XDSAddr: addr(0), HTTPAddr: addr(1), MonitoringAddr: addr(2), CtrlzAddr: addr(5), dir: dir, bin: bin}
+	i.Args = []string{"discovery", "--kubeconfig", kube.Kubeconfig,
 		"--grpcAddr", i.XDSAddr, "--httpAddr", i.HTTPAddr, "--monitoringAddr", i.MonitoringAddr,
 		"--secureGRPCAddr", addr(3), "--httpsAddr", addr(4), "--ctrlz_port", strconv.Itoa(ports[5]),
-		"--meshConfig", filepath.Join(dir, "no-mesh-config"), "--networksConfig", filepath.Join(dir, "no-networks"),
-		"--domain", "cluster.local", "--log_output_level", "default:info,consul:info")
-	i.Args = append(i.Args, extra...)
+		"--meshConfig", meshFile, "--networksConfig", filepath.Join(dir, "no-networks"),
+		"--domain", "cluster.local", "--log_output_level", logLevels}
 	env.Cleanup(i.Stop)
 	return i, nil
 }

@@ -1,0 +1,232 @@
+// Command consul-mcp serves a Consul catalog to an unpatched istiod over
+// MCP-over-xDS (meshConfig.configSources: xds://127.0.0.1:15110), read by
+// the same registry code, flags and environment variables as the patched
+// istiod. docs/mcp.md.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/spf13/pflag"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+
+	istiolog "istio.io/istio/pkg/log"
+	"istio.io/istio/pkg/monitoring"
+
+	"github.com/pilot-consul/pilot-consul/mcp"
+	"github.com/pilot-consul/pilot-consul/pilot/pkg/serviceregistry/consul"
+)
+
+// flags are the server's own settings; the registry's are consul.Args.
+type flags struct {
+	grpcAddr, httpAddr, debugAddr string
+	tlsCert, tlsKey, tlsClientCA  string
+	trustDomain                   string
+	debounce                      mcp.Debounce
+}
+
+func main() {
+	fs := pflag.NewFlagSet("consul-mcp", pflag.ExitOnError)
+	var args consul.Args
+	consul.AddFlags(fs, &args)
+	var f flags
+	fs.StringVar(&f.grpcAddr, "grpcAddr", "127.0.0.1:15110",
+		"MCP-over-xDS (ADS) listen address; beyond loopback it needs --tlsClientCA, since an upstream istiod cannot authenticate itself")
+	fs.StringVar(&f.httpAddr, "httpAddr", ":15114", "/ready and /metrics (no catalog data)")
+	fs.StringVar(&f.debugAddr, "debugAddr", "127.0.0.1:15118", "/debug/mcpz and /debug/consulz (the catalog: keep it on loopback)")
+	fs.StringVar(&f.tlsCert, "tlsCert", "", "Serve ADS over TLS with this certificate (PEM); istiod's configSources tlsSettings mode SIMPLE verifies it")
+	fs.StringVar(&f.tlsKey, "tlsKey", "", "Key of --tlsCert")
+	fs.StringVar(&f.tlsClientCA, "tlsClientCA", "", "Require client certificates signed by this CA bundle (PEM)")
+	fs.StringVar(&f.trustDomain, "trustDomain", "cluster.local", "The mesh's trust domain, for instance identities")
+	fs.DurationVar(&f.debounce.Quiet, "debounce", 100*time.Millisecond, "Push once Consul has been quiet this long...")
+	fs.DurationVar(&f.debounce.Max, "debounceMax", time.Second, "...or this long after the first change, whichever comes first")
+	logOpts := istiolog.DefaultOptions()
+	logOpts.AttachFlags(fs.StringArrayVar, fs.StringVar, fs.IntVar, fs.BoolVar)
+	_ = fs.Parse(os.Args[1:])
+	if err := istiolog.Configure(logOpts); err != nil {
+		fmt.Fprintln(os.Stderr, "consul-mcp: log options:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, args, f); err != nil {
+		istiolog.Errorf("consul-mcp: %v", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args consul.Args, f flags) error {
+	if err := args.Complete(nil); err != nil {
+		return fmt.Errorf("consul flags: %w", err)
+	}
+	creds, err := serverCredentials(f)
+	if err != nil {
+		return err
+	}
+	registries, err := consul.NewRegistries(args, consul.Options{
+		XDSUpdater:  mcp.NoPushes{},
+		TrustDomain: func() string { return f.trustDomain },
+	})
+	if err != nil {
+		return err
+	}
+	var controllers []*consul.Controller
+	for _, r := range registries {
+		controllers = append(controllers, r.(*consul.Controller))
+	}
+	srv := mcp.NewServer(func() bool {
+		for _, c := range controllers {
+			if !c.HasSynced() {
+				return false
+			}
+		}
+		return true
+	}, f.debounce)
+	for _, c := range controllers {
+		srv.Add(c.AmbientInputs())
+	}
+
+	grpcLis, err := listen(f.grpcAddr, "ADS")
+	if err != nil {
+		return err
+	}
+	if !loopback(grpcLis.Addr()) && f.tlsClientCA == "" {
+		_ = grpcLis.Close()
+		return fmt.Errorf("--grpcAddr %s is not a loopback address: clients there could read the Consul catalog without an ACL token, "+
+			"so --tlsClientCA is required (or run consul-mcp beside istiod, in its pod, on loopback)", f.grpcAddr)
+	}
+	opts := []grpc.ServerOption{
+		// istiod's MCP client pings every 30 s (its keepalive defaults);
+		// gRPC's default policy would answer that with GOAWAY.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+	}
+	if creds != nil {
+		opts = append(opts, grpc.Creds(creds))
+	}
+	gs := grpc.NewServer(opts...)
+	discovery.RegisterAggregatedDiscoveryServiceServer(gs, srv)
+
+	metrics, err := monitoring.RegisterPrometheusExporter(nil, nil)
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	public := http.NewServeMux()
+	public.Handle("/metrics", metrics)
+	public.HandleFunc("/ready", func(w http.ResponseWriter, _ *http.Request) {
+		if !srv.Ready() {
+			http.Error(w, "not ready: the first read of every Consul registry has not finished", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	debug := http.NewServeMux()
+	debug.HandleFunc("/debug/mcpz", srv.DebugHandler)
+	debug.Handle("/debug/consulz", consul.DebugHandler(registries))
+	httpLis, err := listen(f.httpAddr, "HTTP")
+	if err != nil {
+		return err
+	}
+	debugLis, err := listen(f.debugAddr, "debug")
+	if err != nil {
+		return err
+	}
+	if !loopback(debugLis.Addr()) {
+		istiolog.Warnf("consul-mcp: --debugAddr %s is not loopback: /debug/consulz shows the catalog to anyone who reaches it", f.debugAddr)
+	}
+
+	stopRegistries := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, c := range controllers {
+		wg.Go(func() { c.Run(stopRegistries) })
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wg.Go(func() { srv.Run(runCtx) })
+	servers := []*http.Server{{Handler: public, ReadHeaderTimeout: 10 * time.Second}, {Handler: debug, ReadHeaderTimeout: 10 * time.Second}}
+	errc := make(chan error, 3)
+	go func() { errc <- gs.Serve(grpcLis) }()
+	go func() { errc <- servers[0].Serve(httpLis) }()
+	go func() { errc <- servers[1].Serve(debugLis) }()
+	istiolog.Infof("consul-mcp: serving ADS on %s (TLS %v), /ready and /metrics on %s, debug on %s",
+		grpcLis.Addr(), creds != nil, httpLis.Addr(), debugLis.Addr())
+
+	select {
+	case <-ctx.Done():
+		err = nil
+	case err = <-errc:
+	}
+	gs.Stop()
+	for _, s := range servers {
+		_ = s.Close()
+	}
+	cancel()
+	close(stopRegistries)
+	wg.Wait()
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+func listen(addr, what string) (net.Listener, error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("%s listener: %w", what, err)
+	}
+	return l, nil
+}
+
+func loopback(a net.Addr) bool {
+	t, ok := a.(*net.TCPAddr)
+	return ok && t.IP.IsLoopback()
+}
+
+// serverCredentials is nil for plaintext (loopback), TLS with --tlsCert,
+// and mutual TLS with --tlsClientCA.
+func serverCredentials(f flags) (credentials.TransportCredentials, error) {
+	if f.tlsCert == "" && f.tlsClientCA == "" {
+		return nil, nil
+	}
+	if f.tlsCert == "" || f.tlsKey == "" {
+		return nil, fmt.Errorf("--tlsCert and --tlsKey go together (and --tlsClientCA needs them)")
+	}
+	// Re-read on every handshake, so a rotated certificate is served
+	// without a restart.
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+		c, err := tls.LoadX509KeyPair(f.tlsCert, f.tlsKey)
+		if err != nil {
+			return nil, fmt.Errorf("load --tlsCert: %w", err)
+		}
+		return &c, nil
+	}}
+	if _, err := tls.LoadX509KeyPair(f.tlsCert, f.tlsKey); err != nil {
+		return nil, fmt.Errorf("--tlsCert/--tlsKey: %w", err)
+	}
+	if f.tlsClientCA != "" {
+		pem, err := os.ReadFile(f.tlsClientCA)
+		if err != nil {
+			return nil, fmt.Errorf("--tlsClientCA: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--tlsClientCA %s holds no PEM certificate", f.tlsClientCA)
+		}
+		cfg.ClientCAs, cfg.ClientAuth = pool, tls.RequireAndVerifyClientCert
+	}
+	return credentials.NewTLS(cfg), nil
+}

@@ -1,0 +1,338 @@
+package mcp
+
+// server.go owns the ADS service: one stream per istiod, each with its own
+// versions and nonces per type, all brought to the newest snapshot. The
+// snapshot is rebuilt at most once per debounce window however fast Consul
+// changes, and a client still sending its ACK when two snapshots pass gets
+// only the newest: state of the world resends whole collections, so
+// coalescing is what bounds the cost.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	networkingclient "istio.io/client-go/pkg/apis/networking/v1"
+
+	"istio.io/istio/pkg/kube/krt"
+)
+
+// Debounce bounds how often the server rebuilds and pushes: it waits for
+// Quiet without a change, but never longer than Max after the first.
+type Debounce struct{ Quiet, Max time.Duration }
+
+// Server is the MCP-over-xDS server.
+type Server struct {
+	discovery.UnimplementedAggregatedDiscoveryServiceServer
+
+	debounce Debounce
+	ready    func() bool
+	changed  chan struct{}
+
+	mu      sync.Mutex
+	builder *builder
+	current atomic.Pointer[snapshot]
+	clients map[uint64]*client
+	nextID  atomic.Uint64
+	nacks   []nackView // most recent last, bounded
+}
+
+// NewServer serves the objects of the given collections once ready reports
+// true (every registry synced: before that a response would delete, in
+// istiod, whatever has not been read yet).
+func NewServer(ready func() bool, debounce Debounce) *Server {
+	return &Server{
+		debounce: debounce,
+		ready:    ready,
+		changed:  make(chan struct{}, 1),
+		builder:  newBuilder(),
+		clients:  map[uint64]*client{},
+	}
+}
+
+// Add subscribes the server to one registry's objects; call before Run.
+func (s *Server) Add(services krt.Collection[*networkingclient.ServiceEntry], workloads krt.Collection[*networkingclient.WorkloadEntry]) {
+	s.builder.services = append(s.builder.services, services)
+	s.builder.workloads = append(s.builder.workloads, workloads)
+	services.RegisterBatch(func([]krt.Event[*networkingclient.ServiceEntry]) { s.markChanged() }, false)
+	workloads.RegisterBatch(func([]krt.Event[*networkingclient.WorkloadEntry]) { s.markChanged() }, false)
+}
+
+func (s *Server) markChanged() {
+	select {
+	case s.changed <- struct{}{}:
+	default:
+	}
+}
+
+// Run builds snapshots until ctx ends: the first once ready, then after
+// each debounced burst of changes.
+func (s *Server) Run(ctx context.Context) {
+	for !s.ready() {
+		if !sleep(ctx, 100*time.Millisecond) {
+			return
+		}
+	}
+	s.publish()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.changed:
+		}
+		first := time.Now()
+		quiet := time.NewTimer(s.debounce.Quiet)
+	burst:
+		for {
+			select {
+			case <-ctx.Done():
+				quiet.Stop()
+				return
+			case <-s.changed:
+				wait := min(s.debounce.Quiet, s.debounce.Max-time.Since(first))
+				if wait <= 0 {
+					break burst
+				}
+				quiet.Reset(wait)
+			case <-quiet.C:
+				break burst
+			}
+		}
+		quiet.Stop()
+		s.publish()
+	}
+}
+
+func (s *Server) publish() {
+	start := time.Now()
+	snap, err := s.builder.build()
+	if err != nil {
+		log.Errorf("mcp: building the snapshot: %v", err)
+		return
+	}
+	prev := s.current.Swap(snap)
+	for name, why := range snap.skipped {
+		if prev == nil || prev.skipped[name] != why {
+			log.Warnf("mcp: not serving %s: %s", name, why)
+		}
+	}
+	for typeURL, c := range snap.types {
+		resourcesGauge.With(typeLabel.Value(typeURL)).Record(float64(len(c.resources)))
+	}
+	skippedGauge.Record(float64(len(snap.skipped)))
+	snapshotSeconds.Record(time.Since(start).Seconds())
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range s.clients {
+		c.wake()
+	}
+}
+
+// Ready reports whether the first snapshot, from every registry's first
+// full read, is built.
+func (s *Server) Ready() bool { return s.current.Load() != nil }
+
+// StreamAggregatedResources serves one istiod.
+func (s *Server) StreamAggregatedResources(stream discovery.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
+	c := &client{id: s.nextID.Add(1), wakeup: make(chan struct{}, 1), types: map[string]*typeState{}, connected: time.Now()}
+	if p, ok := peer.FromContext(stream.Context()); ok {
+		c.peer = p.Addr.String()
+	}
+	s.mu.Lock()
+	s.clients[c.id] = c
+	clientsGauge.Record(float64(len(s.clients)))
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.clients, c.id)
+		clientsGauge.Record(float64(len(s.clients)))
+		s.mu.Unlock()
+	}()
+
+	reqs := make(chan *discovery.DiscoveryRequest)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			r, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case reqs <- r:
+			case <-stream.Context().Done():
+				return
+			}
+		}
+	}()
+	for {
+		select {
+		case <-stream.Context().Done():
+			return nil
+		case err := <-recvErr:
+			if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled {
+				return nil
+			}
+			return err
+		case r := <-reqs:
+			if err := s.handle(stream, c, r); err != nil {
+				return err
+			}
+		case <-c.wakeup:
+			if err := s.pushChanged(stream, c); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// handle applies one request: a subscription, an ACK or a NACK
+// of the last response of its type, or a stale one (ignored).
+func (s *Server) handle(stream discovery.AggregatedDiscoveryService_StreamAggregatedResourcesServer, c *client, r *discovery.DiscoveryRequest) error {
+	c.mu.Lock()
+	if c.node == "" && r.GetNode().GetId() != "" {
+		c.node = r.GetNode().GetId()
+	}
+	st := c.types[r.TypeUrl]
+	c.mu.Unlock()
+	switch {
+	// A request for a type not yet answered on this stream subscribes to
+	// it, whatever its nonce: istiod's client (adsc) puts the time in the
+	// nonce of its first requests.
+	case r.ResponseNonce == "" || st == nil || st.nonce == "":
+		c.mu.Lock()
+		if st == nil {
+			st = &typeState{}
+			c.types[r.TypeUrl] = st
+		}
+		// A new request for a type asks for its state again (istiod
+		// reconnecting on the same stream never happens; a re-subscription
+		// after a NACK might).
+		st.subscribed, st.sentVersion = true, ""
+		c.mu.Unlock()
+		return s.send(stream, c, r.TypeUrl, st)
+	case r.ResponseNonce != st.nonce:
+		return nil // answers a response that a newer one replaced
+	case r.ErrorDetail != nil:
+		nacksTotal.With(typeLabel.Value(r.TypeUrl)).Increment()
+		n := nackView{At: time.Now().UTC(), Client: c.describe(), Type: r.TypeUrl, Version: st.sentVersion,
+			Nonce: r.ResponseNonce, Message: r.ErrorDetail.GetMessage()}
+		log.Warnf("mcp: %s rejected %s version %s: %s", n.Client, r.TypeUrl, st.sentVersion, n.Message)
+		c.mu.Lock()
+		st.nacked, st.lastNack = st.nacked+1, n.Message
+		c.mu.Unlock()
+		s.mu.Lock()
+		s.nacks = append(s.nacks, n)
+		if len(s.nacks) > maxNacksKept {
+			s.nacks = s.nacks[len(s.nacks)-maxNacksKept:]
+		}
+		s.mu.Unlock()
+	default:
+		c.mu.Lock()
+		st.ackedVersion = r.VersionInfo
+		c.mu.Unlock()
+	}
+	return nil
+}
+
+const maxNacksKept = 20
+
+// pushChanged sends every subscribed type whose version moved.
+func (s *Server) pushChanged(stream discovery.AggregatedDiscoveryService_StreamAggregatedResourcesServer, c *client) error {
+	c.mu.Lock()
+	types := make(map[string]*typeState, len(c.types))
+	for t, st := range c.types {
+		types[t] = st
+	}
+	c.mu.Unlock()
+	for t, st := range types {
+		if st.subscribed {
+			if err := s.send(stream, c, t, st); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// send brings the client's view of one type to the current snapshot, if it
+// is not there yet. Before the first snapshot nothing is sent: istiod waits
+// (and keeps what it holds) rather than receive a partial catalog.
+func (s *Server) send(stream discovery.AggregatedDiscoveryService_StreamAggregatedResourcesServer, c *client, typeURL string, st *typeState) error {
+	snap := s.current.Load()
+	if snap == nil {
+		return nil
+	}
+	coll := snap.get(typeURL)
+	if coll == nil || coll.version == st.sentVersion {
+		return nil
+	}
+	c.mu.Lock()
+	c.nonce++
+	nonce := fmt.Sprintf("%d", c.nonce)
+	c.mu.Unlock()
+	if err := stream.Send(&discovery.DiscoveryResponse{TypeUrl: typeURL, VersionInfo: coll.version, Nonce: nonce, Resources: coll.resources}); err != nil {
+		return fmt.Errorf("send %s to %s: %w", typeURL, c.describe(), err)
+	}
+	c.mu.Lock()
+	st.sentVersion, st.nonce, st.sent = coll.version, nonce, st.sent+1
+	c.mu.Unlock()
+	pushesTotal.With(typeLabel.Value(typeURL)).Increment()
+	pushBytesTotal.With(typeLabel.Value(typeURL)).RecordInt(int64(coll.bytes))
+	return nil
+}
+
+// client is one istiod's stream.
+type client struct {
+	id        uint64
+	peer      string
+	connected time.Time
+	wakeup    chan struct{}
+
+	mu    sync.Mutex
+	node  string
+	nonce uint64
+	types map[string]*typeState
+}
+
+type typeState struct {
+	subscribed                       bool
+	sentVersion, nonce, ackedVersion string
+	sent, nacked                     int
+	lastNack                         string
+}
+
+func (c *client) wake() {
+	select {
+	case c.wakeup <- struct{}{}:
+	default:
+	}
+}
+
+func (c *client) describe() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.node != "" {
+		return c.node + " (" + c.peer + ")"
+	}
+	return c.peer
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
