@@ -99,7 +99,7 @@ clean-work: ## Remove the patched Istio work trees of every release (the next bu
 
 .PHONY: test-unit
 test-unit: build tools ## Registry tests (real Consul agents and cluster; race detector, 3 runs; the simulated day once) plus build-pipeline tests.
-	$(WORKSPACE) go test -race -count=3 -timeout 20m -skip '^TestADayOfQuietAndBursts$$' ./pilot/...
+	$(WORKSPACE) go test -race -count=3 -timeout 20m -skip '^TestADayOfQuietAndBursts$$' ./pilot/... ./mcp/...
 	$(WORKSPACE) go test -race -count=1 -timeout 10m -run '^TestADayOfQuietAndBursts$$' ./pilot/pkg/serviceregistry/consul/
 	$(WORKSPACE) go test -count=1 ./build/...
 
@@ -111,7 +111,7 @@ test-upstream: ## Upstream Istio tests of every patched package, on the previous
 	build/test-upstream.sh
 
 .PHONY: test-integration
-test-integration: build tools ## End-to-end: patched istiod + Consul + kube-apiserver + gRPC xDS clients.
+test-integration: build build-upstream tools ## End-to-end: patched istiod (and consul-mcp beside the release istiod) + Consul + kube-apiserver + gRPC xDS clients.
 	$(WORKSPACE) go test -count=1 -p 1 -timeout 20m ./tests/...
 	$(PLOTS) test -count=1 ./...
 

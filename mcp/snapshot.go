@@ -82,6 +82,7 @@ type builder struct {
 	services  []krt.Collection[*networkingclient.ServiceEntry]
 	workloads []krt.Collection[*networkingclient.WorkloadEntry]
 	seen      map[string]converted
+	builds    int // snapshots built, for tests of coalescing
 }
 
 type converted struct {
@@ -94,6 +95,7 @@ type converted struct {
 func newBuilder() *builder { return &builder{seen: map[string]converted{}} }
 
 func (b *builder) build() (*snapshot, error) {
+	b.builds++
 	s := &snapshot{types: map[string]*collection{}, skipped: map[string]string{}}
 	next := map[string]converted{}
 	var objs []entry

@@ -100,14 +100,13 @@ func run(ctx context.Context, args consul.Args, f flags) error {
 		srv.Add(c.AmbientInputs())
 	}
 
+	if !loopback(f.grpcAddr) && f.tlsClientCA == "" {
+		return fmt.Errorf("--grpcAddr %s is not a loopback address: clients there could read the Consul catalog without an ACL token, "+
+			"so --tlsClientCA is required (or run consul-mcp beside istiod, in its pod, on loopback)", f.grpcAddr)
+	}
 	grpcLis, err := listen(f.grpcAddr, "ADS")
 	if err != nil {
 		return err
-	}
-	if !loopback(grpcLis.Addr()) && f.tlsClientCA == "" {
-		_ = grpcLis.Close()
-		return fmt.Errorf("--grpcAddr %s is not a loopback address: clients there could read the Consul catalog without an ACL token, "+
-			"so --tlsClientCA is required (or run consul-mcp beside istiod, in its pod, on loopback)", f.grpcAddr)
 	}
 	opts := []grpc.ServerOption{
 		// istiod's MCP client pings every 30 s (its keepalive defaults);
@@ -145,7 +144,7 @@ func run(ctx context.Context, args consul.Args, f flags) error {
 	if err != nil {
 		return err
 	}
-	if !loopback(debugLis.Addr()) {
+	if !loopback(f.debugAddr) {
 		istiolog.Warnf("consul-mcp: --debugAddr %s is not loopback: /debug/consulz shows the catalog to anyone who reaches it", f.debugAddr)
 	}
 
@@ -191,9 +190,18 @@ func listen(addr, what string) (net.Listener, error) {
 	return l, nil
 }
 
-func loopback(a net.Addr) bool {
-	t, ok := a.(*net.TCPAddr)
-	return ok && t.IP.IsLoopback()
+// loopback reports whether a listen address (host:port) binds loopback
+// only: "localhost" or a loopback IP; "" and 0.0.0.0 bind every interface.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // serverCredentials is nil for plaintext (loopback), TLS with --tlsCert,

@@ -67,6 +67,18 @@ func NewIstiod(env Env, kube *Kube, consulURL string, extra ...string) (*Istiod,
 // with the given mesh config (YAML, e.g. configSources for consul-mcp) and
 // its Kubernetes registry only.
 func StartUpstreamIstiod(env Env, kube *Kube, meshConfig string, extra ...string) (*Istiod, error) {
+	i, err := NewUpstreamIstiod(env, kube, meshConfig, extra...)
+	if err != nil {
+		return nil, err
+	}
+	if err := i.Start(); err != nil {
+		return nil, err
+	}
+	return i, nil
+}
+
+// NewUpstreamIstiod prepares StartUpstreamIstiod's istiod without starting it.
+func NewUpstreamIstiod(env Env, kube *Kube, meshConfig string, extra ...string) (*Istiod, error) {
 	bin, err := Binary("upstream-pilot-discovery")
 	if err != nil {
 		return nil, err
@@ -76,9 +88,6 @@ func StartUpstreamIstiod(env Env, kube *Kube, meshConfig string, extra ...string
 		return nil, err
 	}
 	i.Args = append(append(i.Args, "--registries=Kubernetes"), extra...)
-	if err := i.Start(); err != nil {
-		return nil, err
-	}
 	return i, nil
 }
 

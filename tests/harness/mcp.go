@@ -75,7 +75,9 @@ func (m *MCP) Log() string { return m.proc.Log() }
 func (m *MCP) Tail(n int) string { return m.proc.Tail(n) }
 
 // Debug GETs a debug path, e.g. /debug/mcpz.
-func (m *MCP) Debug(path string) ([]byte, error) { return get("http://"+m.DebugAddr+path, 10*time.Second) }
+func (m *MCP) Debug(path string) ([]byte, error) {
+	return get("http://"+m.DebugAddr+path, 10*time.Second)
+}
 
 // Metrics returns consul-mcp's Prometheus metrics text.
 func (m *MCP) Metrics() ([]byte, error) { return get("http://"+m.HTTPAddr+"/metrics", 10*time.Second) }
