@@ -137,3 +137,44 @@ func unique(ms [][]string) []string {
 	}
 	return out
 }
+
+// TestMCPReferenceMatchesTheFlags: consul-mcp takes exactly the registry's
+// flags that pilot-discovery has (one Args, one AddFlags), and docs/mcp.md
+// documents every flag of its own, and nothing it lacks.
+func TestMCPReferenceMatchesTheFlags(t *testing.T) {
+	help := func(name string, args ...string) string {
+		bin, err := harness.Binary(name)
+		require.NoError(t, err)
+		out, err := exec.Command(bin, args...).CombinedOutput()
+		if name == "consul-mcp" { // pflag's --help exits 0 after printing on stderr
+			require.NoError(t, err, "%s", out)
+		}
+		return string(out)
+	}
+	flagRe := regexp.MustCompile(`(?m)^\s+--([A-Za-z_]+)`)
+	mcp := unique(flagRe.FindAllStringSubmatch(help("consul-mcp", "--help"), -1))
+	istiod := unique(flagRe.FindAllStringSubmatch(help("pilot-discovery", "discovery", "--help"), -1))
+	var own []string
+	for _, f := range mcp {
+		if strings.HasPrefix(f, "consul") {
+			assert.Contains(t, istiod, f, "consul-mcp has --%s; pilot-discovery does not", f)
+		} else {
+			own = append(own, f)
+		}
+	}
+	for _, f := range istiod {
+		if strings.HasPrefix(f, "consul") {
+			assert.Contains(t, mcp, f, "pilot-discovery has --%s; consul-mcp does not", f)
+		}
+	}
+	doc := readSource(t, "docs/mcp.md")
+	var rows []string
+	for _, l := range strings.Split(doc, "\n") {
+		if strings.HasPrefix(l, "| `--") {
+			rows = append(rows, l)
+		}
+	}
+	documented := unique(regexp.MustCompile("`--([A-Za-z_]+)`").FindAllStringSubmatch(strings.Join(rows, "\n"), -1))
+	require.NotEmpty(t, own)
+	assert.ElementsMatch(t, own, documented, "consul-mcp's own flags vs docs/mcp.md's table")
+}

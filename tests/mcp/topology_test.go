@@ -165,3 +165,26 @@ func registryAddress(t *testing.T, i *harness.Istiod, host string) string {
 	}, 20*time.Second, 100*time.Millisecond, "%s never in /debug/registryz", host)
 	return addr
 }
+
+// Start order (upstream's behaviour, which docs/mcp.md tells operators):
+// an istiod whose MCP server is not up yet does not start; once the
+// server is up, it does.
+func TestIstiodNeedsTheServerToStart(t *testing.T) {
+	m, err := harness.NewMCP(t, consul.URL())
+	require.NoError(t, err)
+	i, err := harness.NewUpstreamIstiod(t, kube, harness.MCPMeshConfig(m.XDSAddr))
+	require.NoError(t, err)
+	i.ReadyTimeout = 20 * time.Second
+	err = i.Start()
+	require.Error(t, err)
+	assert.True(t, i.Exited(), "istiod exits when its config source is down")
+	t.Logf("without the server: %v", firstLine(err.Error()))
+
+	require.NoError(t, m.Start())
+	require.NoError(t, i.Start())
+}
+
+func firstLine(s string) string {
+	l, _, _ := strings.Cut(s, "\n")
+	return l
+}
