@@ -38,7 +38,7 @@ test: ## Run every test: the local tiers, then the kind tier.
 	$(MAKE) test-local test-kind
 
 .PHONY: bench
-bench: build tools ## Benchmark Route A (our registry) vs K (Kubernetes Services) and B (ServiceEntry/WorkloadEntry) into BENCH_OUT (BENCH_ARGS=...).
+bench: build build-upstream tools ## Benchmark Route A (our registry) vs K (Kubernetes Services), C (consul-mcp + istiod as shipped) and B (ServiceEntry/WorkloadEntry) into BENCH_OUT (BENCH_ARGS=...).
 	$(WORKSPACE) go build -o bin/bench ./tests/cmd/bench
 	bin/bench -out $(BENCH_OUT) $(BENCH_ARGS)
 	$(MAKE) plots PLOTS_DIR=$(BENCH_OUT)

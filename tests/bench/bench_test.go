@@ -89,8 +89,8 @@ func smallRun(t *testing.T, cfg Config) []Result {
 	cfg.Watchers, cfg.Rate, cfg.Churn, cfg.SyncTimeout, cfg.Step = 2, 5, 3*time.Second, 2*time.Minute, t.Logf
 	rs, err := RunScale(env, Dataset{N: 20, M: 3}, cfg)
 	require.NoError(t, err)
-	require.Len(t, rs, 3)
-	require.Equal(t, []string{RouteA, RouteK, RouteB}, []string{rs[0].Route, rs[1].Route, rs[2].Route})
+	require.Len(t, rs, 4)
+	require.Equal(t, []string{RouteA, RouteK, RouteC, RouteB}, []string{rs[0].Route, rs[1].Route, rs[2].Route, rs[3].Route})
 	return rs
 }
 
@@ -109,13 +109,17 @@ func TestBenchSmall(t *testing.T) {
 	assert.LessOrEqual(t, rs[0].ConsulPeak, int64(16+3))
 	assert.Zero(t, rs[0].FullPushes, "Route A: instance churn causes no full push")
 	assert.Zero(t, rs[1].FullPushes, "Route K: an EndpointSlice update causes no full push")
+	assert.LessOrEqual(t, rs[2].ConsulPerChg, 2.0, "Route C: the same Consul reads as A")
+	assert.Positive(t, rs[2].MCPPeakRSSBytes, "Route C: the server's memory")
+	assert.Positive(t, rs[2].MCPBytesPerChg, "Route C: bytes on the MCP stream")
 	rep := &Report{Results: rs}
 	files, err := rep.Write(t.TempDir())
 	require.NoError(t, err)
 	assert.Len(t, files, 2)
 	md := rep.Markdown()
-	assert.Contains(t, md, "| scale | metric | Route A (Consul registry) | Route K (Kubernetes Services) | Route B (SE+WE) | A/K | A/B |")
-	assert.Regexp(t, `\| 20×3 \| change→client p99 \(ms\) \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \|`, md)
+	assert.Contains(t, md, "| scale | metric | Route A (Consul registry) | Route K (Kubernetes Services) | Route C (MCP, istiod as shipped) | Route B (SE+WE) | A/K | A/C | A/B |")
+	assert.Regexp(t, `\| 20×3 \| change→client p99 \(ms\) \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \|`, md)
+	assert.Regexp(t, `\| 20×3 \| MCP stream bytes per change \(per istiod\) \| – \| – \| [0-9]+ \| – \|`, md)
 }
 
 // TestReportOfOneRoute: a run of Route A alone (-routes A) still writes its

@@ -108,7 +108,7 @@ func (r *Report) Markdown() string {
 
 // routeTitles head the table's columns.
 var routeTitles = map[string]string{
-	RouteA: "A (Consul registry)", RouteK: "K (Kubernetes Services)", RouteB: "B (SE+WE)",
+	RouteA: "A (Consul registry)", RouteK: "K (Kubernetes Services)", RouteC: "C (MCP, istiod as shipped)", RouteB: "B (SE+WE)",
 }
 
 // measured lists the routes present in rs, in run order.
@@ -261,11 +261,30 @@ func (t table) writeRows() {
 	t.number("EDS pushes in churn (per client)", "%.0f", func(r Result) float64 { return r.EDSPushes })
 	t.row("changes (unseen pairs)", func(r Result) string { return fmt.Sprintf("%d (%d)", r.Changes, r.Unseen) }, nil)
 	t.row("Consul requests per change; peak connections", func(r Result) string {
-		if r.Route != RouteA {
+		if r.Route != RouteA && r.Route != RouteC {
 			return "–"
 		}
 		return fmt.Sprintf("%.2f; %d", r.ConsulPerChg, r.ConsulPeak)
 	}, nil)
+	if t.any(func(r Result) bool { return r.MCPPeakRSSBytes > 0 }) { // Route C's server
+		mcp := func(f func(Result) string) func(Result) string {
+			return func(r Result) string {
+				if r.Route != RouteC {
+					return "–"
+				}
+				return f(r)
+			}
+		}
+		t.row("consul-mcp CPU, sync; churn (s)", mcp(func(r Result) string {
+			return fmt.Sprintf("%.1f; %.1f", r.MCPCPUSyncSec, r.MCPCPUChurnSec)
+		}), nil)
+		t.row("consul-mcp peak RSS (MiB)", mcp(func(r Result) string {
+			return fmt.Sprintf("%.0f", float64(r.MCPPeakRSSBytes)/(1<<20))
+		}), nil)
+		t.row("MCP stream bytes per change (per istiod)", mcp(func(r Result) string {
+			return fmt.Sprintf("%.0f", r.MCPBytesPerChg)
+		}), nil)
+	}
 }
 
 // Merge combines reports (scales measured in separate runs) into one; the

@@ -47,24 +47,25 @@ const (
 	RouteA = "A: Consul registry"
 	RouteK = "K: Kubernetes Services"
 	RouteB = "B: ServiceEntry+WorkloadEntry"
+	RouteC = "C: MCP-over-xDS (consul-mcp, istiod as shipped)"
 )
 
-// routes is every route in run order: the reference before the bridge,
-// whose 10,000-service run can take the whole sync timeout.
-var routes = []string{RouteA, RouteK, RouteB}
+// routes is every route in run order: the references before the bridges,
+// and B last, whose 10,000-service run can take the whole sync timeout.
+var routes = []string{RouteA, RouteK, RouteC, RouteB}
 
 // wants reports whether cfg measures route.
 func (c Config) wants(route string) bool {
 	return c.Routes == nil || slices.Contains(c.Routes, route[:1])
 }
 
-// ParseRoutes turns "A,K,B" (any order, any subset) into Config.Routes.
+// ParseRoutes turns "A,K,C,B" (any order, any subset) into Config.Routes.
 func ParseRoutes(s string) ([]string, error) {
 	var out []string
 	for _, r := range strings.Split(s, ",") {
 		r = strings.ToUpper(strings.TrimSpace(r))
 		if !slices.ContainsFunc(routes, func(name string) bool { return name[:1] == r }) {
-			return nil, fmt.Errorf("route %q: want A, K or B", r)
+			return nil, fmt.Errorf("route %q: want A, K, C or B", r)
 		}
 		out = append(out, r)
 	}
@@ -84,25 +85,30 @@ type Result struct {
 	// SettleSeconds: how long a warm-up flip out and back took to reach
 	// every xDS watcher after the initial sync (Settled false: not within
 	// settleBound).
-	SettleSeconds float64   `json:"settle_seconds"`
-	Settled       bool      `json:"settled"`
-	CPUSyncSec    float64   `json:"istiod_cpu_sync_seconds"`
-	CPUChurnSec   float64   `json:"istiod_cpu_churn_seconds"`
-	PeakRSSBytes  int64     `json:"istiod_peak_rss_bytes"`
-	Changes       int       `json:"changes"`
-	ChangeRate    float64   `json:"changes_per_second"`
-	Latency       Stats     `json:"change_to_client_ms"`
-	SidecarLat    Stats     `json:"change_to_sidecar_ms"`   // even watcher ids
-	ProxylessLat  Stats     `json:"change_to_proxyless_ms"` // odd watcher ids
-	WDSLat        Stats     `json:"change_to_wds_ms"`       // the WDS watcher (Config.Ambient)
-	Unseen        int       `json:"unseen_change_watcher_pairs"`
-	FullPushes    float64   `json:"full_pushes_during_churn"` // push contexts istiod built
-	CDSPushes     float64   `json:"cds_pushes_during_churn"`  // CDS pushes per watcher
-	EDSPushes     float64   `json:"eds_pushes_during_churn"`  // EDS pushes per watcher
-	ConsulReqs    int64     `json:"consul_requests_during_churn,omitempty"`
-	ConsulPerChg  float64   `json:"consul_requests_per_change,omitempty"`
-	ConsulPeak    int64     `json:"consul_peak_connections,omitempty"`
-	SampleMillis  []float64 `json:"latency_samples_ms"`
+	SettleSeconds float64 `json:"settle_seconds"`
+	Settled       bool    `json:"settled"`
+	CPUSyncSec    float64 `json:"istiod_cpu_sync_seconds"`
+	CPUChurnSec   float64 `json:"istiod_cpu_churn_seconds"`
+	PeakRSSBytes  int64   `json:"istiod_peak_rss_bytes"`
+	Changes       int     `json:"changes"`
+	ChangeRate    float64 `json:"changes_per_second"`
+	Latency       Stats   `json:"change_to_client_ms"`
+	SidecarLat    Stats   `json:"change_to_sidecar_ms"`   // even watcher ids
+	ProxylessLat  Stats   `json:"change_to_proxyless_ms"` // odd watcher ids
+	WDSLat        Stats   `json:"change_to_wds_ms"`       // the WDS watcher (Config.Ambient)
+	Unseen        int     `json:"unseen_change_watcher_pairs"`
+	FullPushes    float64 `json:"full_pushes_during_churn"` // push contexts istiod built
+	CDSPushes     float64 `json:"cds_pushes_during_churn"`  // CDS pushes per watcher
+	EDSPushes     float64 `json:"eds_pushes_during_churn"`  // EDS pushes per watcher
+	ConsulReqs    int64   `json:"consul_requests_during_churn,omitempty"`
+	ConsulPerChg  float64 `json:"consul_requests_per_change,omitempty"`
+	ConsulPeak    int64   `json:"consul_peak_connections,omitempty"`
+	// Route C's MCP server, beside istiod.
+	MCPCPUSyncSec   float64   `json:"mcp_cpu_sync_seconds,omitempty"`
+	MCPCPUChurnSec  float64   `json:"mcp_cpu_churn_seconds,omitempty"`
+	MCPPeakRSSBytes int64     `json:"mcp_peak_rss_bytes,omitempty"`
+	MCPBytesPerChg  float64   `json:"mcp_bytes_per_change,omitempty"`
+	SampleMillis    []float64 `json:"latency_samples_ms"`
 }
 
 // RunScale measures the routes on one dataset. Each route gets a fresh
@@ -142,6 +148,13 @@ func RunScale(parent *harness.ProcessEnv, data Dataset, cfg Config) ([]Result, e
 		}
 		out = append(out, k)
 	}
+	if cfg.wants(RouteC) {
+		c, err := measureC(env, data, cfg)
+		if err != nil {
+			return out, fmt.Errorf("route C: %w", err)
+		}
+		out = append(out, c)
+	}
 	if cfg.wants(RouteB) {
 		b, err := measureB(env, kube, data, cfg)
 		if err != nil {
@@ -161,7 +174,27 @@ func measureA(env *harness.ProcessEnv, consul *harness.Consul, kube *harness.Kub
 	}
 	src := &ConsulSource{Client: consul.Client, Data: data}
 	return measure(env, kube, data, cfg, RouteA, src, fmt.Sprintf("loaded %d instances into Consul", data.N*data.M),
-		proxy, "--consulServerURL", proxy.URL)
+		launch{consul: proxy, args: []string{"--consulServerURL", proxy.URL}})
+}
+
+// measureC loads the dataset into a Consul of its own (Route A's churn has
+// moved the shared one) and measures consul-mcp serving it to the
+// release's istiod as shipped, through the same counting proxy. Its sync
+// runs from the server's start, as A's from istiod's: both read Consul.
+func measureC(parent *harness.ProcessEnv, data Dataset, cfg Config) (Result, error) {
+	env := parent.Child()
+	defer env.Close()
+	consul, kube, err := startBackends(env)
+	if err != nil {
+		return Result{}, err
+	}
+	proxy, err := harness.StartFaultProxy(env, consul.URL())
+	if err != nil {
+		return Result{}, err
+	}
+	src := &ConsulSource{Client: consul.Client, Data: data}
+	return measure(env, kube, data, cfg, RouteC, src, fmt.Sprintf("loaded %d instances into Consul", data.N*data.M),
+		launch{consul: proxy, mcp: true})
 }
 
 // measureK writes the dataset as Services and EndpointSlices into a
@@ -183,7 +216,7 @@ func measureK(parent *harness.ProcessEnv, data Dataset, cfg Config) (Result, err
 	data.Domain = KubeDomain
 	src := &KubeServices{Client: client, Data: data}
 	return measure(env, kube, data, cfg, RouteK, src, fmt.Sprintf("wrote %d Services and EndpointSlices", data.N),
-		nil, "--registries=Kubernetes")
+		launch{args: []string{"--registries=Kubernetes"}})
 }
 
 // measureB writes the dataset as ServiceEntries and WorkloadEntries and
@@ -195,7 +228,7 @@ func measureB(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Con
 	}
 	src := &KubeSource{Client: dyn, Data: data}
 	return measure(env, kube, data, cfg, RouteB, src,
-		fmt.Sprintf("wrote %d ServiceEntries and %d WorkloadEntries", data.N, data.N*data.M), nil, "--registries=Kubernetes")
+		fmt.Sprintf("wrote %d ServiceEntries and %d WorkloadEntries", data.N, data.N*data.M), launch{args: []string{"--registries=Kubernetes"}})
 }
 
 // source is where a route's dataset lives: written before istiod starts,
@@ -209,7 +242,7 @@ type source interface {
 // measure loads src (timed, but not counted against the route: istiod is
 // not running yet), then measures the route with churn of cfg's kind.
 func measure(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Config, route string, src source, loaded string,
-	proxy *harness.FaultProxy, args ...string,
+	l launch,
 ) (Result, error) {
 	start := time.Now()
 	if err := src.Load(context.Background()); err != nil {
@@ -221,7 +254,7 @@ func measure(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Conf
 	if cfg.Kind == ChurnRegister {
 		set = src.SetRegistered
 	}
-	r, err := runRoute(env, kube, data, cfg, route, proxy, set, args...)
+	r, err := runRoute(env, kube, data, cfg, route, l, set)
 	r.LoadSeconds = load.Seconds()
 	return r, err
 }
@@ -234,17 +267,42 @@ func unthrottled(kube *harness.Kube) *rest.Config {
 	return fast
 }
 
+// launch is how a route's istiod runs: the patched one with args (A: the
+// Consul registry on, reading through consul; K, B: Kubernetes only), or
+// (mcp) the release's as shipped reading a consul-mcp server that reads
+// through consul, the two started together.
+type launch struct {
+	consul *harness.FaultProxy // counts Consul requests (A, C)
+	mcp    bool
+	args   []string
+}
+
+// build makes the route's istiod (and server), not started.
+func (l launch) build(env *harness.ProcessEnv, kube *harness.Kube) (*harness.Istiod, *harness.MCP, error) {
+	if !l.mcp {
+		consulURL := "" // K, B: the Consul registry is off
+		if l.consul != nil {
+			consulURL = l.consul.URL
+		}
+		i, err := harness.NewIstiod(env, kube, consulURL, append([]string{"--log_output_level", "default:warn,consul:warn"}, l.args...)...)
+		return i, nil, err
+	}
+	server, err := harness.NewMCP(env, l.consul.URL, "--log_output_level", "default:warn,consul:warn,mcp:warn")
+	if err != nil {
+		return nil, nil, err
+	}
+	i, err := harness.NewUpstreamIstiod(env, kube, harness.MCPMeshConfig(server.XDSAddr), "--log_output_level", "default:warn")
+	return i, server, err
+}
+
 // runRoute starts istiod, waits for every watcher to hold everything, churns
 // and collects the measurements, then stops istiod.
 func runRoute(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Config, route string,
-	proxy *harness.FaultProxy, set setHealth, args ...string,
+	l launch, set setHealth,
 ) (Result, error) {
 	r := Result{Route: route, Services: data.N, PerSvc: data.M, Watchers: cfg.Watchers}
-	consulURL := "" // Route B: the Consul registry is off
-	if proxy != nil {
-		consulURL = proxy.URL
-	}
-	istiod, err := harness.NewIstiod(env, kube, consulURL, append([]string{"--log_output_level", "default:warn,consul:warn"}, args...)...)
+	proxy := l.consul
+	istiod, server, err := l.build(env, kube)
 	if err != nil {
 		return r, err
 	}
@@ -270,6 +328,14 @@ func runRoute(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Con
 	} else {
 		close(startupProfiled)
 	}
+	if server != nil {
+		defer server.Stop()
+		// istiod exits when its config source does not answer: the server
+		// must listen first (it does before its first read).
+		if err := server.Launch(); err != nil {
+			return r, err
+		}
+	}
 	if err := istiod.Start(); err != nil {
 		if !errors.Is(err, harness.ErrNotReady) {
 			return r, err
@@ -277,7 +343,7 @@ func runRoute(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Con
 		// Up but never ready: that is the measurement, not a failure.
 		r.SyncSeconds = cfg.SyncTimeout.Seconds()
 		cfg.Step("%s: istiod NOT ready after %s", route, cfg.SyncTimeout)
-		return r, r.collectEnd(istiod.PID())
+		return r, r.collectEnd(istiod, server)
 	}
 	cfg.Step("%s: istiod ready after %.2fs", route, time.Since(start).Seconds())
 	ctx, cancel := context.WithCancel(context.Background())
@@ -311,13 +377,20 @@ func runRoute(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Con
 	if !r.Synced {
 		r.SyncSeconds = cfg.SyncTimeout.Seconds()
 		cfg.Step("%s: NOT every watcher had every service after %s; skipping churn", route, cfg.SyncTimeout)
-		return r, r.collectEnd(istiod.PID())
+		return r, r.collectEnd(istiod, server)
 	}
 	cpu, err := CPU(istiod.PID())
 	if err != nil {
 		return r, err
 	}
 	r.CPUSyncSec = cpu.Seconds()
+	if server != nil {
+		cpu, err := CPU(server.PID())
+		if err != nil {
+			return r, err
+		}
+		r.MCPCPUSyncSec = cpu.Seconds()
+	}
 	cfg.Step("%s: %d watchers hold all %d services (%d endpoints) after %.2fs", route, cfg.Watchers, data.N, data.N*data.M, r.SyncSeconds)
 
 	// Pushes from the start must not be counted as churn's: Route B's
@@ -340,6 +413,16 @@ func runRoute(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Con
 		reqs0 = proxy.Requests()
 	}
 	cpu0, _ := CPU(istiod.PID())
+	var mcpBytes0 float64
+	var mcpCPU0 time.Duration
+	if server != nil {
+		m, err := server.Metrics()
+		if err != nil {
+			return r, err
+		}
+		mcpBytes0, _ = harness.Samples(m, "consul_mcp_push_bytes_total")
+		mcpCPU0, _ = CPU(server.PID())
+	}
 	cfg.Step("%s: churn, %.0f %s changes/s for %s", route, cfg.Rate, cfg.kind(), cfg.Churn)
 	churnStart := time.Now()
 	profiled := make(chan error, 1)
@@ -372,6 +455,16 @@ wait:
 	}
 	cpu1, _ := CPU(istiod.PID())
 	r.CPUChurnSec = (cpu1 - cpu0).Seconds()
+	if server != nil {
+		m, err := server.Metrics()
+		if err != nil {
+			return r, err
+		}
+		mcpBytes1, _ := harness.Samples(m, "consul_mcp_push_bytes_total")
+		mcpCPU1, _ := CPU(server.PID())
+		r.MCPCPUChurnSec = (mcpCPU1 - mcpCPU0).Seconds()
+		r.MCPBytesPerChg = (mcpBytes1 - mcpBytes0) / float64(max(n, 1))
+	}
 	k := float64(cfg.Watchers)
 	// Every full push builds a new push context; endpoint-only pushes do not.
 	r.FullPushes = harness.Metric(after, "pilot_pushcontext_init_seconds_count") - harness.Metric(before, "pilot_pushcontext_init_seconds_count")
@@ -394,7 +487,7 @@ wait:
 	if cfg.Ambient {
 		cfg.Step("%s: WDS (ztunnel-like) p50 %.1fms p99 %.1fms", route, r.WDSLat.P50, r.WDSLat.P99)
 	}
-	return r, r.collectEnd(istiod.PID())
+	return r, r.collectEnd(istiod, server)
 }
 
 // warmUp takes one instance out and puts it back, unmeasured, each time
@@ -444,9 +537,13 @@ const (
 	wdsBound    = 10 * time.Second
 )
 
-func (r *Result) collectEnd(pid int) error {
-	rss, err := PeakRSS(pid)
+func (r *Result) collectEnd(istiod *harness.Istiod, server *harness.MCP) error {
+	rss, err := PeakRSS(istiod.PID())
 	r.PeakRSSBytes = rss
+	if err != nil || server == nil {
+		return err
+	}
+	r.MCPPeakRSSBytes, err = PeakRSS(server.PID())
 	return err
 }
 

@@ -2,8 +2,9 @@
 // Consul registry (Route A), as Kubernetes Services and EndpointSlices read
 // by istiod's own Kubernetes registry (Route K, the reference) and as
 // ServiceEntry + WorkloadEntry objects (Route B, what SE-writing bridges
-// produce), on the same data, machine and istiod binary, in one run.
-// `make bench`.
+// produce), on the same data, machine and istiod binary, and the release's
+// istiod as shipped reading the same Consul through consul-mcp (Route C,
+// MCP-over-xDS), in one run. `make bench`.
 package main
 
 import (
@@ -30,7 +31,7 @@ func main() {
 	churn := flag.Duration("churn", 30*time.Second, "how long churn runs per route and scale")
 	syncTimeout := flag.Duration("sync-timeout", 15*time.Minute, "how long istiod may take to serve everything")
 	profile := flag.Bool("profile", false, "save a CPU profile of istiod during each churn into the output dir")
-	routes := flag.String("routes", "A,K,B", "routes to measure: A (Consul registry), K (Kubernetes Services), B (ServiceEntry+WorkloadEntry)")
+	routes := flag.String("routes", "A,K,C,B", "routes to measure: A (Consul registry), K (Kubernetes Services), C (consul-mcp + istiod as shipped), B (ServiceEntry+WorkloadEntry)")
 	ambient := flag.Bool("ambient", false, "run istiod in ambient mode and add a WDS watcher subscribed as ztunnel")
 	out := flag.String("out", "results", "directory for bench.json and bench.md (make bench then draws the pictures with tests/plots)")
 	merge := flag.String("merge", "", "comma-separated bench.json files to combine into one report in -out (no run)")
