@@ -74,7 +74,7 @@ manifests: ## Render the istioctl overlay (build/install/) with the patched isti
 	HUB="$(HUB)" TAG="$(TAG)" build/manifests.sh
 
 .PHONY: docker
-docker: build ## Build the istiod and proxyless-gRPC proxy images (needs a Docker daemon): HUB=... TAG=...
+docker: build ## Build the istiod, proxyless-gRPC proxy and consul-mcp images (needs a Docker daemon): HUB=... TAG=...
 	build/docker.sh build "$(HUB)" "$(TAG)"
 
 .PHONY: docker-push

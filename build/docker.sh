@@ -4,15 +4,20 @@
 #                    (build/docker/Dockerfile.pilot); it pairs with upstream's
 #                    proxyv2:<release> sidecars and istioctl of the same release
 #   HUB/proxyv2:TAG  pilot-agent for proxyless gRPC pods (Dockerfile.proxyv2)
-# Both start FROM VERSION's IMAGE_BASE (scratch) with a small root filesystem
+#   HUB/consul-mcp:TAG  consul-mcp, the registry over MCP-over-xDS for an
+#                    unpatched istiod (Dockerfile.consul-mcp, docs/mcp.md)
+# All start FROM VERSION's IMAGE_BASE (scratch) with a small root filesystem
 # made here (CA bundle, users, /tmp); the kind tier tests exactly these images.
+# "upstream" builds HUB/pilot:TAG from the release's istiod as shipped
+# (make build-upstream) instead: the kind tier's unpatched istiod, built
+# here because nothing can be pulled.
 #
-# usage: build/docker.sh build|push HUB TAG
+# usage: build/docker.sh build|push|upstream HUB TAG
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
-action=${1:?usage: docker.sh build|push HUB TAG}
-hub=${2:?usage: docker.sh build|push HUB TAG}
-tag=${3:?usage: docker.sh build|push HUB TAG}
+action=${1:?usage: docker.sh build|push|upstream HUB TAG}
+hub=${2:?usage: docker.sh build|push|upstream HUB TAG}
+tag=${3:?usage: docker.sh build|push|upstream HUB TAG}
 
 if ! docker info >/dev/null 2>&1; then
 	die "no Docker daemon reachable ('docker info' failed). 'make docker' needs one:
@@ -31,28 +36,39 @@ rootfs() {
 	printf 'root:x:0:\nistio-proxy:x:1337:\nnogroup:x:65534:\n' >"$fs/etc/group"
 }
 
+# image NAME DOCKERFILE VERSION FILE...: builds HUB/NAME:TAG from the
+# Dockerfile and files, on the shared root filesystem, labelled alike.
+ctxs=()
+trap 'rm -rf "${ctxs[@]}"' EXIT
+image() {
+	local name=$1 dockerfile=$2 version=$3 ctx
+	shift 3
+	ctx=$(mktemp -d)
+	ctxs+=("$ctx")
+	rootfs "$ctx"
+	cp "$root/build/docker/$dockerfile" "$ctx/Dockerfile"
+	cp "$@" "$ctx/"
+	docker_build \
+		--build-arg "BASE=$IMAGE_BASE" \
+		--label "org.opencontainers.image.version=$version" \
+		--label "io.pilot-consul.istio-release=$ISTIO" \
+		--label "io.pilot-consul.istio-commit=$(pin COMMIT)" \
+		-t "$hub/$name:$tag" "$ctx"
+	log "built $hub/$name:$tag"
+}
+
+version="$ISTIO+pilot-consul-$PILOT_CONSUL_VERSION"
 case $action in
 build)
 	"$root/build/build.sh"
-	ctx=$(mktemp -d)
-	trap 'rm -rf "$ctx"' EXIT
-	for img in pilot proxyv2; do
-		mkdir -p "$ctx/$img"
-		rootfs "$ctx/$img"
-		cp "$root/build/docker/Dockerfile.$img" "$ctx/$img/Dockerfile"
-	done
-	cp "$out/pilot-discovery" "$ctx/pilot/"
-	cp "$out/pilot-agent" "$tree/tools/packaging/common/envoy_bootstrap.json" "$ctx/proxyv2/"
-	for img in pilot proxyv2; do
-		docker_build \
-			--build-arg "BASE=$IMAGE_BASE" \
-			--label "org.opencontainers.image.version=$ISTIO+pilot-consul-$PILOT_CONSUL_VERSION" \
-			--label "io.pilot-consul.istio-release=$ISTIO" \
-			--label "io.pilot-consul.istio-commit=$(pin COMMIT)" \
-			-t "$hub/$img:$tag" "$ctx/$img"
-		log "built $hub/$img:$tag"
-	done
+	image pilot Dockerfile.pilot "$version" "$out/pilot-discovery"
+	image proxyv2 Dockerfile.proxyv2 "$version" "$out/pilot-agent" "$tree/tools/packaging/common/envoy_bootstrap.json"
+	image consul-mcp Dockerfile.consul-mcp "$version" "$out/consul-mcp"
 	;;
-push) for img in pilot proxyv2; do docker push "$hub/$img:$tag"; done ;;
-*) die "unknown action $action (want build or push)" ;;
+upstream)
+	"$root/build/build-upstream.sh"
+	image pilot Dockerfile.pilot "$ISTIO" "$root/out/$ISTIO-upstream/pilot-discovery"
+	;;
+push) for img in pilot proxyv2 consul-mcp; do docker push "$hub/$img:$tag"; done ;;
+*) die "unknown action $action (want build, push or upstream)" ;;
 esac

@@ -33,7 +33,8 @@ cleanup() {
 		if [[ "$(docker network inspect kind --format '{{index .Labels "io.pilot-consul"}}' 2>/dev/null)" == kind-tier ]]; then
 			docker network rm kind >/dev/null 2>&1 || true
 		fi
-		docker rmi "$hub/pilot:$tag" "$hub/proxyv2:$tag" "$hub/e2e-echo:$tag" >/dev/null 2>&1 || true
+		docker rmi "$hub/pilot:$tag" "$hub/proxyv2:$tag" "$hub/consul-mcp:$tag" "$hub/pilot:$tag-upstream" \
+			"$hub/e2e-echo:$tag" >/dev/null 2>&1 || true
 		docker image prune -f >/dev/null 2>&1 || true # untagged leftovers of earlier builds
 		if [[ -n "$dockerd_pid" ]]; then "$root/build/docker-up.sh" stop; fi
 	fi
@@ -49,6 +50,7 @@ fi
 "$root/build/tools.sh" kind consul
 HUB="$hub" TAG="$tag" "$root/build/manifests.sh" >/dev/null # out/istioctl of the patched tree
 "$root/build/docker.sh" build "$hub" "$tag"
+"$root/build/docker.sh" upstream "$hub" "$tag-upstream" # the MCP case's istiod, as shipped
 
 node_image=${E2E_KIND_NODE_IMAGE:-}
 own_node=""
@@ -83,5 +85,6 @@ got=$(docker network inspect kind --format '{{range .IPAM.Config}}{{.Subnet}} {{
 
 E2E_NODE_IMAGE="$node_image" E2E_OWN_NODE_IMAGE="$own_node" \
 	E2E_PILOT_IMAGE="$hub/pilot:$tag" E2E_PROXY_HUB="$hub" E2E_PROXY_TAG="$tag" \
+	E2E_MCP_IMAGE="$hub/consul-mcp:$tag" E2E_UPSTREAM_PILOT_IMAGE="$hub/pilot:$tag-upstream" \
 	E2E_ECHO_IMAGE="$hub/e2e-echo:$tag" E2E_CONSUL_IMAGE="$consul_image" \
 	GOWORK="$work/go.work" go test -tags e2ekind -count=1 -v -timeout 40m ${E2E_RUN:+-run "$E2E_RUN"} ./tests/e2e/kind/

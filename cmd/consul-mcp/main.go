@@ -46,7 +46,7 @@ func main() {
 	var f flags
 	fs.StringVar(&f.grpcAddr, "grpcAddr", "127.0.0.1:15110",
 		"MCP-over-xDS (ADS) listen address; beyond loopback it needs --tlsClientCA, since an upstream istiod cannot authenticate itself")
-	fs.StringVar(&f.httpAddr, "httpAddr", ":15114", "/ready and /metrics (no catalog data)")
+	fs.StringVar(&f.httpAddr, "httpAddr", ":15114", "/healthz, /ready and /metrics (no catalog data)")
 	fs.StringVar(&f.debugAddr, "debugAddr", "127.0.0.1:15118", "/debug/mcpz and /debug/consulz (the catalog: keep it on loopback)")
 	fs.StringVar(&f.tlsCert, "tlsCert", "", "Serve ADS over TLS with this certificate (PEM); istiod's configSources tlsSettings mode SIMPLE verifies it")
 	fs.StringVar(&f.tlsKey, "tlsKey", "", "Key of --tlsCert")
@@ -126,6 +126,9 @@ func run(ctx context.Context, args consul.Args, f flags) error {
 	}
 	public := http.NewServeMux()
 	public.Handle("/metrics", metrics)
+	// Answers once the ADS port listens (it does before this server
+	// starts): a startup probe, so the kubelet starts istiod after it.
+	public.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	public.HandleFunc("/ready", func(w http.ResponseWriter, _ *http.Request) {
 		if !srv.Ready() {
 			http.Error(w, "not ready: the first read of every Consul registry has not finished", http.StatusServiceUnavailable)

@@ -3,6 +3,7 @@ package install
 import (
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -66,4 +67,50 @@ func renderKind(t *testing.T, overlay func(kind.Config) []string) (kind.Config, 
 		append([]string{"manifest", "generate"}, overlay(cfg)...)...).CombinedOutput()
 	require.NoError(t, err, "istioctl manifest generate:\n%s", out)
 	return cfg, out
+}
+
+// The MCP overlay (build/install/mcp-operator.yaml) as the kind suite's
+// TestMCPRoute installs it: istiod as shipped (no Consul flags), consul-mcp
+// a native sidecar on loopback with flags consul-mcp knows, the token
+// mounted, and meshConfig reading it and Kubernetes.
+func TestKindSuiteMCPOverlayRenders(t *testing.T) {
+	dir := t.TempDir()
+	_, out := renderKind(t, func(c kind.Config) []string {
+		c.MCPImage, c.UpstreamPilotImage = "mcp.example.test/consul-mcp:9.9.9", "upstream.example.test/pilot:1.30.3"
+		args, err := kind.MCPOverlayArgs(c, dir)
+		require.NoError(t, err)
+		return args
+	})
+	d := istiod(t, out)
+	c := discovery(t, d)
+	assert.Equal(t, "upstream.example.test/pilot:1.30.3", c.Image)
+	for _, a := range c.Args {
+		assert.NotContains(t, a, "consul", "istiod as shipped knows no Consul flag")
+	}
+	require.Len(t, d.Spec.Template.Spec.InitContainers, 1)
+	mcp := d.Spec.Template.Spec.InitContainers[0]
+	assert.Equal(t, "consul-mcp", mcp.Name)
+	assert.Equal(t, "mcp.example.test/consul-mcp:9.9.9", mcp.Image)
+	require.NotNil(t, mcp.RestartPolicy)
+	assert.Equal(t, corev1.ContainerRestartPolicyAlways, *mcp.RestartPolicy)
+	assert.Contains(t, mcp.Args, "--consulTokenFile="+tokenPath+"/token")
+	assert.Contains(t, mcp.VolumeMounts, corev1.VolumeMount{Name: "consul-token", MountPath: tokenPath, ReadOnly: true})
+	help, err := exec.Command(mcpBinary(t), "--help").CombinedOutput()
+	require.NoError(t, err, "%s", help)
+	for _, a := range mcp.Args {
+		flag, _, _ := strings.Cut(a, "=")
+		assert.Contains(t, string(help), flag+" ", "consul-mcp knows %s", flag)
+	}
+	assert.Equal(t, "/healthz", mcp.StartupProbe.HTTPGet.Path)
+	assert.Equal(t, "/ready", mcp.ReadinessProbe.HTTPGet.Path)
+	mesh := configMap(t, out, "istio").Data["mesh"]
+	assert.Contains(t, mesh, "- address: xds://127.0.0.1:15110")
+	assert.Contains(t, mesh, "- address: k8s://")
+}
+
+func mcpBinary(t *testing.T) string {
+	t.Helper()
+	bin, err := harness.Binary("consul-mcp")
+	require.NoError(t, err)
+	return bin
 }

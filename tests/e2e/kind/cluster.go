@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -150,7 +151,8 @@ func (c *Cluster) configureDNS(ctx context.Context) error {
 }
 
 func (c *Cluster) images() []string {
-	return []string{c.cfg.PilotImage, c.cfg.ProxyHub + "/proxyv2:" + c.cfg.ProxyTag, c.cfg.EchoImage, c.cfg.ConsulImage}
+	return []string{c.cfg.PilotImage, c.cfg.ProxyHub + "/proxyv2:" + c.cfg.ProxyTag, c.cfg.EchoImage, c.cfg.ConsulImage,
+		c.cfg.MCPImage, c.cfg.UpstreamPilotImage}
 }
 
 func (c *Cluster) loadImages(ctx context.Context) error {
@@ -339,4 +341,28 @@ func (c *Cluster) DumpIstiodLog() {
 		return
 	}
 	c.logf("istiod log tail:\n%s", b)
+}
+
+// MCPOverlayArgs install the release's istiod as shipped with consul-mcp
+// beside it (build/install/mcp-operator.yaml, written into dir with the
+// suite's consul-mcp image, the one thing a user edits in it).
+func MCPOverlayArgs(cfg Config, dir string) ([]string, error) {
+	b, err := os.ReadFile(filepath.Join(harness.Root(), "build/install/mcp-operator.yaml"))
+	if err != nil {
+		return nil, err
+	}
+	re := regexp.MustCompile(`image: \S+/consul-mcp:\S+`)
+	if !re.Match(b) {
+		return nil, fmt.Errorf("build/install/mcp-operator.yaml names no consul-mcp image")
+	}
+	overlay := filepath.Join(dir, "mcp-operator.yaml")
+	if err := os.WriteFile(overlay, re.ReplaceAll(b, []byte("image: "+cfg.MCPImage)), 0o644); err != nil {
+		return nil, err
+	}
+	return []string{
+		"-f", overlay,
+		"-f", filepath.Join(harness.Root(), "tests/e2e/kind/istio-e2e.yaml"),
+		"--set", "values.pilot.image=" + cfg.UpstreamPilotImage,
+		"--set", "hub=" + cfg.ProxyHub, "--set", "tag=" + cfg.ProxyTag,
+	}, nil
 }

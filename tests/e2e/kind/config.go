@@ -26,7 +26,11 @@ type Config struct {
 	ProxyTag     string
 	EchoImage    string // the e2e-echo workload image
 	ConsulImage  string // Consul server image
-	Keep         bool   // leave the cluster up after the run
+	MCPImage     string // consul-mcp (make docker)
+	// UpstreamPilotImage is the release's istiod as shipped (build/docker.sh
+	// upstream), which the MCP case installs.
+	UpstreamPilotImage string
+	Keep               bool // leave the cluster up after the run
 }
 
 // FromEnv reads the E2E_* variables build/e2e-kind.sh sets.
@@ -40,12 +44,16 @@ func FromEnv() (Config, error) {
 		ProxyTag:     os.Getenv("E2E_PROXY_TAG"),
 		EchoImage:    os.Getenv("E2E_ECHO_IMAGE"),
 		ConsulImage:  os.Getenv("E2E_CONSUL_IMAGE"),
-		Keep:         os.Getenv("KEEP") != "",
+		MCPImage:     os.Getenv("E2E_MCP_IMAGE"),
+
+		UpstreamPilotImage: os.Getenv("E2E_UPSTREAM_PILOT_IMAGE"),
+		Keep:               os.Getenv("KEEP") != "",
 	}
 	var missing []string
 	for _, v := range [][2]string{{"E2E_NODE_IMAGE", c.NodeImage}, {"E2E_PILOT_IMAGE", c.PilotImage},
 		{"E2E_PROXY_HUB", c.ProxyHub}, {"E2E_PROXY_TAG", c.ProxyTag},
-		{"E2E_ECHO_IMAGE", c.EchoImage}, {"E2E_CONSUL_IMAGE", c.ConsulImage}} {
+		{"E2E_ECHO_IMAGE", c.EchoImage}, {"E2E_CONSUL_IMAGE", c.ConsulImage},
+		{"E2E_MCP_IMAGE", c.MCPImage}, {"E2E_UPSTREAM_PILOT_IMAGE", c.UpstreamPilotImage}} {
 		if v[1] == "" {
 			missing = append(missing, v[0])
 		}
