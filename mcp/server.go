@@ -76,11 +76,16 @@ func (s *Server) markChanged() {
 // Run builds snapshots until ctx ends: the first once ready, then after
 // each debounced burst of changes.
 func (s *Server) Run(ctx context.Context) {
+	poll := time.NewTicker(100 * time.Millisecond)
 	for !s.ready() {
-		if !sleep(ctx, 100*time.Millisecond) {
+		select {
+		case <-ctx.Done():
+			poll.Stop()
 			return
+		case <-poll.C:
 		}
 	}
+	poll.Stop()
 	s.publish()
 	for {
 		select {
@@ -324,15 +329,4 @@ func (c *client) describe() string {
 		return c.node + " (" + c.peer + ")"
 	}
 	return c.peer
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

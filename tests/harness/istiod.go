@@ -2,6 +2,7 @@ package harness
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -172,6 +173,28 @@ func (i *Istiod) Debug(path string) ([]byte, error) {
 // DebugTimeout is Debug for slow paths (a CPU profile).
 func (i *Istiod) DebugTimeout(path string, timeout time.Duration) ([]byte, error) {
 	return get("http://"+i.HTTPAddr+path, timeout)
+}
+
+// ServiceAddress is the address /debug/registryz gives a hostname ("" if
+// istiod has no such service).
+func (i *Istiod) ServiceAddress(host string) (string, error) {
+	b, err := i.Debug("/debug/registryz")
+	if err != nil {
+		return "", err
+	}
+	var svcs []struct {
+		Hostname       string `json:"hostname"`
+		DefaultAddress string `json:"defaultAddress"`
+	}
+	if err := json.Unmarshal(b, &svcs); err != nil {
+		return "", fmt.Errorf("istiod /debug/registryz: %w", err)
+	}
+	for _, s := range svcs {
+		if s.Hostname == host {
+			return s.DefaultAddress, nil
+		}
+	}
+	return "", nil
 }
 
 // Metrics returns istiod's Prometheus metrics text.

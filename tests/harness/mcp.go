@@ -51,13 +51,11 @@ func NewMCP(env Env, consulURL string, extra ...string) (*MCP, error) {
 
 // Start (re)starts consul-mcp on the same ports and waits for /ready.
 func (m *MCP) Start() error {
-	p, err := Start(m.dir, "consul-mcp", m.bin, m.Args, m.Env)
-	if err != nil {
+	if err := m.Launch(); err != nil {
 		return err
 	}
-	m.proc = p
-	if err := p.WaitReady(60*time.Second, httpOK("http://"+m.HTTPAddr+"/ready", nil)); err != nil {
-		p.Stop()
+	if err := m.proc.WaitReady(60*time.Second, httpOK("http://"+m.HTTPAddr+"/ready", nil)); err != nil {
+		m.proc.Stop()
 		return fmt.Errorf("consul-mcp: %w", err)
 	}
 	return nil

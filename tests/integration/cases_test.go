@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
@@ -121,7 +120,7 @@ func TestNonHTTPServiceGetsClusterAndListener(t *testing.T) {
 	clusterName := fmt.Sprintf("outbound|%d||%s", s.Port, host)
 	var vip string
 	require.Eventually(t, func() bool {
-		vip = registryVIP(t, host)
+		vip, _ = mesh.Istiod.ServiceAddress(host)
 		return vip != ""
 	}, 20*time.Second, 100*time.Millisecond, "%s never in /debug/registryz", host)
 	assert.True(t, strings.HasPrefix(vip, "240.241."), "VIP %s from the default range", vip)
@@ -138,23 +137,4 @@ func TestNonHTTPServiceGetsClusterAndListener(t *testing.T) {
 		t.Logf("cluster %v, listener %v, endpoints %v", hasCluster, hasListener, eps)
 		return hasCluster && hasListener && len(eps) == 1 && eps[0] == fmt.Sprintf("%s:%d", e2e.IP(t, 0), s.Port)
 	}, 30*time.Second, 200*time.Millisecond)
-}
-
-// registryVIP reads a service's address from istiod's /debug/registryz.
-func registryVIP(t *testing.T, host string) string {
-	b, err := mesh.Istiod.Debug("/debug/registryz")
-	if err != nil {
-		return ""
-	}
-	var svcs []struct {
-		Hostname       string `json:"hostname"`
-		DefaultAddress string `json:"defaultAddress"`
-	}
-	require.NoError(t, json.Unmarshal(b, &svcs))
-	for _, s := range svcs {
-		if s.Hostname == host {
-			return s.DefaultAddress
-		}
-	}
-	return ""
 }

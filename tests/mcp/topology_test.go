@@ -1,7 +1,6 @@
 package mcp
 
 import (
-	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -141,27 +140,13 @@ func normalized(n map[string]int) map[string]int {
 	return out
 }
 
-// registryAddress is the address istiod's /debug/registryz gives a host.
+// registryAddress waits for istiod to give host an address, and returns it.
 func registryAddress(t *testing.T, i *harness.Istiod, host string) string {
 	t.Helper()
 	var addr string
 	require.Eventually(t, func() bool {
-		b, err := i.Debug("/debug/registryz")
-		if err != nil {
-			return false
-		}
-		var svcs []struct {
-			Hostname       string `json:"hostname"`
-			DefaultAddress string `json:"defaultAddress"`
-		}
-		require.NoError(t, json.Unmarshal(b, &svcs))
-		for _, s := range svcs {
-			if s.Hostname == host {
-				addr = s.DefaultAddress
-				return addr != "" && addr != "0.0.0.0"
-			}
-		}
-		return false
+		addr, _ = i.ServiceAddress(host)
+		return addr != "" && addr != "0.0.0.0"
 	}, 20*time.Second, 100*time.Millisecond, "%s never in /debug/registryz", host)
 	return addr
 }
