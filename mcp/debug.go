@@ -60,7 +60,9 @@ func (s *Server) DebugHandler(w http.ResponseWriter, r *http.Request) {
 			c := snap.types[t]
 			tv := typeView{Type: t, Version: c.version, Resources: len(c.resources), Bytes: c.bytes}
 			if r.URL.Query().Get("names") != "" {
-				tv.Names = c.names
+				for _, it := range c.items {
+					tv.Names = append(tv.Names, it.name)
+				}
 			}
 			v.Types = append(v.Types, tv)
 		}
