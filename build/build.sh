@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Builds out/<tag>/pilot-discovery and pilot-agent for the Istio release
-# ISTIO (default: VERSION's ISTIO_DEFAULT): its pinned source + patches/ +
-# our pilot/, and links out/pilot-discovery and out/pilot-agent to them;
-# then out/<tag>/consul-mcp, our MCP server, from the same workspace.
+# Builds out/<tag>/pilot-discovery, pilot-agent and consul-mcp (our MCP
+# server) for the Istio release ISTIO (default: VERSION's ISTIO_DEFAULT):
+# its pinned source + patches/ + our pilot/, mcp/ and cmd/consul-mcp, and
+# links out/pilot-discovery and out/pilot-agent to them.
 # Incremental: each stage runs only when its inputs changed, and a no-op
 # build returns in seconds. See docs/rebasing.md.
 set -euo pipefail
@@ -44,7 +44,7 @@ write_workspace
 commit=$(pin COMMIT)
 version="${ISTIO}+pilot-consul-${PILOT_CONSUL_VERSION}"
 # Only what is compiled in counts: editing a test must not relink istiod.
-code_hash=$(find "$root/pilot" -type f -name '*.go' ! -name '*_test.go' ! -path '*/testdata/*' -print0 | hash_files)
+code_hash=$(overlay_sources | hash_files)
 stamp="$(go version) $version $(git -C "$tree" rev-parse 'pristine^{tree}') $patches_hash $code_hash $(hash_of "$tree/go.mod" "$tree/go.sum")"
 
 # link_outputs points out/<binary> at this release's, for `out/pilot-discovery version`.
@@ -54,37 +54,21 @@ link_outputs() {
 }
 
 # pilot-agent comes from the same tree: the proxy image of proxyless gRPC
-# pods runs it without Envoy (build/docker.sh). One go build shares the compile.
+# pods runs it without Envoy (build/docker.sh); so does consul-mcp. One go
+# build shares the compile.
 compile() {
 	local pkgver=istio.io/istio/pkg/version
-	log "compiling pilot-discovery and pilot-agent $version (cold: a few minutes)"
+	log "compiling pilot-discovery, pilot-agent and consul-mcp $version (cold: a few minutes)"
 	(cd "$tree" && CGO_ENABLED=0 go build -o "$1" \
 		-ldflags "-s -w -X $pkgver.buildVersion=$version -X $pkgver.buildGitRevision=$commit -X $pkgver.buildTag=$ISTIO -X $pkgver.buildStatus=Clean" \
-		./pilot/cmd/pilot-discovery ./pilot/cmd/pilot-agent)
+		./pilot/cmd/pilot-discovery ./pilot/cmd/pilot-agent ./cmd/consul-mcp)
 }
 
 start=$SECONDS
-did=$(istiod_binaries "$out" "$stamp" "" "pilot-discovery pilot-agent" compile)
+did=$(istiod_binaries "$out" "$stamp" "" "pilot-discovery pilot-agent consul-mcp" compile)
 link_outputs
 case $did in
-kept) log "out/$ISTIO/pilot-discovery and pilot-agent are up to date ($version)" ;;
-built) log "built out/$ISTIO/pilot-discovery and pilot-agent in $((SECONDS - start))s" ;;
-*) log "out/$ISTIO/pilot-discovery and pilot-agent ${did/reused/reused from} ($version)" ;;
-esac
-
-# Stage 5: consul-mcp, a binary of our module (mcp/, cmd/consul-mcp) that
-# runs the registry outside istiod; compiled in the workspace the tests use.
-mcp_code=$(find "$root/pilot" "$root/mcp" "$root/cmd" -type f -name '*.go' ! -name '*_test.go' ! -path '*/testdata/*' -print0 | hash_files)
-mcp_stamp="$stamp $mcp_code $(hash_of "$root/go.mod" "$root/go.sum")"
-compile_mcp() {
-	log "compiling consul-mcp"
-	(cd "$root" && GOWORK="$work/go.work" CGO_ENABLED=0 go build -o "$1" \
-		-ldflags "-s -w -X istio.io/istio/pkg/version.buildVersion=$version" ./cmd/consul-mcp)
-}
-start=$SECONDS
-did=$(istiod_binaries "$out" "$mcp_stamp" mcp- consul-mcp compile_mcp)
-case $did in
-kept) ;;
-built) log "built out/$ISTIO/consul-mcp in $((SECONDS - start))s" ;;
-*) log "out/$ISTIO/consul-mcp ${did/reused/reused from}" ;;
+kept) log "out/$ISTIO/pilot-discovery, pilot-agent and consul-mcp are up to date ($version)" ;;
+built) log "built out/$ISTIO/pilot-discovery, pilot-agent and consul-mcp in $((SECONDS - start))s" ;;
+*) log "out/$ISTIO/pilot-discovery, pilot-agent and consul-mcp ${did/reused/reused from} ($version)" ;;
 esac

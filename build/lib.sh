@@ -297,7 +297,14 @@ The work tree is left as it is for you to resolve, in $tree:
 MSG
 }
 
-# overlay copies our pilot/ tree into the Istio tree, rewriting our module's
+# overlay_sources lists (NUL-separated) the code compiled into the Istio
+# tree: the registry (pilot/) and consul-mcp (mcp/, cmd/consul-mcp), which
+# so builds against each release's own dependency set, as istiod does.
+overlay_sources() {
+	find "$root/pilot" "$root/mcp" "$root/cmd/consul-mcp" -type f -name '*.go' ! -name '*_test.go' ! -path '*/testdata/*' -print0
+}
+
+# overlay copies overlay_sources into the Istio tree, rewriting our module's
 # import paths to istio.io/istio, and drops files an earlier overlay added
 # that no longer exist. Tests stay in our module: they need our go.mod.
 overlay() {
@@ -314,7 +321,7 @@ overlay() {
 		sed 's#"github.com/pilot-consul/pilot-consul/#"istio.io/istio/#' "$f" >"$tree/$rel.tmp"
 		if cmp -s "$tree/$rel.tmp" "$tree/$rel"; then rm "$tree/$rel.tmp"; else mv "$tree/$rel.tmp" "$tree/$rel"; fi
 		echo "$rel" >>"$manifest.new"
-	done < <(find "$root/pilot" -type f -name '*.go' ! -name '*_test.go' ! -path '*/testdata/*' -print0)
+	done < <(overlay_sources)
 	mv "$manifest.new" "$manifest"
 }
 
