@@ -173,3 +173,47 @@ func firstLine(s string) string {
 	l, _, _ := strings.Cut(s, "\n")
 	return l
 }
+
+// Several Consul clusters behind one server (--consulServerURL
+// east=…,west=…): each is its own registry, as in istiod; a service only
+// one of them has is served from it, and one both have from both (two
+// ServiceEntries of one host, whose endpoints istiod merges, as it merges
+// the in-tree registries' shards).
+func TestSeveralConsulClusters(t *testing.T) {
+	east, err := harness.StartConsul(t)
+	require.NoError(t, err)
+	west, err := harness.StartConsul(t)
+	require.NoError(t, err)
+	m, err := harness.StartMCP(t, "east="+east.URL()+",west="+west.URL())
+	require.NoError(t, err)
+	i, err := harness.StartUpstreamIstiod(t, kube, harness.MCPMeshConfig(m.XDSAddr))
+	require.NoError(t, err)
+	x, err := harness.NewXDSClient(i.XDSAddr, "default")
+	require.NoError(t, err)
+	e := e2e.NewService(t, &e2e.Local{ConsulClient: east.Client, XDS: x, Kube: kube}, "only-east", 1, e2e.GRPCMeta, nil)
+	w := e2e.NewService(t, &e2e.Local{ConsulClient: west.Client, XDS: x, Kube: kube}, "only-west", 1, e2e.GRPCMeta, nil)
+	for _, s := range []*e2e.Service{e, w} {
+		c, err := x.Dial(s.Target())
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = c.Close() })
+		e2e.EventuallyServedBy(t, c, s.ID(0))
+	}
+	shared := e2e.NewService(t, &e2e.Local{ConsulClient: east.Client, XDS: x, Kube: kube}, "shared", 1, e2e.GRPCMeta, nil)
+	_, err = harness.StartWorkload(t, "shared-west", e2e.IP(t, 1), shared.Port)
+	require.NoError(t, err)
+	require.NoError(t, west.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "shared-west", Name: "shared",
+		Address: e2e.IP(t, 1), Port: shared.Port, Meta: e2e.GRPCMeta}))
+	c, err := x.Dial(shared.Target())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+	e2e.EventuallyServedBy(t, c, shared.ID(0), "shared-west")
+
+	names := map[string]bool{}
+	for _, ty := range debugMCP(t, m).Types {
+		for _, n := range ty.Names {
+			names[n] = true
+		}
+	}
+	assert.True(t, names["consul/east-only-east"] && names["consul/west-only-west"], "%v", names)
+	assertNoRejections(t, m, i)
+}
