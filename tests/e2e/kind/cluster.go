@@ -364,5 +364,9 @@ func MCPOverlayArgs(cfg Config, dir string) ([]string, error) {
 		"-f", filepath.Join(harness.Root(), "tests/e2e/kind/istio-e2e.yaml"),
 		"--set", "values.pilot.image=" + cfg.UpstreamPilotImage,
 		"--set", "hub=" + cfg.ProxyHub, "--set", "tag=" + cfg.ProxyTag,
+		// The kind node has 2 CPUs, 1.45 of them requested before istiod:
+		// a rolling update must fit the old pod and the new one (istiod
+		// plus consul-mcp) at once.
+		"--set", "values.pilot.resources.requests.cpu=300m",
 	}, nil
 }
