@@ -138,3 +138,52 @@ func debug(t *testing.T, s *Server) debugView {
 	require.NoError(t, json.Unmarshal(w.Body.Bytes(), &v))
 	return v
 }
+
+// WorkloadEntries reach istiod before ServiceEntries, whatever order it
+// asks in (istiod as shipped recomputes every ServiceEntry for each
+// WorkloadEntry that arrives after it); a client that asks for
+// ServiceEntries only still gets them.
+func TestWorkloadEntriesFirst(t *testing.T) {
+	ses := krt.NewStaticCollection[*networkingclient.ServiceEntry](alwaysSynced{}, nil)
+	wes := krt.NewStaticCollection[*networkingclient.WorkloadEntry](alwaysSynced{}, nil)
+	ses.UpdateObject(serviceEntry("a", "a.service.consul"))
+	s := NewServer(func() bool { return true }, Debounce{Quiet: 10 * time.Millisecond, Max: 100 * time.Millisecond})
+	s.Add(ses, wes)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	go s.Run(ctx)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	gs := grpc.NewServer()
+	discovery.RegisterAggregatedDiscoveryServiceServer(gs, s)
+	go func() { _ = gs.Serve(lis) }()
+	t.Cleanup(gs.Stop)
+	require.Eventually(t, s.Ready, 5*time.Second, 5*time.Millisecond)
+	open := func(types ...string) discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
+		cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = cc.Close() })
+		st, err := discovery.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
+		require.NoError(t, err)
+		for _, ty := range types {
+			require.NoError(t, st.Send(&discovery.DiscoveryRequest{TypeUrl: ty}))
+		}
+		return st
+	}
+
+	both := open(ServiceEntryType, WorkloadEntryType)
+	var order []string
+	for range 2 {
+		r, err := both.Recv()
+		require.NoError(t, err)
+		order = append(order, r.TypeUrl)
+	}
+	assert.Equal(t, []string{WorkloadEntryType, ServiceEntryType}, order)
+
+	only := open(ServiceEntryType)
+	start := time.Now()
+	r, err := only.Recv()
+	require.NoError(t, err)
+	assert.Equal(t, ServiceEntryType, r.TypeUrl)
+	assert.Less(t, time.Since(start), 2*entriesFirstWait)
+}
