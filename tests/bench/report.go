@@ -264,6 +264,9 @@ func (t table) writeRows() {
 		if r.Route != RouteA && r.Route != RouteC {
 			return "–"
 		}
+		if !r.Synced {
+			return "– (never synced)"
+		}
 		return fmt.Sprintf("%.2f; %d", r.ConsulPerChg, r.ConsulPeak)
 	}, nil)
 	if t.any(func(r Result) bool { return r.MCPPeakRSSBytes > 0 }) { // Route C's server
@@ -275,15 +278,23 @@ func (t table) writeRows() {
 				return f(r)
 			}
 		}
-		t.row("consul-mcp CPU, sync; churn (s)", mcp(func(r Result) string {
+		synced := func(f func(Result) string) func(Result) string {
+			return func(r Result) string {
+				if !r.Synced {
+					return "– (never synced)"
+				}
+				return f(r)
+			}
+		}
+		t.row("consul-mcp CPU, sync; churn (s)", mcp(synced(func(r Result) string {
 			return fmt.Sprintf("%.1f; %.1f", r.MCPCPUSyncSec, r.MCPCPUChurnSec)
-		}), nil)
+		})), nil)
 		t.row("consul-mcp peak RSS (MiB)", mcp(func(r Result) string {
 			return fmt.Sprintf("%.0f", float64(r.MCPPeakRSSBytes)/(1<<20))
 		}), nil)
-		t.row("MCP stream bytes per change (per istiod)", mcp(func(r Result) string {
+		t.row("MCP stream bytes per change (per istiod)", mcp(synced(func(r Result) string {
 			return fmt.Sprintf("%.0f", r.MCPBytesPerChg)
-		}), nil)
+		})), nil)
 	}
 }
 
