@@ -63,31 +63,11 @@ func TestChangesAreCoalesced(t *testing.T) {
 // nonce changes nothing; a NACK is counted and shown; a change reaches
 // every subscribed client.
 func TestProtocol(t *testing.T) {
-	ses := krt.NewStaticCollection[*networkingclient.ServiceEntry](alwaysSynced{}, nil)
-	wes := krt.NewStaticCollection[*networkingclient.WorkloadEntry](alwaysSynced{}, nil)
-	ses.UpdateObject(serviceEntry("a", "a.service.consul"))
-	s := NewServer(func() bool { return true }, Debounce{Quiet: 10 * time.Millisecond, Max: 100 * time.Millisecond})
-	s.Add(ses, wes)
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	go s.Run(ctx)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	gs := grpc.NewServer()
-	discovery.RegisterAggregatedDiscoveryServiceServer(gs, s)
-	go func() { _ = gs.Serve(lis) }()
-	t.Cleanup(gs.Stop)
-	require.Eventually(t, s.Ready, 5*time.Second, 5*time.Millisecond)
-
+	srv := serve(t)
+	s := srv.s
 	open := func(node string) discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
-		cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-		require.NoError(t, err)
-		t.Cleanup(func() { _ = cc.Close() })
-		st, err := discovery.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
-		require.NoError(t, err)
-		require.NoError(t, st.Send(&discovery.DiscoveryRequest{Node: &core.Node{Id: node}, TypeUrl: ServiceEntryType,
-			ResponseNonce: "2026-11-30 14:00:00 +0000 UTC"}))
-		return st
+		return srv.open(t, &discovery.DiscoveryRequest{Node: &core.Node{Id: node}, TypeUrl: ServiceEntryType,
+			ResponseNonce: "2026-11-30 14:00:00 +0000 UTC"})
 	}
 	one, two := open("one"), open("two")
 	r1, err := one.Recv()
@@ -120,7 +100,7 @@ func TestProtocol(t *testing.T) {
 	assert.Empty(t, byNode(v)["two"].Acked, "a NACK acknowledges nothing")
 	assert.Contains(t, v.Nacks[0].Client, "two")
 
-	ses.UpdateObject(serviceEntry("b", "b.service.consul"))
+	srv.ses.UpdateObject(serviceEntry("b", "b.service.consul"))
 	for _, st := range []discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient{one, two} {
 		r, err := st.Recv()
 		require.NoError(t, err)
@@ -144,31 +124,13 @@ func debug(t *testing.T, s *Server) debugView {
 // WorkloadEntry that arrives after it); a client that asks for
 // ServiceEntries only still gets them.
 func TestWorkloadEntriesFirst(t *testing.T) {
-	ses := krt.NewStaticCollection[*networkingclient.ServiceEntry](alwaysSynced{}, nil)
-	wes := krt.NewStaticCollection[*networkingclient.WorkloadEntry](alwaysSynced{}, nil)
-	ses.UpdateObject(serviceEntry("a", "a.service.consul"))
-	s := NewServer(func() bool { return true }, Debounce{Quiet: 10 * time.Millisecond, Max: 100 * time.Millisecond})
-	s.Add(ses, wes)
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	go s.Run(ctx)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	gs := grpc.NewServer()
-	discovery.RegisterAggregatedDiscoveryServiceServer(gs, s)
-	go func() { _ = gs.Serve(lis) }()
-	t.Cleanup(gs.Stop)
-	require.Eventually(t, s.Ready, 5*time.Second, 5*time.Millisecond)
+	v := serve(t)
 	open := func(types ...string) discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
-		cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-		require.NoError(t, err)
-		t.Cleanup(func() { _ = cc.Close() })
-		st, err := discovery.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
-		require.NoError(t, err)
+		var reqs []*discovery.DiscoveryRequest
 		for _, ty := range types {
-			require.NoError(t, st.Send(&discovery.DiscoveryRequest{TypeUrl: ty}))
+			reqs = append(reqs, &discovery.DiscoveryRequest{TypeUrl: ty})
 		}
-		return st
+		return v.open(t, reqs...)
 	}
 
 	both := open(ServiceEntryType, WorkloadEntryType)
@@ -186,4 +148,44 @@ func TestWorkloadEntriesFirst(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, ServiceEntryType, r.TypeUrl)
 	assert.Less(t, time.Since(start), 2*entriesFirstWait)
+}
+
+// served runs a server over ses (one ServiceEntry, "a") on a real gRPC
+// listener until the test ends; open starts a stream to it and sends the
+// requests given.
+type served struct {
+	ses krt.StaticCollection[*networkingclient.ServiceEntry]
+	s   *Server
+	lis net.Listener
+}
+
+func serve(t *testing.T) *served {
+	t.Helper()
+	ses := krt.NewStaticCollection[*networkingclient.ServiceEntry](alwaysSynced{}, nil)
+	wes := krt.NewStaticCollection[*networkingclient.WorkloadEntry](alwaysSynced{}, nil)
+	ses.UpdateObject(serviceEntry("a", "a.service.consul"))
+	s := NewServer(func() bool { return true }, Debounce{Quiet: 10 * time.Millisecond, Max: 100 * time.Millisecond})
+	s.Add(ses, wes)
+	go s.Run(t.Context())
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	gs := grpc.NewServer()
+	discovery.RegisterAggregatedDiscoveryServiceServer(gs, s)
+	go func() { _ = gs.Serve(lis) }()
+	t.Cleanup(gs.Stop)
+	require.Eventually(t, s.Ready, 5*time.Second, 5*time.Millisecond)
+	return &served{ses: ses, s: s, lis: lis}
+}
+
+func (v *served) open(t *testing.T, reqs ...*discovery.DiscoveryRequest) discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
+	t.Helper()
+	cc, err := grpc.NewClient(v.lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = cc.Close() })
+	st, err := discovery.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(t.Context())
+	require.NoError(t, err)
+	for _, r := range reqs {
+		require.NoError(t, st.Send(r))
+	}
+	return st
 }
