@@ -48,9 +48,9 @@ type Server struct {
 	nacks   []nackView // most recent last, bounded
 }
 
-// NewServer serves the objects of the given collections once ready reports
-// true (every registry synced: before that a response would delete, in
-// istiod, whatever has not been read yet).
+// NewServer serves the collections given to Add once ready reports true
+// (every registry synced: before that a response would delete, in istiod,
+// whatever has not been read yet).
 func NewServer(ready func() bool, debounce Debounce) *Server {
 	return &Server{
 		debounce: debounce,
@@ -121,11 +121,7 @@ func (s *Server) Run(ctx context.Context) {
 
 func (s *Server) publish() {
 	start := time.Now()
-	snap, err := s.builder.build()
-	if err != nil {
-		log.Errorf("mcp: building the snapshot: %v", err)
-		return
-	}
+	snap := s.builder.build()
 	prev := s.current.Swap(snap)
 	for name, why := range snap.skipped {
 		if prev == nil || prev.skipped[name] != why {

@@ -112,7 +112,7 @@ func newBuilder() *builder {
 	}}
 }
 
-func (b *builder) build() (*snapshot, error) {
+func (b *builder) build() *snapshot {
 	b.builds++
 	s := &snapshot{types: map[string]*collection{}, skipped: map[string]string{}}
 	for _, c := range b.services {
@@ -141,7 +141,7 @@ func (b *builder) build() (*snapshot, error) {
 		}
 		s.types[typeURL] = c
 	}
-	return s, nil
+	return s
 }
 
 // see notes one object of the current build, converting it if it is new.
