@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	mcpserver "github.com/pilot-consul/pilot-consul/mcp"
 	"github.com/pilot-consul/pilot-consul/tests/e2e"
 	"github.com/pilot-consul/pilot-consul/tests/harness"
 )
@@ -102,7 +103,8 @@ func TestHealthAwareAndVersioned(t *testing.T) {
 		10*time.Second, 50*time.Millisecond, "the same catalog, the same version")
 }
 
-const (
-	ServiceEntryType  = "networking.istio.io/v1/ServiceEntry"
-	WorkloadEntryType = "networking.istio.io/v1/WorkloadEntry"
+// The type URLs the server fills, as istiod asks for them.
+var (
+	ServiceEntryType  = mcpserver.ServiceEntryType
+	WorkloadEntryType = mcpserver.WorkloadEntryType
 )
