@@ -5,11 +5,14 @@
 #      stopped again at the end if this run started it;
 #   2. images: the kind node image (build/kind-node.sh, cached by its inputs;
 #      E2E_KIND_NODE_IMAGE uses any other, e.g. a published kindest/node), our
-#      release images (build/docker.sh: pilot, proxyv2), Consul from our
-#      Consul build, the e2e-echo workload;
+#      release images (build/docker.sh: pilot, proxyv2) for ISTIO and for the
+#      previous minor (the upgrade cases), the release's istiod as shipped,
+#      Consul from our Consul build, the e2e-echo workload;
 #   3. the Docker network "kind" on 198.19.254.0/24 (kind reuses it);
 #   4. the Go suite (tests/e2e/kind) creates the cluster, deploys Consul with
-#      ACLs, installs Istio with out/istioctl and runs the cases.
+#      ACLs, installs Istio with out/istioctl and runs the cases (helm, built
+#      from its module, installs the revision and upgrade cases' istiods with
+#      each release's own chart).
 # Everything made for the run is removed at the end (KEEP=1 keeps the
 # cluster, and so the daemon and network it needs).
 #
@@ -34,6 +37,7 @@ cleanup() {
 			docker network rm kind >/dev/null 2>&1 || true
 		fi
 		docker rmi "$hub/pilot:$tag" "$hub/proxyv2:$tag" "$hub/consul-mcp:$tag" "$hub/pilot:$tag-upstream" \
+			"$hub/pilot:$tag-previous" "$hub/proxyv2:$tag-previous" "$hub/consul-mcp:$tag-previous" \
 			"$hub/e2e-echo:$tag" >/dev/null 2>&1 || true
 		docker image prune -f >/dev/null 2>&1 || true # untagged leftovers of earlier builds
 		if [[ -n "$dockerd_pid" ]]; then "$root/build/docker-up.sh" stop; fi
@@ -47,10 +51,14 @@ if ! docker info >/dev/null 2>&1; then
 	dockerd_pid=${PILOT_CONSUL_DOCKERD_PID:-}
 fi
 
-"$root/build/tools.sh" kind consul
+"$root/build/tools.sh" kind consul helm
 HUB="$hub" TAG="$tag" "$root/build/manifests.sh" >/dev/null # out/istioctl of the patched tree
 "$root/build/docker.sh" build "$hub" "$tag"
-"$root/build/docker.sh" upstream "$hub" "$tag-upstream" # the MCP case's istiod, as shipped
+"$root/build/docker.sh" upstream "$hub" "$tag-upstream" # the MCP and canary cases' istiod, as shipped
+# Our build of the previous minor, with its pilot-agent (its proxies may not
+# be newer than its istiod): the upgrade case's N-1. Its chart comes from its
+# work tree, which build.sh prepares.
+ISTIO=$ISTIO_PREVIOUS "$root/build/docker.sh" build "$hub" "$tag-previous"
 
 node_image=${E2E_KIND_NODE_IMAGE:-}
 own_node=""
@@ -86,5 +94,7 @@ got=$(docker network inspect kind --format '{{range .IPAM.Config}}{{.Subnet}} {{
 E2E_NODE_IMAGE="$node_image" E2E_OWN_NODE_IMAGE="$own_node" \
 	E2E_PILOT_IMAGE="$hub/pilot:$tag" E2E_PROXY_HUB="$hub" E2E_PROXY_TAG="$tag" \
 	E2E_MCP_IMAGE="$hub/consul-mcp:$tag" E2E_UPSTREAM_PILOT_IMAGE="$hub/pilot:$tag-upstream" \
+	E2E_PREVIOUS_RELEASE="$ISTIO_PREVIOUS" E2E_PREVIOUS_PILOT_IMAGE="$hub/pilot:$tag-previous" \
+	E2E_PREVIOUS_PROXY_TAG="$tag-previous" \
 	E2E_ECHO_IMAGE="$hub/e2e-echo:$tag" E2E_CONSUL_IMAGE="$consul_image" \
 	GOWORK="$work/go.work" go test -tags e2ekind -count=1 -v -timeout 40m ${E2E_RUN:+-run "$E2E_RUN"} ./tests/e2e/kind/

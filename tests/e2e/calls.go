@@ -10,15 +10,22 @@ import (
 
 // Counts makes n calls and counts answers per server; errors count as "error".
 func Counts(c Caller, n int) map[string]int {
+	out, _ := counts(c, n)
+	return out
+}
+
+// counts is Counts, and the last error.
+func counts(c Caller, n int) (map[string]int, error) {
 	out := map[string]int{}
+	var last error
 	for range n {
 		who, err := c.Call(5 * time.Second)
 		if err != nil {
-			who = "error"
+			who, last = "error", err
 		}
 		out[who]++
 	}
-	return out
+	return out, last
 }
 
 // EventuallyServedBy calls until, within one window of calls, exactly the
@@ -28,8 +35,9 @@ func EventuallyServedBy(t *testing.T, c Caller, want ...string) time.Duration {
 	want = slices.Sorted(slices.Values(want))
 	start := time.Now()
 	var last map[string]int
+	var lastErr error
 	for time.Since(start) < 30*time.Second {
-		last = Counts(c, 10*len(want))
+		last, lastErr = counts(c, 10*len(want))
 		got := make([]string, 0, len(last))
 		for k := range last {
 			got = append(got, k)
@@ -38,7 +46,7 @@ func EventuallyServedBy(t *testing.T, c Caller, want ...string) time.Duration {
 			return time.Since(start)
 		}
 	}
-	t.Fatalf("never served by exactly %v; last window: %v", want, last)
+	t.Fatalf("never served by exactly %v; last window: %v (last error: %v)", want, last, lastErr)
 	return 0
 }
 

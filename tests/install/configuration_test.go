@@ -23,7 +23,9 @@ var internalEnv = map[string]string{
 	"E2E_NODE_IMAGE": "set by build/e2e-kind.sh", "E2E_OWN_NODE_IMAGE": "set by build/e2e-kind.sh",
 	"E2E_PILOT_IMAGE": "set by build/e2e-kind.sh", "E2E_PROXY_HUB": "set by build/e2e-kind.sh",
 	"E2E_MCP_IMAGE": "set by build/e2e-kind.sh", "E2E_UPSTREAM_PILOT_IMAGE": "set by build/e2e-kind.sh",
-	"E2E_PROXY_TAG": "set by build/e2e-kind.sh", "PILOT_CONSUL_WORKLOAD": "set by the harness for the echo workload",
+	"E2E_PREVIOUS_RELEASE": "set by build/e2e-kind.sh", "E2E_PREVIOUS_PILOT_IMAGE": "set by build/e2e-kind.sh",
+	"E2E_PREVIOUS_PROXY_TAG": "set by build/e2e-kind.sh",
+	"E2E_PROXY_TAG":          "set by build/e2e-kind.sh", "PILOT_CONSUL_WORKLOAD": "set by the harness for the echo workload",
 	"RUNC_CAPFIX_RUNC": "set by build/docker-up.sh for runc-capfix", "PILOT_CONSUL_DOCKERD_PID": "set by build/docker-up.sh",
 	"GRPC_XDS_BOOTSTRAP": "grpc-go's own", "DOCKER_HOST": "Docker's own", "TMPDIR": "the system's", "XDG_CACHE_HOME": "the system's",
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/pilot-consul/pilot-consul/tests/e2e/kind"
@@ -113,4 +114,46 @@ func mcpBinary(t *testing.T) string {
 	bin, err := harness.Binary("consul-mcp")
 	require.NoError(t, err)
 	return bin
+}
+
+// The lifecycle cases' installs rendered (tests/e2e/kind TestUpstreamFirstThenCanary,
+// TestReplicas, TestUpgradeFromPreviousRelease): the release's istiod with
+// nothing of ours; ours as revision consul beside it, by istioctl and by
+// Helm with values.yaml; ours with two replicas and the chart's
+// PodDisruptionBudget.
+func TestKindSuiteLifecycleInstallsRender(t *testing.T) {
+	const upstream = "upstream.example.test/pilot:1.30.3"
+	_, out := renderKind(t, func(c kind.Config) []string {
+		c.UpstreamPilotImage = upstream
+		return kind.UpstreamOverlayArgs(c)
+	})
+	c := discovery(t, istiod(t, out))
+	assert.Equal(t, upstream, c.Image)
+	assert.NotContains(t, strings.Join(c.Args, " "), "consul", "the release's istiod as shipped")
+	assert.Equal(t, "100m", c.Resources.Requests.Cpu().String(), "small enough for two istiods on the kind node")
+
+	cfg, out := renderKind(t, kind.CanaryOverlayArgs)
+	c = discovery(t, deployment(t, out, "istiod-consul"))
+	assert.Equal(t, cfg.PilotImage, c.Image, "istioctl --revision consul")
+	assert.Contains(t, c.Args, "--registries=Kubernetes,Consul", "the overlay's flags reach a revision's Deployment (istiod-consul)")
+	assert.Contains(t, c.Args, "--consulTokenFile="+tokenPath+"/token")
+	assert.Contains(t, configMap(t, out, "istio-sidecar-injector-consul").Data["values"], `"revision": "consul"`)
+
+	_, out = renderKind(t, kind.ReplicaOverlayArgs)
+	assert.EqualValues(t, 2, *istiod(t, out).Spec.Replicas)
+	pdb := findObject(t, out, "PodDisruptionBudget", "istiod")
+	minAvailable, _, _ := unstructured.NestedFieldNoCopy(pdb.Object, "spec", "minAvailable")
+	assert.EqualValues(t, 1, minAvailable)
+
+	bin, err := harness.Binary("helm")
+	require.NoError(t, err)
+	ours := kind.HelmIstiod{Release: harness.IstioRelease(), Image: cfg.PilotImage, ProxyTag: cfg.ProxyTag, Consul: true}
+	home := t.TempDir()
+	cmd := exec.Command(bin, append([]string{"template", "istiod-consul"}, kind.HelmArgs(cfg, ours)...)...)
+	cmd.Env = append(cmd.Environ(), "HELM_CACHE_HOME="+home, "HELM_CONFIG_HOME="+home, "HELM_DATA_HOME="+home)
+	out, err = cmd.Output()
+	require.NoError(t, err, "helm template: %v", err)
+	c = discovery(t, deployment(t, out, "istiod-consul"))
+	assert.Equal(t, cfg.PilotImage, c.Image, "helm revision=consul")
+	assert.Contains(t, c.Args, "--registries=Kubernetes,Consul", "values.yaml")
 }

@@ -75,9 +75,14 @@ func renderHelm(t *testing.T) []byte {
 
 // istiod finds the istiod Deployment in a rendered manifest.
 func istiod(t *testing.T, manifest []byte) *appsv1.Deployment {
+	return deployment(t, manifest, "istiod")
+}
+
+// deployment finds a Deployment by name in a rendered manifest.
+func deployment(t *testing.T, manifest []byte, name string) *appsv1.Deployment {
 	t.Helper()
 	d := &appsv1.Deployment{}
-	require.NoError(t, runtime.DefaultUnstructuredConverter.FromUnstructured(findObject(t, manifest, "Deployment", "istiod").Object, d))
+	require.NoError(t, runtime.DefaultUnstructuredConverter.FromUnstructured(findObject(t, manifest, "Deployment", name).Object, d))
 	return d
 }
 

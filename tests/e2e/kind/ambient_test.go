@@ -98,6 +98,8 @@ func (c *Cluster) reinstall(t *testing.T, overlay []string) string {
 	old, err := c.istiodPod(ctx)
 	require.NoError(t, err)
 	require.NoError(t, c.install(ctx, overlay))
+	_, err = c.waitRollout(ctx, "istiod") // every replica replaced, when there were several
+	require.NoError(t, err)
 	return c.waitReplaced(t, old)
 }
 

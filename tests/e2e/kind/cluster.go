@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -44,8 +43,7 @@ type Cluster struct {
 	atReady    readySnapshot
 	stopTunnel func()
 	logf       func(string, ...any)
-	clientMu   sync.Mutex
-	client     *execSession // calls from the client pod (Dial)
+	client     *meshClient // the suite's client pod (Dial)
 }
 
 // Setup creates the cluster and installs everything; on error, what was
@@ -88,7 +86,7 @@ func Setup(ctx context.Context, cfg Config, logf func(string, ...any)) (c *Clust
 // Teardown deletes the cluster (kept with KEEP=1, with a note how to reach it).
 func (c *Cluster) Teardown() {
 	if c.client != nil {
-		c.client.Close()
+		c.client.close()
 	}
 	if c.stopTunnel != nil {
 		c.stopTunnel()
@@ -152,7 +150,7 @@ func (c *Cluster) configureDNS(ctx context.Context) error {
 
 func (c *Cluster) images() []string {
 	return []string{c.cfg.PilotImage, c.cfg.ProxyHub + "/proxyv2:" + c.cfg.ProxyTag, c.cfg.EchoImage, c.cfg.ConsulImage,
-		c.cfg.MCPImage, c.cfg.UpstreamPilotImage}
+		c.cfg.MCPImage, c.cfg.UpstreamPilotImage, c.cfg.PreviousPilotImage, c.cfg.ProxyHub + "/proxyv2:" + c.cfg.PreviousProxyTag}
 }
 
 func (c *Cluster) loadImages(ctx context.Context) error {
@@ -215,41 +213,30 @@ func (c *Cluster) newReadToken() (*api.ACLToken, error) { return harness.CreateR
 func (c *Cluster) installIstio(ctx context.Context) error { return c.install(ctx, OverlayArgs(c.cfg)) }
 
 func (c *Cluster) install(ctx context.Context, overlay []string) error {
-	args := append([]string{"install", "-y", "--kubeconfig", c.kubeconfig()}, overlay...)
-	return run(ctx, filepath.Join(harness.OutDir(), "istioctl"), args...)
+	return c.istioctl(ctx, append([]string{"install", "-y"}, overlay...)...)
+}
+
+// istioctl runs the patched tree's istioctl (the release's, with nothing of
+// ours in it) against the cluster.
+func (c *Cluster) istioctl(ctx context.Context, args ...string) error {
+	return run(ctx, filepath.Join(harness.OutDir(), "istioctl"), append(args, "--kubeconfig", c.kubeconfig())...)
 }
 
 // OverlayArgs are the istioctl args (files and --set) the suite installs
 // Istio with; tests/install renders the same with `manifest generate`.
 func OverlayArgs(cfg Config) []string {
-	return []string{
+	return append([]string{
 		"-f", filepath.Join(harness.Root(), "build/install/istio-operator.yaml"),
 		"-f", filepath.Join(harness.Root(), "tests/e2e/kind/istio-e2e.yaml"),
 		"--set", "values.pilot.image=" + cfg.PilotImage,
 		"--set", "hub=" + cfg.ProxyHub, "--set", "tag=" + cfg.ProxyTag,
-	}
+	}, smallIstiod...)
 }
 
 // AmbientOverlayArgs are OverlayArgs with the ambient profile, pilot only
 // (tests/e2e/kind/istio-ambient.yaml).
 func AmbientOverlayArgs(cfg Config) []string {
 	return append(OverlayArgs(cfg), "-f", filepath.Join(harness.Root(), "tests/e2e/kind/istio-ambient.yaml"))
-}
-
-func (c *Cluster) deployClient(ctx context.Context) error {
-	m := strings.ReplaceAll(clientManifest, "ECHO_IMAGE", c.cfg.EchoImage)
-	if err := c.kube.Apply(ctx, []byte(m)); err != nil {
-		return err
-	}
-	pod, err := c.waitReadyPod(ctx, "e2e-client", "app=client")
-	if err != nil {
-		return err
-	}
-	p, err := c.kube.Client.CoreV1().Pods("e2e-client").Get(ctx, pod, metav1.GetOptions{})
-	if err != nil {
-		return err
-	}
-	return checkProxyless(p)
 }
 
 // checkProxyless checks that istiod's webhook injected the grpc-agent
@@ -329,7 +316,7 @@ func (c *Cluster) DumpIstiodLog() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	pod, err := c.waitReadyPod(ctx, "istio-system", "app=istiod")
+	pod, err := c.waitReadyPod(ctx, "istio-system", istiodSelector("default"))
 	if err != nil {
 		c.logf("istiod log: %v", err)
 		return
@@ -359,14 +346,10 @@ func MCPOverlayArgs(cfg Config, dir string) ([]string, error) {
 	if err := os.WriteFile(overlay, re.ReplaceAll(b, []byte("image: "+cfg.MCPImage)), 0o644); err != nil {
 		return nil, err
 	}
-	return []string{
+	return append([]string{
 		"-f", overlay,
 		"-f", filepath.Join(harness.Root(), "tests/e2e/kind/istio-e2e.yaml"),
 		"--set", "values.pilot.image=" + cfg.UpstreamPilotImage,
 		"--set", "hub=" + cfg.ProxyHub, "--set", "tag=" + cfg.ProxyTag,
-		// The kind node has 2 CPUs, 1.45 of them requested before istiod:
-		// a rolling update must fit the old pod and the new one (istiod
-		// plus consul-mcp) at once.
-		"--set", "values.pilot.resources.requests.cpu=300m",
-	}, nil
+	}, smallIstiod...), nil
 }

@@ -30,6 +30,11 @@ type Config struct {
 	// UpstreamPilotImage is the release's istiod as shipped (build/docker.sh
 	// upstream), which the MCP case installs.
 	UpstreamPilotImage string
+	// PreviousRelease is the previous minor (VERSION's ISTIO_PREVIOUS), and
+	// our istiod and proxy images of it (hub ProxyHub): the upgrade case's N-1.
+	PreviousRelease    string
+	PreviousPilotImage string
+	PreviousProxyTag   string
 	Keep               bool // leave the cluster up after the run
 }
 
@@ -47,13 +52,18 @@ func FromEnv() (Config, error) {
 		MCPImage:     os.Getenv("E2E_MCP_IMAGE"),
 
 		UpstreamPilotImage: os.Getenv("E2E_UPSTREAM_PILOT_IMAGE"),
+		PreviousRelease:    os.Getenv("E2E_PREVIOUS_RELEASE"),
+		PreviousPilotImage: os.Getenv("E2E_PREVIOUS_PILOT_IMAGE"),
+		PreviousProxyTag:   os.Getenv("E2E_PREVIOUS_PROXY_TAG"),
 		Keep:               os.Getenv("KEEP") != "",
 	}
 	var missing []string
 	for _, v := range [][2]string{{"E2E_NODE_IMAGE", c.NodeImage}, {"E2E_PILOT_IMAGE", c.PilotImage},
 		{"E2E_PROXY_HUB", c.ProxyHub}, {"E2E_PROXY_TAG", c.ProxyTag},
 		{"E2E_ECHO_IMAGE", c.EchoImage}, {"E2E_CONSUL_IMAGE", c.ConsulImage},
-		{"E2E_MCP_IMAGE", c.MCPImage}, {"E2E_UPSTREAM_PILOT_IMAGE", c.UpstreamPilotImage}} {
+		{"E2E_MCP_IMAGE", c.MCPImage}, {"E2E_UPSTREAM_PILOT_IMAGE", c.UpstreamPilotImage},
+		{"E2E_PREVIOUS_RELEASE", c.PreviousRelease}, {"E2E_PREVIOUS_PILOT_IMAGE", c.PreviousPilotImage},
+		{"E2E_PREVIOUS_PROXY_TAG", c.PreviousProxyTag}} {
 		if v[1] == "" {
 			missing = append(missing, v[0])
 		}

@@ -65,40 +65,7 @@ func (c *Cluster) StartServer(t *testing.T, service string, i int) (string, int)
 // Dial implements e2e.Env: calls from the client pod's proxyless gRPC stack.
 func (c *Cluster) Dial(t *testing.T, target string) e2e.Caller {
 	t.Helper()
-	return sessionCaller{c, target}
-}
-
-// sessionCaller is an e2e.Caller for one target.
-type sessionCaller struct {
-	c      *Cluster
-	target string
-}
-
-func (s sessionCaller) Call(timeout time.Duration) (string, error) {
-	return s.c.call(s.target, timeout)
-}
-
-// call makes one call to target from the client pod. One e2e-echo client
-// process runs at a time, for one target: grpc-go (since 1.66) opens an xDS
-// stream per channel target, and the pod's agent serves a single stream,
-// closing the previous one on each new one (istio/istio#53532). Switching
-// targets restarts the process.
-func (c *Cluster) call(target string, timeout time.Duration) (string, error) {
-	c.clientMu.Lock()
-	defer c.clientMu.Unlock()
-	if c.client == nil || c.client.ended() || c.client.target != target {
-		if c.client != nil {
-			c.client.Close()
-		}
-		pod, err := c.waitReadyPod(context.Background(), "e2e-client", "app=client")
-		if err != nil {
-			return "", err
-		}
-		if c.client, err = startExecSession(c.kube.Config, c.kube.Client, "e2e-client", pod, "client", target); err != nil {
-			return "", err
-		}
-	}
-	return c.client.call(timeout)
+	return c.client.dial(target)
 }
 
 // ClientNamespace implements e2e.Env: the client pod's (manifests/client.yaml).

@@ -11,9 +11,19 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// istiodPod returns the Ready istiod pod (there is one replica).
+// istiodSelector selects the pods of an istiod revision ("default": the
+// one installed without a revision, as the suite's is).
+func istiodSelector(revision string) string { return "app=istiod,istio.io/rev=" + revision }
+
+// istiodPod returns a Ready pod of the default revision's istiod (the
+// suite's has one replica).
 func (c *Cluster) istiodPod(ctx context.Context) (*corev1.Pod, error) {
-	name, err := c.waitReadyPod(ctx, "istio-system", "app=istiod")
+	return c.revisionPod(ctx, "default")
+}
+
+// revisionPod returns a Ready pod of revision's istiod.
+func (c *Cluster) revisionPod(ctx context.Context, revision string) (*corev1.Pod, error) {
+	name, err := c.waitReadyPod(ctx, "istio-system", istiodSelector(revision))
 	if err != nil {
 		return nil, err
 	}
