@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -116,6 +118,65 @@ func TestLaggingServerAnswerIsNotStored(t *testing.T) {
 	assert.True(t, lagged.Load(), "the lagging answer was given")
 	assert.Never(t, func() bool { return len(f.endpoints("web")) != 1 }, time.Second, 10*time.Millisecond,
 		"the old answer is never served")
+}
+
+// Defect (seen in TestConsulCluster, two of three servers paused, then
+// resumed): a deregistration answered by a server that had not applied it
+// yet was stored. The catalog moved when web-2 left; a lagging server then
+// answered the read of every check (no check had vanished yet, so every
+// service was re-read) or only web's read (after the check read had seen
+// web-2's check vanish), each time with nothing for the answer to reach:
+// web's old answer, web-2 in it, stood until web next changed.
+func TestDeregistrationAnsweredByALaggingServerIsNotStored(t *testing.T) {
+	for _, lagged := range [][]string{{"/v1/health/state/any", "/v1/health/service/web"}, {"/v1/health/service/web"}} {
+		t.Run(strings.Join(lagged, "+"), func(t *testing.T) {
+			f, proxy := behindProxy(t, nil)
+			f.register(api.AgentServiceRegistration{ID: "web-1", Name: "web", Address: "127.0.0.11", Port: 80})
+			f.register(api.AgentServiceRegistration{ID: "web-2", Name: "web", Address: "127.0.0.12", Port: 80})
+			type answer struct {
+				body  []byte
+				index string
+			}
+			var mu sync.Mutex
+			last := map[string]answer{} // path -> the newest answer seen
+			lag := map[string]bool{}    // path -> answer the next stale read with last's
+			var gave []string
+			proxy.Answer(func(resp *http.Response) {
+				path := resp.Request.URL.Path
+				// The read of every check, not the health watch's filtered list.
+				if !slices.Contains(lagged, path) || resp.Request.URL.Query().Has("filter") {
+					return
+				}
+				body, _ := io.ReadAll(resp.Body)
+				mu.Lock()
+				defer mu.Unlock()
+				if old, ok := last[path]; ok && lag[path] && resp.Request.URL.Query().Has("stale") {
+					lag[path] = false
+					gave = append(gave, path)
+					body = old.body
+					resp.Header.Set("X-Consul-Index", old.index)
+				} else {
+					last[path] = answer{body, resp.Header.Get("X-Consul-Index")}
+				}
+				resp.Body, resp.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
+				resp.Header.Set("Content-Length", strconv.Itoa(len(body)))
+			})
+			f.waitSynced()
+			f.eventuallyEndpoints("web", "127.0.0.11:80", "127.0.0.12:80")
+			settled(t, f.reg)
+			mu.Lock()
+			for _, p := range lagged {
+				lag[p] = true
+			}
+			mu.Unlock()
+
+			require.NoError(t, f.consul.Client.Agent().ServiceDeregister("web-2"))
+			f.eventuallyEndpoints("web", "127.0.0.11:80")
+			mu.Lock()
+			defer mu.Unlock()
+			assert.ElementsMatch(t, lagged, gave, "the lagging answers were given")
+		})
+	}
 }
 
 // Defect: KnownLeader and LastContact were ignored. A server cut off from

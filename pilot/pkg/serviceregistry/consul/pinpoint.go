@@ -254,21 +254,29 @@ func (p *pinpointer) changed(checks api.HealthChecks, index uint64, st *store) [
 		p.explainLocked(hc.CreateIndex)
 		p.explainLocked(hc.ModifyIndex)
 	}
+	// Checks deleted after the last read's index, at or before this one's:
+	// by the catalog changes seen in that range (a deregistration moves the
+	// catalog, the check and its service at one index). A read of their
+	// service must reach the newest of those: a lagging server's older
+	// answer still lists the instance that left.
+	var deletedBy uint64
+	for _, i := range p.pending {
+		if p.index < i && i <= index {
+			deletedBy = max(deletedBy, i)
+		}
+	}
 	vanished := false
 	if p.checks != nil {
 		for k, svc := range p.checks {
 			if _, ok := seen[k]; !ok {
 				vanished = true
 				for _, name := range checkServices(k.node, svc, st.onNode) {
-					if _, ok := dirty[name]; !ok {
-						dirty[name] = 0 // deleted at an index nobody knows
-					}
+					dirty[name] = max(dirty[name], deletedBy)
 				}
 			}
 		}
 	}
 	if vanished {
-		// Deleted after the last read's index, at or before this one's.
 		now := time.Now()
 		p.gone = slices.DeleteFunc(p.gone, func(g span) bool { return now.Sub(g.at) > goneKeep })
 		p.gone = append(p.gone, span{p.index, index, now})
@@ -316,5 +324,9 @@ func (c *Controller) judge() {
 	c.metrics.fullReads.Increment()
 	log.Debugf("consul catalog changed at %v with no check or service read to explain it: re-reading all %d services",
 		unexplained, len(names))
-	c.dirty.mark(0, names...)
+	// Each read must reach the newest unexplained change: the check read
+	// that could not explain it may have come from a server behind it, and
+	// so may these (an answer below it is asked of the leader again; the
+	// services it did not touch cost that second read, in this rare path).
+	c.dirty.mark(slices.Max(unexplained), names...)
 }
