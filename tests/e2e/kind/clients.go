@@ -254,3 +254,29 @@ func (c *Cluster) podNames(ctx context.Context, ns, selector string) ([]string, 
 	}
 	return names, nil
 }
+
+// waitConnected calls through c until an istiod pod of revision lists the
+// client's pod among its xDS connections, and returns how long that took:
+// a proxyless client learns of changes again only then.
+func (m *meshClient) waitConnected(t *testing.T, c e2e.Caller, revision string) time.Duration {
+	t.Helper()
+	ctx := context.Background()
+	p, err := m.c.kube.Client.CoreV1().Pods(m.ns).Get(ctx, "client", metav1.GetOptions{})
+	require.NoError(t, err)
+	start := time.Now()
+	require.Eventually(t, func() bool {
+		_, _ = c.Call(5 * time.Second)
+		pods, err := m.c.podNames(ctx, "istio-system", istiodSelector(revision))
+		if err != nil {
+			return false
+		}
+		for _, pod := range pods {
+			b, err := m.c.istiodDebug(ctx, pod, "/debug/connections")
+			if err == nil && strings.Contains(string(b), p.Status.PodIP) {
+				return true
+			}
+		}
+		return false
+	}, 3*time.Minute, 500*time.Millisecond, "the client in %s never connected to istiod revision %s", m.ns, revision)
+	return time.Since(start)
+}

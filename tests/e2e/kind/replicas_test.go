@@ -30,7 +30,13 @@ import (
 func TestReplicas(t *testing.T) {
 	ctx := context.Background()
 	require.NoError(t, cluster.install(ctx, ReplicaOverlayArgs(cluster.cfg)))
-	t.Cleanup(func() { cluster.reinstall(t, OverlayArgs(cluster.cfg)) })
+	t.Cleanup(func() {
+		// Back to one replica: the template is the suite's, so the
+		// scale-down keeps one of the two pods rather than replacing them.
+		require.NoError(t, cluster.install(ctx, OverlayArgs(cluster.cfg)))
+		_, err := cluster.waitRollout(ctx, "istiod")
+		require.NoError(t, err)
+	})
 	d, err := cluster.waitRollout(ctx, "istiod")
 	require.NoError(t, err)
 	require.EqualValues(t, 2, *d.Spec.Replicas)
@@ -77,6 +83,7 @@ func TestReplicas(t *testing.T) {
 	_, err = cluster.waitRollout(ctx, "istiod")
 	require.NoError(t, err)
 	loop.stop(t, "rolling restart of 2 replicas", minCalls)
+	t.Logf("the client's xDS stream reached a new replica %v after the rollout", cluster.client.waitConnected(t, c, "default"))
 	replicas = cluster.istiodReplicas(t)
 	agree("after the rolling restart", 2)
 
@@ -90,6 +97,7 @@ func TestReplicas(t *testing.T) {
 	_, err = cluster.waitRollout(ctx, "istiod")
 	require.NoError(t, err)
 	loop.stop(t, "one of 2 replicas deleted", minCalls)
+	t.Logf("the client's xDS stream reached a replica %v after the replacement's rollout", cluster.client.waitConnected(t, c, "default"))
 	replicas = cluster.istiodReplicas(t)
 	agree("after a replica was replaced", 2)
 }

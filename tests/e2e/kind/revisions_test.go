@@ -39,10 +39,14 @@ func TestUpstreamFirstThenCanary(t *testing.T) {
 	loop := cluster.client.loop(kube)
 	upstream := cluster.reinstall(t, UpstreamOverlayArgs(cluster.cfg))
 	loop.stop(t, "istioctl install, in place: ours -> the release's istiod", minCalls)
+	t.Logf("the client's xDS stream reached the release's istiod %v after the rollout",
+		cluster.client.waitConnected(t, cluster.client.dial(kube), "default"))
 	t.Cleanup(func() {
 		loop := cluster.client.loop(kube)
 		cluster.reinstall(t, OverlayArgs(cluster.cfg))
 		loop.stop(t, "istioctl install, in place: the release's istiod -> ours", minCalls)
+		t.Logf("the client's xDS stream reached ours %v after the rollout",
+			cluster.client.waitConnected(t, cluster.client.dial(kube), "default"))
 		e2e.EventuallyServedBy(t, cluster.client.dial(svc.Target()), svc.ID(0))
 	})
 	p, err := cluster.kube.Client.CoreV1().Pods("istio-system").Get(ctx, upstream, metav1.GetOptions{})
@@ -64,9 +68,9 @@ func TestUpstreamFirstThenCanary(t *testing.T) {
 }
 
 // canaryByIstioctl: `istioctl install --revision consul`; a namespace
-// labelled for it reaches Consul, one moved by a revision tag follows the
-// tag, one moved back (relabelled) no longer does; then the revision is
-// uninstalled.
+// relabelled for it reaches Consul once its pod restarts, one labelled
+// with a revision tag follows the tag, the first moved back (relabelled)
+// no longer does; then the revision is uninstalled.
 func canaryByIstioctl(t *testing.T, svc *e2e.Service, kube string) {
 	ctx := context.Background()
 	require.NoError(t, cluster.istioctl(ctx, append([]string{"install", "-y"}, CanaryOverlayArgs(cluster.cfg)...)...))
@@ -88,8 +92,13 @@ func canaryByIstioctl(t *testing.T, svc *e2e.Service, kube string) {
 		}
 	})
 
-	moved := cluster.newClient(t, "e2e-canary", "istio.io/rev: "+canary)
-	assert.Equal(t, canary, moved.revision(t), "injected by")
+	// A namespace of the default revision moves: relabelled, its pod
+	// restarted, it reaches Consul.
+	moved := cluster.newClient(t, "e2e-canary", "istio-injection: enabled")
+	assert.Equal(t, "default", moved.revision(t), "injected before the move by")
+	moved.unreachable(t, svc.Target())
+	moved.relabel(t, map[string]string{"istio.io/rev": canary})
+	assert.Equal(t, canary, moved.restart(t), "injected after the move by")
 	e2e.EventuallyServedBy(t, moved.dial(svc.Target()), svc.ID(0))
 
 	// A revision tag: the namespace follows it when its pods restart.

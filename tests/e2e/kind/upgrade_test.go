@@ -43,7 +43,7 @@ func TestUpgradeFromPreviousRelease(t *testing.T) {
 	require.NoError(t, cluster.helm(ctx, append([]string{"upgrade", helmRelease}, HelmArgs(cluster.cfg, current)...)...))
 	loop.stop(t, "helm upgrade, in place: ours "+previous.Release+" -> ours "+current.Release, minCalls)
 	cluster.expectRevisionVersion(t, current.Release)
-	t.Logf("the client's xDS stream reached the new istiod %v after its rollout", m.waitConnected(t, c))
+	t.Logf("the client's xDS stream reached the new istiod %v after its rollout", m.waitConnected(t, c, canary))
 	start := time.Now()
 	s.SetHealth(1, api.HealthCritical)
 	t.Logf("after the upgrade: Consul critical -> the client stopped calling the instance in %v", e2e.WaitUntilGone(t, c, s.ID(1), start))
@@ -52,7 +52,7 @@ func TestUpgradeFromPreviousRelease(t *testing.T) {
 	require.NoError(t, cluster.helm(ctx, "rollback", helmRelease, "1", "--namespace", "istio-system", "--wait", "--timeout", "5m"))
 	loop.stop(t, "helm rollback, in place: ours "+current.Release+" -> ours "+previous.Release, minCalls)
 	cluster.expectRevisionVersion(t, previous.Release)
-	t.Logf("the client's xDS stream reached the rolled-back istiod %v after its rollout", m.waitConnected(t, c))
+	t.Logf("the client's xDS stream reached the rolled-back istiod %v after its rollout", m.waitConnected(t, c, canary))
 	s.SetHealth(1, api.HealthPassing)
 	e2e.EventuallyServedBy(t, c, s.ID(0), s.ID(1))
 }
@@ -83,23 +83,4 @@ func (m *meshClient) proxyImage(t *testing.T) string {
 	}
 	t.Fatalf("no istio-proxy container in %s/client", m.ns)
 	return ""
-}
-
-// waitConnected calls through c until the canary revision's (single)
-// istiod lists the client's pod among its xDS connections, and returns how
-// long that took: a proxyless client learns of changes again only then.
-func (m *meshClient) waitConnected(t *testing.T, c e2e.Caller) time.Duration {
-	t.Helper()
-	ctx := context.Background()
-	p, err := m.c.kube.Client.CoreV1().Pods(m.ns).Get(ctx, "client", metav1.GetOptions{})
-	require.NoError(t, err)
-	pod, err := m.c.revisionPod(ctx, canary)
-	require.NoError(t, err)
-	start := time.Now()
-	require.Eventually(t, func() bool {
-		_, _ = c.Call(5 * time.Second)
-		b, err := m.c.istiodDebug(ctx, pod.Name, "/debug/connections")
-		return err == nil && strings.Contains(string(b), p.Status.PodIP)
-	}, 3*time.Minute, 500*time.Millisecond, "the client never connected to %s", pod.Name)
-	return time.Since(start)
 }
