@@ -84,26 +84,12 @@ func TestReplicasAgree(t *testing.T) {
 	compare("after a restart")
 }
 
-// servedView is what an istiod serves for names: "name vip instances" per
-// line, sorted.
+// servedView is what an istiod serves for names (harness.ServedView).
 func servedView(t *testing.T, istiod *harness.Istiod, names []string) string {
 	t.Helper()
-	var lines []string
-	for _, r := range consulz(t, istiod, "").Registries {
-		for _, s := range r.Services {
-			if !slices.Contains(names, s.Name) {
-				continue
-			}
-			var insts []string
-			for _, i := range s.Instances {
-				if i.Routed {
-					insts = append(insts, fmt.Sprintf("%s:%d", i.Address, i.Port))
-				}
-			}
-			sort.Strings(insts)
-			lines = append(lines, fmt.Sprintf("%s %s %v", s.Name, s.VIP, insts))
-		}
-	}
-	sort.Strings(lines)
-	return strings.Join(lines, "\n") + "\n"
+	b, err := istiod.Debug("/debug/consulz")
+	require.NoError(t, err)
+	v, err := harness.ServedView(b, func(name string) bool { return slices.Contains(names, name) })
+	require.NoError(t, err, "%s", b)
+	return v
 }

@@ -4,7 +4,6 @@ package kind
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"sort"
 	"strings"
@@ -75,31 +74,34 @@ func TestReplicas(t *testing.T) {
 	s.SetHealth(1, api.HealthPassing)
 	e2e.EventuallyServedBy(t, c, s.ID(0), s.ID(1))
 
-	// kubectl rollout restart, while the client calls.
-	loop := cluster.client.loop(s.Target())
-	patch := fmt.Sprintf(`{"spec":{"template":{"metadata":{"annotations":{"kubectl.kubernetes.io/restartedAt":%q}}}}}`, time.Now().Format(time.RFC3339))
-	_, err = cluster.kube.Client.AppsV1().Deployments("istio-system").Patch(ctx, "istiod", types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{})
-	require.NoError(t, err)
-	_, err = cluster.waitRollout(ctx, "istiod")
-	require.NoError(t, err)
-	loop.stop(t, "rolling restart of 2 replicas", minCalls)
-	t.Logf("the client's xDS stream reached a new replica %v after the rollout", cluster.client.waitConnected(t, c, "default"))
-	replicas = cluster.istiodReplicas(t)
-	agree("after the rolling restart", 2)
-
-	// One replica deleted, while the client calls.
-	loop = cluster.client.loop(s.Target())
-	require.NoError(t, cluster.kube.Client.CoreV1().Pods("istio-system").Delete(ctx, replicas[0], metav1.DeleteOptions{}))
-	require.Eventually(t, func() bool {
-		_, err := cluster.kube.Client.CoreV1().Pods("istio-system").Get(ctx, replicas[0], metav1.GetOptions{})
-		return apierrors.IsNotFound(err)
-	}, 2*time.Minute, time.Second, "the deleted replica %s is still there", replicas[0])
-	_, err = cluster.waitRollout(ctx, "istiod")
-	require.NoError(t, err)
-	loop.stop(t, "one of 2 replicas deleted", minCalls)
-	t.Logf("the client's xDS stream reached a replica %v after the replacement's rollout", cluster.client.waitConnected(t, c, "default"))
-	replicas = cluster.istiodReplicas(t)
-	agree("after a replica was replaced", 2)
+	// survive makes a change while the client calls, waits for the
+	// rollout, and checks that no call failed and the replicas agree.
+	survive := func(what string, change func()) {
+		t.Helper()
+		loop := cluster.client.loop(s.Target())
+		change()
+		_, err := cluster.waitRollout(ctx, "istiod")
+		require.NoError(t, err)
+		loop.stop(t, what, minCalls)
+		t.Logf("%s: the client's xDS stream reached a replica %v after the rollout", what, cluster.client.waitConnected(t, c, "default"))
+		replicas = cluster.istiodReplicas(t)
+		agree("after "+what, 2)
+	}
+	survive("a rolling restart of 2 replicas", func() { // kubectl rollout restart
+		patch := fmt.Sprintf(`{"spec":{"template":{"metadata":{"annotations":{"kubectl.kubernetes.io/restartedAt":%q}}}}}`,
+			time.Now().Format(time.RFC3339))
+		_, err := cluster.kube.Client.AppsV1().Deployments("istio-system").Patch(ctx, "istiod", types.StrategicMergePatchType,
+			[]byte(patch), metav1.PatchOptions{})
+		require.NoError(t, err)
+	})
+	survive("one of 2 replicas deleted", func() {
+		pods := cluster.kube.Client.CoreV1().Pods("istio-system")
+		require.NoError(t, pods.Delete(ctx, replicas[0], metav1.DeleteOptions{}))
+		require.Eventually(t, func() bool {
+			_, err := pods.Get(ctx, replicas[0], metav1.GetOptions{})
+			return apierrors.IsNotFound(err)
+		}, 2*time.Minute, time.Second, "the deleted replica %s is still there", replicas[0])
+	})
 }
 
 // istiodReplicas lists the default revision's Ready istiod pods; there
@@ -116,41 +118,15 @@ func (c *Cluster) istiodReplicas(t *testing.T) []string {
 	return pods
 }
 
-// servedView is what an istiod pod's /debug/consulz says it serves: one
-// "name vip routed-instances" line per service, sorted.
+// servedView is what an istiod pod's /debug/consulz says it serves
+// (harness.ServedView, every service).
 func (c *Cluster) servedView(t *testing.T, pod string) string {
 	t.Helper()
 	b, err := c.istiodDebug(context.Background(), pod, "/debug/consulz")
 	require.NoError(t, err)
-	var z struct {
-		Registries []struct {
-			Services []struct {
-				Name      string `json:"name"`
-				VIP       string `json:"vip"`
-				Instances []struct {
-					Address string `json:"address"`
-					Port    int    `json:"port"`
-					Routed  bool   `json:"routed"`
-				} `json:"instances"`
-			} `json:"services"`
-		} `json:"registries"`
-	}
-	require.NoError(t, json.Unmarshal(b, &z), "%s", b)
-	var lines []string
-	for _, r := range z.Registries {
-		for _, s := range r.Services {
-			var insts []string
-			for _, i := range s.Instances {
-				if i.Routed {
-					insts = append(insts, fmt.Sprintf("%s:%d", i.Address, i.Port))
-				}
-			}
-			sort.Strings(insts)
-			lines = append(lines, fmt.Sprintf("%s %s %v", s.Name, s.VIP, insts))
-		}
-	}
-	sort.Strings(lines)
-	return strings.Join(lines, "\n") + "\n"
+	v, err := harness.ServedView(b, nil)
+	require.NoError(t, err, "%s", b)
+	return v
 }
 
 // sidecarEndpoints is what an Envoy-like client of this one istiod pod

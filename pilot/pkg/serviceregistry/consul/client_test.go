@@ -81,43 +81,76 @@ func TestLaggingServerAnswerIsNotStored(t *testing.T) {
 	f, proxy := behindProxy(t, nil)
 	f.register(api.AgentServiceRegistration{ID: "web-1", Name: "web", Address: "127.0.0.11", Port: 80})
 	f.register(api.AgentServiceRegistration{ID: "web-2", Name: "web", Address: "127.0.0.12", Port: 80})
-	type answer struct {
-		body  []byte
-		index string
-	}
-	var mu sync.Mutex
-	var last answer
-	var lag, lagged atomic.Bool
-	proxy.Answer(func(resp *http.Response) {
-		if resp.Request.URL.Path != "/v1/health/service/web" {
-			return
-		}
-		body, _ := io.ReadAll(resp.Body)
-		mu.Lock()
-		defer mu.Unlock()
-		if lag.Load() && resp.Request.URL.Query().Has("stale") && last.body != nil {
-			lag.Store(false)
-			lagged.Store(true)
-			body = last.body
-			resp.Header.Set("X-Consul-Index", last.index)
-		} else {
-			last = answer{body, resp.Header.Get("X-Consul-Index")}
-		}
-		resp.Body, resp.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
-		resp.Header.Set("Content-Length", strconv.Itoa(len(body)))
-	})
+	lagging := newLaggingServer(proxy, "/v1/health/service/web")
 	f.waitSynced()
 	f.eventuallyEndpoints("web", "127.0.0.11:80", "127.0.0.12:80")
 	// A read of web still in flight (the first checks listing marks services
 	// too) would answer the flip before the lag is set.
 	settled(t, f.reg)
 
-	lag.Store(true)
+	lagging.lagNext()
 	f.setHealth("web-2", api.HealthCritical)
 	f.eventuallyEndpoints("web", "127.0.0.11:80")
-	assert.True(t, lagged.Load(), "the lagging answer was given")
+	assert.Equal(t, []string{"/v1/health/service/web"}, lagging.given(), "the lagging answer was given")
 	assert.Never(t, func() bool { return len(f.endpoints("web")) != 1 }, time.Second, 10*time.Millisecond,
 		"the old answer is never served")
+}
+
+// laggingServer makes a proxy answer, once armed, the next stale read of
+// each of its paths with that path's previous answer: a server behind the
+// change that asked for the read.
+type laggingServer struct {
+	paths []string
+	mu    sync.Mutex
+	last  map[string]laggedAnswer // path -> the newest answer seen
+	lag   map[string]bool         // path -> answer its next stale read with last's
+	gave  []string                // paths answered late
+}
+
+type laggedAnswer struct {
+	body  []byte
+	index string
+}
+
+func newLaggingServer(proxy *harness.FaultProxy, paths ...string) *laggingServer {
+	l := &laggingServer{paths: paths, last: map[string]laggedAnswer{}, lag: map[string]bool{}}
+	proxy.Answer(func(resp *http.Response) {
+		path := resp.Request.URL.Path
+		// The health watch's filtered check list is not the read of every check.
+		if !slices.Contains(paths, path) || resp.Request.URL.Query().Has("filter") {
+			return
+		}
+		body, _ := io.ReadAll(resp.Body)
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if old, ok := l.last[path]; ok && l.lag[path] && resp.Request.URL.Query().Has("stale") {
+			l.lag[path] = false
+			l.gave = append(l.gave, path)
+			body = old.body
+			resp.Header.Set("X-Consul-Index", old.index)
+		} else {
+			l.last[path] = laggedAnswer{body, resp.Header.Get("X-Consul-Index")}
+		}
+		resp.Body, resp.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
+		resp.Header.Set("Content-Length", strconv.Itoa(len(body)))
+	})
+	return l
+}
+
+// lagNext arms every path.
+func (l *laggingServer) lagNext() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, p := range l.paths {
+		l.lag[p] = true
+	}
+}
+
+// given lists the paths answered late so far.
+func (l *laggingServer) given() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.gave)
 }
 
 // Defect (seen in TestConsulCluster, two of three servers paused, then
@@ -133,48 +166,15 @@ func TestDeregistrationAnsweredByALaggingServerIsNotStored(t *testing.T) {
 			f, proxy := behindProxy(t, nil)
 			f.register(api.AgentServiceRegistration{ID: "web-1", Name: "web", Address: "127.0.0.11", Port: 80})
 			f.register(api.AgentServiceRegistration{ID: "web-2", Name: "web", Address: "127.0.0.12", Port: 80})
-			type answer struct {
-				body  []byte
-				index string
-			}
-			var mu sync.Mutex
-			last := map[string]answer{} // path -> the newest answer seen
-			lag := map[string]bool{}    // path -> answer the next stale read with last's
-			var gave []string
-			proxy.Answer(func(resp *http.Response) {
-				path := resp.Request.URL.Path
-				// The read of every check, not the health watch's filtered list.
-				if !slices.Contains(lagged, path) || resp.Request.URL.Query().Has("filter") {
-					return
-				}
-				body, _ := io.ReadAll(resp.Body)
-				mu.Lock()
-				defer mu.Unlock()
-				if old, ok := last[path]; ok && lag[path] && resp.Request.URL.Query().Has("stale") {
-					lag[path] = false
-					gave = append(gave, path)
-					body = old.body
-					resp.Header.Set("X-Consul-Index", old.index)
-				} else {
-					last[path] = answer{body, resp.Header.Get("X-Consul-Index")}
-				}
-				resp.Body, resp.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
-				resp.Header.Set("Content-Length", strconv.Itoa(len(body)))
-			})
+			lagging := newLaggingServer(proxy, lagged...)
 			f.waitSynced()
 			f.eventuallyEndpoints("web", "127.0.0.11:80", "127.0.0.12:80")
 			settled(t, f.reg)
-			mu.Lock()
-			for _, p := range lagged {
-				lag[p] = true
-			}
-			mu.Unlock()
 
+			lagging.lagNext()
 			require.NoError(t, f.consul.Client.Agent().ServiceDeregister("web-2"))
 			f.eventuallyEndpoints("web", "127.0.0.11:80")
-			mu.Lock()
-			defer mu.Unlock()
-			assert.ElementsMatch(t, lagged, gave, "the lagging answers were given")
+			assert.ElementsMatch(t, lagged, lagging.given(), "the lagging answers were given")
 		})
 	}
 }
