@@ -117,6 +117,10 @@ func TestBenchSmall(t *testing.T) {
 	assert.LessOrEqual(t, rs[0].ConsulPeak, int64(16+3))
 	assert.Zero(t, rs[0].FullPushes, "Route A: instance churn causes no full push")
 	assert.Zero(t, rs[1].FullPushes, "Route K: an EndpointSlice update causes no full push")
+	// Proxyless clients included (patch 0006): before it, each endpoint-only
+	// push rebuilt and sent their listeners and clusters.
+	assert.Zero(t, rs[0].CDSPushes, "Route A: a health flip pushes EDS only")
+	assert.Zero(t, rs[1].CDSPushes, "Route K: an EndpointSlice update pushes EDS only")
 	assert.LessOrEqual(t, rs[2].ConsulPerChg, 2.0, "Route C: the same Consul reads as A")
 	assert.Positive(t, rs[2].MCPPeakRSSBytes, "Route C: the server's memory")
 	assert.Positive(t, rs[2].MCPBytesPerChg, "Route C: bytes on the MCP stream")
