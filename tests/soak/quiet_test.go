@@ -84,8 +84,8 @@ func TestQuietRun(t *testing.T) {
 		require.Falsef(t, istiod.Exited(), "istiod exited during the quiet run:\n%s", istiod.Tail(40))
 	}
 	requests := proxy.Requests() - before
-	// Three watches, each timing out once per wait (a minute).
-	limit := 3*(int64(quiet/time.Minute)+1) + 3
+	// Four watches, each timing out once per wait (a minute).
+	limit := 4*(int64(quiet/time.Minute)+1) + 4
 	t.Logf("quiet %v: %d Consul requests (limit %d); istiod goroutines %d -> %d", quiet, requests, limit,
 		goroutinesBefore, goroutines(t, istiod))
 	assert.LessOrEqual(t, requests, limit)

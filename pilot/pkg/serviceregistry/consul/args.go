@@ -146,7 +146,7 @@ func AddFlags(fs *pflag.FlagSet, a *Args) {
 		"Service account of Consul instances without meta \"service-account\"; empty means no identity")
 	fs.StringVar(&a.Mapping.VIPRange, "consulVIPRange", a.Mapping.VIPRange, "CIDR that Consul service VIPs are allocated from")
 	fs.IntVar(&a.MaxConcurrentRequests, "consulMaxConcurrentRequests", a.MaxConcurrentRequests,
-		"Most concurrent per-service reads; the registry holds at most this + 3 connections to Consul (the catalog, health and nodes watches)")
+		"Most concurrent per-service reads; the registry holds at most this + 4 connections to Consul (the catalog, nodes, critical-check and warning-check watches)")
 	fs.DurationVar(&a.WaitTime, "consulWaitTime", a.WaitTime, "Blocking-query wait time")
 	fs.DurationVar(&a.RequestTimeout, "consulRequestTimeout", a.RequestTimeout,
 		"Deadline of a Consul request that does not block; a blocking one gets its wait time plus this")

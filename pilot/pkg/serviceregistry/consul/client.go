@@ -34,7 +34,7 @@ type consulClient struct {
 }
 
 // newClient builds the Consul API client. Connections are capped at
-// MaxConcurrentRequests + 3 (the three blocking watches), so the registry
+// MaxConcurrentRequests + watches (the blocking watches), so the registry
 // stays far below Consul's http_max_conns_per_client (200) however large
 // the catalog.
 func newClient(a Args, m *registryMetrics) (*consulClient, error) {
@@ -88,8 +88,9 @@ func newClient(a Args, m *registryMetrics) (*consulClient, error) {
 		timeout: a.RequestTimeout, wait: a.WaitTime, maxStale: maxStale}, nil
 }
 
-// watches is the number of blocking queries the registry holds open.
-const watches = 3
+// watches is the number of blocking queries the registry holds open: the
+// catalog, the nodes and one per watched check status.
+const watches = 2 + len(watchedStates)
 
 // request says how one read is sent.
 type request struct {

@@ -1,8 +1,9 @@
 package consul
 
-// health.go owns the health detector: one blocking query for the checks
-// that are not passing. It marks a service when one of its checks (or one
-// of its nodes' checks) differs from what that service's last read saw.
+// health.go owns the health detector: one blocking query per check status
+// that routes differently from passing (critical, warning). It marks a
+// service when one of its checks (or one of its nodes' checks) differs from
+// what that service's last read saw.
 
 import (
 	"context"
@@ -14,12 +15,14 @@ import (
 	"istio.io/istio/pkg/util/sets"
 )
 
-// nonPassingFilter asks Consul only for checks that are not passing. The
-// answer's size follows the number of unhealthy checks, not the size of the
-// catalog: with every check listed, each health change anywhere made Consul
-// encode, and istiod decode, every check in the datacenter (docs/architecture.md,
-// Watching).
-const nonPassingFilter = `Status != "passing"`
+// watchedStates are the statuses the detector lists, one blocking query
+// each. Consul indexes checks by status, so each answer costs it the checks
+// of that status only, and a query wakes only when a check enters or leaves
+// its status. The first design asked for every check filtered by
+// `Status != "passing"`: Consul evaluated the filter on every check in the
+// datacenter for each answer (docs/architecture.md, Watching). Maintenance
+// is a critical check.
+var watchedStates = [...]string{api.HealthCritical, api.HealthWarning}
 
 type checkKey struct{ node, id string }
 
@@ -42,29 +45,30 @@ type healthWatch struct {
 
 func newHealthWatch() *healthWatch { return &healthWatch{views: map[string]checkView{}} }
 
-// readHealth is one blocking read of every non-passing check.
-func (c *Controller) readHealth(ctx context.Context, req request) (uint64, func(), error) {
-	var checks api.HealthChecks
-	meta, err := c.consul.get(ctx, req, func(q *api.QueryOptions) (*api.QueryMeta, error) {
-		q.Filter = nonPassingFilter
-		var m *api.QueryMeta
-		var err error
-		checks, m, err = c.consul.Health().State(api.HealthAny, q)
-		return m, err
-	})
-	if err != nil {
-		return 0, nil, fmt.Errorf("list non-passing health checks: %w", err)
+// readHealth returns the blocking read of every check in state.
+func (c *Controller) readHealth(state string) watchRead {
+	return func(ctx context.Context, req request) (uint64, func(), error) {
+		var checks api.HealthChecks
+		meta, err := c.consul.get(ctx, req, func(q *api.QueryOptions) (*api.QueryMeta, error) {
+			var m *api.QueryMeta
+			var err error
+			checks, m, err = c.consul.Health().State(state, q)
+			return m, err
+		})
+		if err != nil {
+			return 0, nil, fmt.Errorf("list %s health checks: %w", state, err)
+		}
+		return meta.LastIndex, func() {
+			// No aclHidden here: an empty list is normal (nothing is in
+			// state). The catalog watch catches a token that can read nothing.
+			if meta.ResultsFilteredByACLs {
+				log.Debugf("consul ACLs hid some %s checks; the token needs read on service_prefix and node_prefix", state)
+			}
+			for _, m := range c.health.changed(checks, state, meta.LastIndex, c.store.onNode) {
+				c.dirty.mark(m.need, m.name)
+			}
+		}, nil
 	}
-	return meta.LastIndex, func() {
-		// No aclHidden here: an empty list is normal (everything is
-		// passing). The catalog watch catches a token that can read nothing.
-		if meta.ResultsFilteredByACLs {
-			log.Debugf("consul ACLs hid some non-passing checks; the token needs read on service_prefix and node_prefix")
-		}
-		for _, m := range c.health.changed(checks, meta.LastIndex, c.store.onNode) {
-			c.dirty.mark(m.need, m.name)
-		}
-	}, nil
 }
 
 // healthMark is a service to re-read and the index its next read must reach.
@@ -73,21 +77,21 @@ type healthMark struct {
 	need uint64
 }
 
-// changed returns the services whose view differs from the non-passing
-// checks at index: a check that turned non-passing is listed with a new
-// status; one that turned passing, or vanished, is missing from the list.
-// A view at or past index is newer than the list and is left alone. A
-// service is listed with the index its next read must pass: Consul moves a
-// service's index on every write to its checks or its nodes' checks, so a
-// difference means a write after the view's read.
-func (h *healthWatch) changed(checks api.HealthChecks, index uint64, onNode func(string) []string) []healthMark {
+// changed returns the services whose view differs from the checks in state
+// at index: a check that entered state is listed; one that left it, or
+// vanished, is missing from the list. Checks of other states are another
+// list's business. A view at or past index is newer than the list and is
+// left alone. A service is listed with the index its next read must pass:
+// Consul moves a service's index on every write to its checks or its
+// nodes' checks, so a difference means a write after the view's read.
+func (h *healthWatch) changed(checks api.HealthChecks, state string, index uint64, onNode func(string) []string) []healthMark {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	listed := make(map[checkKey]string, len(checks))
+	listed := sets.New[checkKey]()
 	relevant := map[string][]checkKey{} // service -> its listed checks
 	for _, hc := range checks {
 		k := checkKey{hc.Node, hc.CheckID}
-		listed[k] = hc.Status
+		listed.Insert(k)
 		for _, name := range checkServices(hc.Node, hc.ServiceName, onNode) {
 			relevant[name] = append(relevant[name], k)
 		}
@@ -99,7 +103,7 @@ func (h *healthWatch) changed(checks api.HealthChecks, index uint64, onNode func
 			continue // not read yet (the catalog marked it), or read after this list
 		}
 		for _, k := range keys {
-			if v.checks[k] != listed[k] {
+			if v.checks[k] != state {
 				dirty.Insert(name)
 				break
 			}
@@ -110,7 +114,7 @@ func (h *healthWatch) changed(checks api.HealthChecks, index uint64, onNode func
 			continue
 		}
 		for k, status := range v.checks {
-			if listed[k] != status {
+			if status == state && !listed.Contains(k) {
 				dirty.Insert(name)
 				break
 			}

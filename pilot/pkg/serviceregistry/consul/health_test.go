@@ -44,7 +44,7 @@ func TestNodeCheckSeenByOneReadStillMarksItsNeighbours(t *testing.T) {
 			// saying so is held on its way...
 			health := make(chan struct{})
 			sc.setHold(func(r *http.Request) {
-				if r.URL.Path == "/v1/health/state/any" && r.URL.Query().Get("index") != "" {
+				if r.URL.Path == "/v1/health/state/critical" && r.URL.Query().Get("index") != "" {
 					<-health
 				}
 			})

@@ -145,7 +145,11 @@ func (c *Controller) Run(stop <-chan struct{}) {
 		wg.Go(func() { c.work(ctx) })
 	}
 	wg.Go(func() { c.keep(ctx, "catalog watch", func() { c.blockingWatch(ctx, "catalog", c.readCatalog) }) })
-	wg.Go(func() { c.keep(ctx, "health watch", func() { c.blockingWatch(ctx, "health", c.readHealth) }) })
+	for _, state := range watchedStates {
+		wg.Go(func() {
+			c.keep(ctx, state+" health watch", func() { c.blockingWatch(ctx, "health", c.readHealth(state)) })
+		})
+	}
 	wg.Go(func() { c.keep(ctx, "nodes watch", func() { c.blockingWatch(ctx, "nodes", c.readNodes) }) })
 	wg.Go(func() { c.keep(ctx, "pinpoint", func() { c.runPinpoint(ctx) }) })
 	wg.Go(func() { c.awaitSync(ctx) })

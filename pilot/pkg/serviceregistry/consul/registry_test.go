@@ -369,7 +369,7 @@ func TestIdleCatalogCostsOnlyTheWatches(t *testing.T) {
 	time.Sleep(4 * time.Second) // the measurement window: ~4 blocking-query timeouts per watch
 	used := counter.Requests() - before
 	t.Logf("%d Consul requests in 4 idle seconds", used)
-	assert.Less(t, used, int64(16), "only watch timeouts, no per-service re-reads")
+	assert.Less(t, used, int64(5*watches), "only watch timeouts, no per-service re-reads")
 }
 
 // Run stops everything it started, timers included: with a pinpoint verdict

@@ -40,9 +40,13 @@ func loadCatalog(t *testing.T, c *api.Client, n int) {
 }
 
 // TestTenThousandServicesWithinConnectionLimit: 10,000 services sync with at
-// most MaxConcurrentRequests+3 (= 19, far under Consul's 200) connections,
-// and a health flip afterwards costs two requests: the checks watch's
-// answer and one read of the flipped service.
+// most MaxConcurrentRequests+watches (= 20, far under Consul's 200)
+// connections, and a health flip afterwards costs at most three requests:
+// the answer of the watch of the status the check entered, one read of the
+// flipped service and, while no check has the other status, that watch's
+// empty answer (Consul's status index cannot watch an empty subtree, so
+// such a watch wakes on every check write). Each answer lists only checks
+// of one status: no answer costs Consul a pass over every check.
 func TestTenThousandServicesWithinConnectionLimit(t *testing.T) {
 	if testing.Short() {
 		t.Skip("loads 10,000 services; skipped with -short")
@@ -66,15 +70,20 @@ func TestTenThousandServicesWithinConnectionLimit(t *testing.T) {
 	assert.Equal(t, n+1, services, "every service (plus consul itself)")
 	assert.LessOrEqual(t, counter.PeakConnections(), int64(DefaultArgs().MaxConcurrentRequests+watches))
 
-	// Let the post-sync reads settle, then flip one check.
+	// Let the post-sync reads settle, then flip checks one at a time.
 	settled(t, f.reg)
-	before := counter.Requests()
-	_, _, _, err = c.Client.Txn().Txn(api.TxnOps{{Check: &api.CheckTxnOp{Verb: api.CheckSet, Check: api.HealthCheck{
-		Node: "bulk", CheckID: "chk-svc-04242", Name: "chk", Status: api.HealthCritical, ServiceID: "svc-04242"}}}}, nil)
-	require.NoError(t, err)
-	f.eventuallyEndpoints("svc-04242")
-	settled(t, f.reg) // extra reads (a full re-read) would be queued by now
-	used := counter.Requests() - before
-	t.Logf("one health flip cost %d Consul requests", used)
-	assert.LessOrEqual(t, used, int64(2))
+	flip := func(svc, status string) int64 {
+		before := counter.Requests()
+		_, _, _, err := c.Client.Txn().Txn(api.TxnOps{{Check: &api.CheckTxnOp{Verb: api.CheckSet, Check: api.HealthCheck{
+			Node: "bulk", CheckID: "chk-" + svc, Name: "chk", Status: status, ServiceID: svc}}}}, nil)
+		require.NoError(t, err)
+		f.eventuallyEndpoints(svc) // warning is unhealthy by default, as critical
+		settled(t, f.reg)          // extra reads (a full re-read) would be queued by now
+		used := counter.Requests() - before
+		t.Logf("%s turning %s cost %d Consul requests", svc, status, used)
+		return used
+	}
+	assert.LessOrEqual(t, flip("svc-04242", api.HealthCritical), int64(3), "no check is warning: its watch answers too")
+	assert.LessOrEqual(t, flip("svc-04243", api.HealthWarning), int64(2), "the warning watch and the read")
+	assert.LessOrEqual(t, flip("svc-04244", api.HealthCritical), int64(2), "both statuses held: the critical watch alone wakes")
 }

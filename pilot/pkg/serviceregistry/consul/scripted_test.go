@@ -24,7 +24,10 @@ import (
 // (agent/consul/state/catalog.go):
 //   - /v1/catalog/services answers at the services table's index, which
 //     moves on (de)registrations only;
-//   - /v1/health/state/any at the checks table's index;
+//   - /v1/health/state/<any, critical or warning> at the checks table's
+//     index (Consul wakes a query for one status only when a check enters
+//     or leaves it; this one wakes on every check write: extra answers,
+//     never a missed one);
 //   - /v1/catalog/nodes at the nodes table's index, which moves on node
 //     writes (address, meta) only;
 //   - /v1/health/service/<name> at that service's index, which every write
@@ -339,8 +342,14 @@ func (s *scriptedConsul) answerLocked(path string, q map[string][]string) ([]byt
 			}
 		}
 		v, index = listing, s.servicesIndex
-	case path == "/v1/health/state/any":
-		filter := strings.Join(q["filter"], "")
+	case strings.HasPrefix(path, "/v1/health/state/"):
+		state := strings.TrimPrefix(path, "/v1/health/state/")
+		if state != api.HealthAny && !slices.Contains(watchedStates[:], state) {
+			return nil, 0, fmt.Errorf("scripted consul: no state %q", state)
+		}
+		if len(q["filter"]) > 0 {
+			return nil, 0, fmt.Errorf("scripted consul: no filters")
+		}
 		checks := api.HealthChecks{}
 		for _, k := range slices.SortedFunc(func(yield func(checkKey) bool) {
 			for k := range s.checks {
@@ -350,7 +359,7 @@ func (s *scriptedConsul) answerLocked(path string, q map[string][]string) ([]byt
 			}
 		}, func(a, b checkKey) int { return strings.Compare(a.node+"/"+a.id, b.node+"/"+b.id) }) {
 			c := s.checks[k]
-			if filter == nonPassingFilter && c.Status == api.HealthPassing {
+			if state != api.HealthAny && c.Status != state {
 				continue
 			}
 			checks = append(checks, c)
