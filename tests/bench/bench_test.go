@@ -25,7 +25,11 @@ func TestDatasetAddresses(t *testing.T) {
 	require.NoError(t, d.Validate())
 	assert.Equal(t, "198.18.0.1", d.IP(Instance{0, 0}))
 	assert.Equal(t, "198.19.134.160", d.IP(Instance{9999, 9}), "the last address stays inside 198.18.0.0/15")
-	assert.Error(t, Dataset{N: 20000, M: 10}.Validate())
+	big := Dataset{N: 30000, M: 10}
+	require.NoError(t, big.Validate())
+	assert.Equal(t, "198.19.255.254", big.IP(Instance{13106, 9}), "the range's last address")
+	assert.Equal(t, big.IP(Instance{0, 0}), big.IP(Instance{13107, 0}), "then addresses repeat, in another service")
+	assert.Error(t, Dataset{N: 1, M: 1 << 17}.Validate())
 	assert.Equal(t, "outbound|8080||svc-00042.service.consul", d.Cluster(42))
 }
 
@@ -113,15 +117,18 @@ func TestBenchSmall(t *testing.T) {
 		assert.Equal(t, r.Changes*2, r.Latency.Count, r.Route)
 		assert.Positive(t, r.PeakRSSBytes, r.Route)
 	}
-	assert.LessOrEqual(t, rs[0].ConsulPerChg, 2.0, "Route A: at most 2 Consul requests per instance change")
-	assert.LessOrEqual(t, rs[0].ConsulPeak, int64(16+3))
+	// The watch of the status nobody is in (warning, here) wakes on every
+	// check write and answers an empty list: Consul's status index cannot
+	// watch an empty subtree. The flipped service's read is the third.
+	assert.LessOrEqual(t, rs[0].ConsulPerChg, 3.0, "Route A: at most 3 Consul requests per instance change")
+	assert.LessOrEqual(t, rs[0].ConsulPeak, int64(16+4))
 	assert.Zero(t, rs[0].FullPushes, "Route A: instance churn causes no full push")
 	assert.Zero(t, rs[1].FullPushes, "Route K: an EndpointSlice update causes no full push")
 	// Proxyless clients included (patch 0006): before it, each endpoint-only
 	// push rebuilt and sent their listeners and clusters.
 	assert.Zero(t, rs[0].CDSPushes, "Route A: a health flip pushes EDS only")
 	assert.Zero(t, rs[1].CDSPushes, "Route K: an EndpointSlice update pushes EDS only")
-	assert.LessOrEqual(t, rs[2].ConsulPerChg, 2.0, "Route C: the same Consul reads as A")
+	assert.LessOrEqual(t, rs[2].ConsulPerChg, 3.0, "Route C: the same Consul reads as A")
 	assert.Positive(t, rs[2].MCPPeakRSSBytes, "Route C: the server's memory")
 	assert.Positive(t, rs[2].MCPBytesPerChg, "Route C: bytes on the MCP stream")
 	rep := &Report{Results: rs}
@@ -162,8 +169,9 @@ func TestParseRoutes(t *testing.T) {
 
 // TestBenchSmallRegistrations: the same with instances deregistered and
 // registered again instead of flipped: each costs Consul a few requests
-// (the listing, the health watch, a spaced read of every check, the
-// service), never a full push.
+// (the listing, the two health watches, which wake on every check write
+// while no check is critical or warning, a spaced read of every check,
+// the service), never a full push.
 func TestBenchSmallRegistrations(t *testing.T) {
 	rs := smallRun(t, Config{Kind: ChurnRegister})
 	for _, r := range rs {
@@ -171,7 +179,7 @@ func TestBenchSmallRegistrations(t *testing.T) {
 		assert.Positive(t, r.Changes, r.Route)
 		assert.Zero(t, r.Unseen, "%s: every change reached every watcher", r.Route)
 	}
-	assert.LessOrEqual(t, rs[0].ConsulPerChg, 4.0, "Route A: Consul requests per registration change")
+	assert.LessOrEqual(t, rs[0].ConsulPerChg, 5.0, "Route A: Consul requests per registration change")
 	assert.Zero(t, rs[0].FullPushes, "Route A: registrations cause no full push")
 	rep := &Report{Results: rs}
 	rep.Config.Kind = ChurnRegister

@@ -18,7 +18,9 @@ import (
 const Port = 8080
 
 // Dataset is N services × M instances. Instance addresses come from
-// 198.18.0.0/15 (the benchmarking range): they are data only, nothing dials them.
+// 198.18.0.0/15 (the benchmarking range): they are data only, nothing dials
+// them. Past the range's 131,070 addresses they repeat, in other services
+// only (a service's own instances stay distinct).
 type Dataset struct {
 	N, M int
 	// Domain follows the service name in its hostname: "service.consul"
@@ -64,7 +66,7 @@ func (d Dataset) Nodes() int { return (d.N*d.M + instancesPerNode - 1) / instanc
 func (d Dataset) IP(in Instance) string {
 	base := netip.MustParseAddr("198.18.0.1").As4()
 	n := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3])
-	n += uint32(in.Svc*d.M + in.Idx)
+	n += uint32((in.Svc*d.M + in.Idx) % addresses)
 	return netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}).String()
 }
 
@@ -96,13 +98,20 @@ func (d Dataset) Listeners() []string {
 	return out
 }
 
+// addresses is how many instance addresses 198.18.0.1 onwards holds
+// within 198.18.0.0/15.
+const addresses = 1<<17 - 2
+
 // Validate rejects sizes the address range cannot hold.
 func (d Dataset) Validate() error {
 	if d.N < 1 || d.M < 2 {
 		return fmt.Errorf("dataset %d×%d: need at least 1 service and 2 instances each", d.N, d.M)
 	}
-	if d.N*d.M > 1<<17-2 {
-		return fmt.Errorf("dataset %d×%d: more instances than 198.18.0.0/15 holds", d.N, d.M)
+	if d.M > addresses {
+		return fmt.Errorf("dataset %d×%d: more instances per service than 198.18.0.0/15 holds", d.N, d.M)
+	}
+	if d.N > 99999 {
+		return fmt.Errorf("dataset %d×%d: service names have five digits", d.N, d.M)
 	}
 	return nil
 }

@@ -89,7 +89,8 @@ func (r *Report) Markdown() string {
 	// comes, first).
 	var others []string
 	if slices.Contains(cols, RouteA) {
-		others = cols[1:]
+		// Not P: its figures are Consul's and a watcher's, not a client's.
+		others = slices.DeleteFunc(slices.Clone(cols[1:]), func(c string) bool { return c == RouteP })
 	}
 	b.WriteString("| scale | metric |")
 	for _, c := range cols {
@@ -100,7 +101,11 @@ func (r *Report) Markdown() string {
 	}
 	b.WriteString("\n|---|---|" + strings.Repeat("---:|", len(cols)+len(others)) + "\n")
 	for _, sc := range byScale(r.Results) {
-		t := table{b: &b, scale: fmt.Sprintf("%d×%d", sc.services, sc.perSvc), cols: cols, others: others, at: sc.routes}
+		label := fmt.Sprintf("%d×%d", sc.services, sc.perSvc)
+		if sc.istiods > 1 {
+			label += fmt.Sprintf(", %d istiods", sc.istiods)
+		}
+		t := table{b: &b, scale: label, cols: cols, others: others, at: sc.routes}
 		t.writeRows()
 	}
 	return b.String()
@@ -109,6 +114,7 @@ func (r *Report) Markdown() string {
 // routeTitles head the table's columns.
 var routeTitles = map[string]string{
 	RouteA: "A (Consul registry)", RouteK: "K (Kubernetes Services)", RouteC: "C (MCP, istiod as shipped)", RouteB: "B (SE+WE)",
+	RouteP: "P (per-service blocking queries, no istiod)",
 }
 
 // measured lists the routes present in rs, in run order.
@@ -124,16 +130,17 @@ func measured(rs []Result) []string {
 
 // scale is one dataset size's results, by route.
 type scale struct {
-	services, perSvc int
-	routes           map[string]Result
+	services, perSvc, istiods int
+	routes                    map[string]Result
 }
 
 // byScale groups results by dataset size, in run order.
 func byScale(rs []Result) []scale {
 	var out []scale
 	for _, r := range rs {
-		if n := len(out); n == 0 || out[n-1].services != r.Services || out[n-1].perSvc != r.PerSvc || hasRoute(out[n-1], r.Route) {
-			out = append(out, scale{services: r.Services, perSvc: r.PerSvc, routes: map[string]Result{}})
+		if n := len(out); n == 0 || out[n-1].services != r.Services || out[n-1].perSvc != r.PerSvc ||
+			(r.Route == RouteA && out[n-1].istiods != max(r.Istiods, 1)) || hasRoute(out[n-1], r.Route) {
+			out = append(out, scale{services: r.Services, perSvc: r.PerSvc, istiods: max(r.Istiods, 1), routes: map[string]Result{}})
 		}
 		out[len(out)-1].routes[r.Route] = r
 	}
@@ -199,6 +206,22 @@ func (t table) number(metric, format string, f func(Result) float64) {
 	}, func(r Result) (float64, bool) { return f(r), r.Synced })
 }
 
+// istiodNumber is a number about istiod: none on Route P, which runs none.
+func (t table) istiodNumber(metric, format string, f func(Result) float64) {
+	t.row(metric, func(r Result) string {
+		switch {
+		case r.Route == RouteP:
+			return "–"
+		case !r.Synced:
+			return "– (never synced)"
+		}
+		return fmt.Sprintf(format, f(r))
+	}, func(r Result) (float64, bool) { return f(r), r.Synced && r.Route != RouteP })
+}
+
+// readsConsul: the routes whose Consul use is measured.
+func readsConsul(r Result) bool { return r.Route == RouteA || r.Route == RouteC || r.Route == RouteP }
+
 // any reports whether f holds for some route at this scale.
 func (t table) any(f func(Result) bool) bool {
 	for _, r := range t.at {
@@ -232,8 +255,8 @@ func (t table) writeRows() {
 	t.number("change→client p99 (ms)", "%.1f", func(r Result) float64 { return r.Latency.P99 })
 	t.number("change→client max (ms)", "%.1f", func(r Result) float64 { return r.Latency.Max })
 	if t.any(func(r Result) bool { return r.SidecarLat.Count > 0 }) { // not recorded before per-kind stats existed
-		t.number("change→sidecar-like p99 (ms)", "%.1f", func(r Result) float64 { return r.SidecarLat.P99 })
-		t.number("change→proxyless p99 (ms)", "%.1f", func(r Result) float64 { return r.ProxylessLat.P99 })
+		t.istiodNumber("change→sidecar-like p99 (ms)", "%.1f", func(r Result) float64 { return r.SidecarLat.P99 })
+		t.istiodNumber("change→proxyless p99 (ms)", "%.1f", func(r Result) float64 { return r.ProxylessLat.P99 })
 	}
 	if t.any(func(r Result) bool { return r.WDSLat.Count > 0 }) { // ambient runs only
 		for _, q := range []struct {
@@ -251,24 +274,59 @@ func (t table) writeRows() {
 			return fmt.Sprintf("%d of %d", r.WDSLat.Count, r.Changes)
 		}, nil)
 	}
-	t.number("istiod CPU, sync (s)", "%.1f", func(r Result) float64 { return r.CPUSyncSec })
-	t.number("istiod CPU, churn (s)", "%.1f", func(r Result) float64 { return r.CPUChurnSec })
+	t.istiodNumber("istiod CPU, sync (s)", "%.1f", func(r Result) float64 { return r.CPUSyncSec })
+	t.istiodNumber("istiod CPU, churn (s)", "%.1f", func(r Result) float64 { return r.CPUChurnSec })
 	// Peak RSS is measured either way (a lower bound for a route that never synced).
-	t.row("istiod peak RSS (MiB)", func(r Result) string { return fmt.Sprintf("%.0f", float64(r.PeakRSSBytes)/(1<<20)) },
-		func(r Result) (float64, bool) { return float64(r.PeakRSSBytes), r.PeakRSSBytes > 0 })
-	t.number("full pushes in churn", "%.0f", func(r Result) float64 { return r.FullPushes })
-	t.number("CDS pushes in churn (per client)", "%.0f", func(r Result) float64 { return r.CDSPushes })
-	t.number("EDS pushes in churn (per client)", "%.0f", func(r Result) float64 { return r.EDSPushes })
-	t.row("changes (unseen pairs)", func(r Result) string { return fmt.Sprintf("%d (%d)", r.Changes, r.Unseen) }, nil)
-	t.row("Consul requests per change; peak connections", func(r Result) string {
-		if r.Route != RouteA && r.Route != RouteC {
+	t.row("istiod peak RSS (MiB)", func(r Result) string {
+		if r.Route == RouteP {
 			return "–"
 		}
-		if !r.Synced {
-			return "– (never synced)"
+		return fmt.Sprintf("%.0f", float64(r.PeakRSSBytes)/(1<<20))
+	},
+		func(r Result) (float64, bool) { return float64(r.PeakRSSBytes), r.PeakRSSBytes > 0 })
+	t.istiodNumber("full pushes in churn", "%.0f", func(r Result) float64 { return r.FullPushes })
+	t.istiodNumber("CDS pushes in churn (per client)", "%.0f", func(r Result) float64 { return r.CDSPushes })
+	t.istiodNumber("EDS pushes in churn (per client)", "%.0f", func(r Result) float64 { return r.EDSPushes })
+	t.row("changes (unseen pairs)", func(r Result) string { return fmt.Sprintf("%d (%d)", r.Changes, r.Unseen) }, nil)
+	consul := func(f func(Result) string) func(Result) string {
+		return func(r Result) string {
+			switch {
+			case !readsConsul(r):
+				return "–"
+			case !r.Synced:
+				return "– (never synced)"
+			}
+			return f(r)
 		}
+	}
+	t.row("Consul requests per change; peak connections", consul(func(r Result) string {
 		return fmt.Sprintf("%.2f; %d", r.ConsulPerChg, r.ConsulPeak)
-	}, nil)
+	}), nil)
+	if t.any(func(r Result) bool { return r.ConsulPeakRSSBytes > 0 }) { // not recorded before the Consul rows existed
+		t.row("Consul response bytes per change", consul(func(r Result) string { return fmt.Sprintf("%.0f", r.ConsulBytesPerChg) }), nil)
+		t.row("Consul CPU per change (ms)", consul(func(r Result) string { return fmt.Sprintf("%.2f", r.ConsulCPUPerChgMs) }), nil)
+		t.row("Consul peak RSS (MiB)", consul(func(r Result) string {
+			return fmt.Sprintf("%.0f", float64(r.ConsulPeakRSSBytes)/(1<<20))
+		}), nil)
+	}
+	if t.any(func(r Result) bool { return r.ConsulIdle.Seconds > 0 }) {
+		t.row("Consul idle: requests/s; bytes/s; CPU ms/s", consul(func(r Result) string {
+			u := r.ConsulIdle
+			return fmt.Sprintf("%.2f; %.0f; %.1f", u.PerSecond(float64(u.Requests)), u.PerSecond(float64(u.Bytes)), u.PerSecond(u.CPUSeconds*1000))
+		}), nil)
+	}
+	if t.any(func(r Result) bool { return len(r.ReplicaP99) > 0 }) {
+		t.row("change→client p99 per replica (ms)", func(r Result) string {
+			if len(r.ReplicaP99) == 0 {
+				return "–"
+			}
+			var ps []string
+			for _, p := range r.ReplicaP99 {
+				ps = append(ps, fmt.Sprintf("%.0f", p))
+			}
+			return strings.Join(ps, " · ")
+		}, nil)
+	}
 	if t.any(func(r Result) bool { return r.MCPPeakRSSBytes > 0 }) { // Route C's server
 		mcp := func(f func(Result) string) func(Result) string {
 			return func(r Result) string {

@@ -33,7 +33,13 @@ type Config struct {
 	// Ambient runs istiod with PILOT_ENABLE_AMBIENT=true and adds a WDS
 	// watcher (as ztunnel subscribes), whose latency is reported apart.
 	Ambient bool
-	Step    func(format string, args ...any)
+	// Istiods is how many istiod replicas Route A runs on the one Consul
+	// (0 or 1: one), each with Watchers watchers.
+	Istiods int
+	// Idle, if set, is a quiet window after the warm-up in which Consul's
+	// load (requests, bytes, CPU) is measured with nothing changing.
+	Idle time.Duration
+	Step func(format string, args ...any)
 }
 
 // Churn kinds (Config.Kind).
@@ -48,16 +54,23 @@ const (
 	RouteK = "K: Kubernetes Services"
 	RouteB = "B: ServiceEntry+WorkloadEntry"
 	RouteC = "C: MCP-over-xDS (consul-mcp, istiod as shipped)"
+	// RouteP runs no istiod: one blocking query per service, as peers'
+	// watchers hold them (per_service.go), for what that costs Consul.
+	RouteP = "P: one blocking query per service (peers' watchers)"
 )
 
 // routes is every route in run order: the references before the bridges,
 // and B last, whose 10,000-service run can take the whole sync timeout.
-var routes = []string{RouteA, RouteK, RouteC, RouteB}
+var routes = []string{RouteA, RouteK, RouteC, RouteB, RouteP}
 
 // wants reports whether cfg measures route.
 func (c Config) wants(route string) bool {
 	return c.Routes == nil || slices.Contains(c.Routes, route[:1])
 }
+
+// wantsOnly reports whether cfg names route: Route P, which is not a way
+// to serve a mesh, runs only when asked for.
+func (c Config) wantsOnly(route string) bool { return slices.Contains(c.Routes, route[:1]) }
 
 // ParseRoutes turns "A,K,C,B" (any order, any subset) into Config.Routes.
 func ParseRoutes(s string) ([]string, error) {
@@ -65,7 +78,7 @@ func ParseRoutes(s string) ([]string, error) {
 	for _, r := range strings.Split(s, ",") {
 		r = strings.ToUpper(strings.TrimSpace(r))
 		if !slices.ContainsFunc(routes, func(name string) bool { return name[:1] == r }) {
-			return nil, fmt.Errorf("route %q: want A, K, C or B", r)
+			return nil, fmt.Errorf("route %q: want A, K, C, B or P", r)
 		}
 		out = append(out, r)
 	}
@@ -103,6 +116,18 @@ type Result struct {
 	ConsulReqs    int64   `json:"consul_requests_during_churn,omitempty"`
 	ConsulPerChg  float64 `json:"consul_requests_per_change,omitempty"`
 	ConsulPeak    int64   `json:"consul_peak_connections,omitempty"`
+	// What Consul (one dev agent, the server) spent: response bytes and
+	// its CPU per change during churn, its peak RSS, and its load in the
+	// idle window (Config.Idle).
+	ConsulBytesPerChg  float64   `json:"consul_bytes_per_change,omitempty"`
+	ConsulCPUPerChgMs  float64   `json:"consul_cpu_ms_per_change,omitempty"`
+	ConsulPeakRSSBytes int64     `json:"consul_peak_rss_bytes,omitempty"`
+	ConsulIdle         ConsulUse `json:"consul_idle"`
+	// Istiods is the number of replicas (Route A, Config.Istiods); RSS is
+	// then the largest replica's, CPU and pushes all replicas' together,
+	// and ReplicaP99 each replica's watchers' p99 (ms).
+	Istiods    int       `json:"istiods,omitempty"`
+	ReplicaP99 []float64 `json:"replica_p99_ms,omitempty"`
 	// Route C's MCP server, beside istiod.
 	MCPCPUSyncSec   float64   `json:"mcp_cpu_sync_seconds,omitempty"`
 	MCPCPUChurnSec  float64   `json:"mcp_cpu_churn_seconds,omitempty"`
@@ -167,6 +192,13 @@ func RunScale(parent *harness.ProcessEnv, data Dataset, cfg Config) ([]Result, e
 		}
 		out = append(out, b)
 	}
+	if cfg.wantsOnly(RouteP) {
+		p, err := measureP(env, data, cfg)
+		if err != nil {
+			return out, fmt.Errorf("route P: %w", err)
+		}
+		out = append(out, p)
+	}
 	return out, nil
 }
 
@@ -179,7 +211,7 @@ func measureA(env *harness.ProcessEnv, consul *harness.Consul, kube *harness.Kub
 	}
 	src := &ConsulSource{Client: consul.Client, Data: data}
 	return measure(env, kube, data, cfg, RouteA, src, fmt.Sprintf("loaded %d instances into Consul", data.N*data.M),
-		launch{consul: proxy, args: []string{"--consulServerURL", proxy.URL}})
+		launch{consul: proxy, backend: consul, args: []string{"--consulServerURL", proxy.URL}})
 }
 
 // measureC loads the dataset into a Consul of its own (Route A's churn has
@@ -199,7 +231,7 @@ func measureC(parent *harness.ProcessEnv, data Dataset, cfg Config) (Result, err
 	}
 	src := &ConsulSource{Client: consul.Client, Data: data}
 	return measure(env, kube, data, cfg, RouteC, src, fmt.Sprintf("loaded %d instances into Consul", data.N*data.M),
-		launch{consul: proxy, mcp: true})
+		launch{consul: proxy, backend: consul, mcp: true})
 }
 
 // measureK writes the dataset as Services and EndpointSlices into a
@@ -277,7 +309,8 @@ func unthrottled(kube *harness.Kube) *rest.Config {
 // (mcp) the release's as shipped reading a consul-mcp server that reads
 // through consul, the two started together.
 type launch struct {
-	consul *harness.FaultProxy // counts Consul requests (A, C)
+	consul  *harness.FaultProxy // counts Consul requests (A, C)
+	backend *harness.Consul     // behind consul: its CPU and memory are measured
 	mcp    bool
 	args   []string
 }
@@ -300,23 +333,35 @@ func (l launch) build(env *harness.ProcessEnv, kube *harness.Kube) (*harness.Ist
 	return i, server, err
 }
 
-// runRoute starts istiod, waits for every watcher to hold everything, churns
-// and collects the measurements, then stops istiod.
+// runRoute starts istiod (cfg.Istiods replicas on Route A, each with its
+// own cfg.Watchers watchers), waits for every watcher to hold everything,
+// churns and collects the measurements, then stops istiod.
 func runRoute(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Config, route string,
 	l launch, set setHealth,
 ) (Result, error) {
-	r := Result{Route: route, Services: data.N, PerSvc: data.M, Watchers: cfg.Watchers}
+	replicas := 1
+	if route == RouteA {
+		replicas = max(cfg.Istiods, 1)
+	}
+	xdsWatchers := cfg.Watchers * replicas
+	r := Result{Route: route, Services: data.N, PerSvc: data.M, Watchers: cfg.Watchers, Istiods: replicas}
 	proxy := l.consul
-	istiod, server, err := l.build(env, kube)
-	if err != nil {
-		return r, err
+	var istiods []*harness.Istiod
+	var server *harness.MCP
+	for range replicas {
+		istiod, srv, err := l.build(env, kube)
+		if err != nil {
+			return r, err
+		}
+		istiod.ReadyTimeout, istiod.KeepUnready = cfg.SyncTimeout, true
+		if cfg.Ambient {
+			istiod.Env = append(istiod.Env, "PILOT_ENABLE_AMBIENT=true")
+		}
+		defer istiod.Stop()
+		istiods, server = append(istiods, istiod), srv
 	}
-	istiod.ReadyTimeout, istiod.KeepUnready = cfg.SyncTimeout, true
-	if cfg.Ambient {
-		istiod.Env = append(istiod.Env, "PILOT_ENABLE_AMBIENT=true")
-	}
-	defer istiod.Stop()
-	cfg.Step("%s: starting istiod", route)
+	istiod := istiods[0] // profiled; its ambient WDS is watched
+	cfg.Step("%s: starting %d istiod(s)", route, replicas)
 	start := time.Now()
 	startupProfiled := make(chan struct{})
 	if cfg.ProfileDir != "" {
@@ -341,29 +386,44 @@ func runRoute(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Con
 			return r, err
 		}
 	}
-	if err := istiod.Start(); err != nil {
-		if !errors.Is(err, harness.ErrNotReady) {
-			return r, err
+	// Replicas start together, as a Deployment's pods do.
+	started := make(chan error, replicas)
+	for _, i := range istiods {
+		go func() { started <- i.Start() }()
+	}
+	var startErr error
+	for range replicas {
+		if err := <-started; err != nil && (startErr == nil || !errors.Is(err, harness.ErrNotReady)) {
+			startErr = err
+		}
+	}
+	if startErr != nil {
+		if !errors.Is(startErr, harness.ErrNotReady) {
+			return r, startErr
 		}
 		// Up but never ready: that is the measurement, not a failure.
 		r.SyncSeconds = cfg.SyncTimeout.Seconds()
 		cfg.Step("%s: istiod NOT ready after %s", route, cfg.SyncTimeout)
-		return r, r.collectEnd(istiod, server)
+		return r, r.collectEnd(istiods, server, l.backend)
 	}
 	cfg.Step("%s: istiod ready after %.2fs", route, time.Since(start).Seconds())
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	watchers := cfg.Watchers
+	watchers := xdsWatchers
 	if cfg.Ambient {
-		watchers++ // the WDS watcher's id is cfg.Watchers
+		watchers++ // the WDS watcher's id is xdsWatchers
 	}
 	tracker := NewTracker(data, watchers)
-	ended, err := WatchAll(ctx, istiod.XDSAddr, cfg.Watchers, data, tracker)
-	if err != nil {
-		return r, err
+	var ended []<-chan error
+	for k, i := range istiods {
+		e, err := WatchAll(ctx, i.XDSAddr, k*cfg.Watchers, cfg.Watchers, data, tracker)
+		if err != nil {
+			return r, err
+		}
+		ended = append(ended, e...)
 	}
 	if cfg.Ambient {
-		wds, err := WatchWDS(env, istiod.XDSAddr, cfg.Watchers, data, tracker)
+		wds, err := WatchWDS(env, istiod.XDSAddr, xdsWatchers, data, tracker)
 		if err != nil {
 			return r, err
 		}
@@ -382,9 +442,9 @@ func runRoute(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Con
 	if !r.Synced {
 		r.SyncSeconds = cfg.SyncTimeout.Seconds()
 		cfg.Step("%s: NOT every watcher had every service after %s; skipping churn", route, cfg.SyncTimeout)
-		return r, r.collectEnd(istiod, server)
+		return r, r.collectEnd(istiods, server, l.backend)
 	}
-	cpu, err := CPU(istiod.PID())
+	cpu, err := cpuOf(istiods)
 	if err != nil {
 		return r, err
 	}
@@ -396,28 +456,31 @@ func runRoute(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Con
 		}
 		r.MCPCPUSyncSec = cpu.Seconds()
 	}
-	cfg.Step("%s: %d watchers hold all %d services (%d endpoints) after %.2fs", route, cfg.Watchers, data.N, data.N*data.M, r.SyncSeconds)
+	cfg.Step("%s: %d watchers hold all %d services (%d endpoints) after %.2fs", route, xdsWatchers, data.N, data.N*data.M, r.SyncSeconds)
 
 	// Pushes from the start must not be counted as churn's: Route B's
 	// istiod keeps pushing for seconds after its clients first hold
 	// everything, and the ambient index sends its first incremental WDS
 	// push seconds after the initial state.
 	cfg.Step("%s: warm-up flip", route)
-	settle, settled, err := warmUp(ctx, data, tracker, set, cfg.Watchers)
+	settle, settled, err := warmUp(ctx, data, tracker, set, xdsWatchers)
 	if err != nil {
 		return r, err
 	}
 	r.SettleSeconds, r.Settled = settle.Seconds(), settled
 	cfg.Step("%s: warm-up flip out and back seen after %.2fs (by every xDS watcher: %v)", route, settle.Seconds(), settled)
-	before, err := istiod.Metrics()
+	if proxy != nil && cfg.Idle > 0 {
+		cfg.Step("%s: %s idle", route, cfg.Idle)
+		r.ConsulIdle, err = measureConsul(proxy, l.backend, func() error { time.Sleep(cfg.Idle); return nil })
+		if err != nil {
+			return r, err
+		}
+	}
+	before, err := metricsOf(istiods)
 	if err != nil {
 		return r, err
 	}
-	var reqs0 int64
-	if proxy != nil {
-		reqs0 = proxy.Requests()
-	}
-	cpu0, _ := CPU(istiod.PID())
+	cpu0, _ := cpuOf(istiods)
 	var mcpBytes0 float64
 	var mcpCPU0 time.Duration
 	if server != nil {
@@ -437,28 +500,42 @@ func runRoute(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Con
 	} else {
 		profiled <- nil
 	}
-	n, waits, err := churn(ctx, data, tracker, set, cfg.Rate, cfg.Churn)
+	var n int
+	var churnTook time.Duration
+	churned := func() error {
+		n0, waits, err := churn(ctx, data, tracker, set, cfg.Rate, cfg.Churn)
+		n, churnTook = n0, time.Since(churnStart)
+		if err != nil {
+			return err
+		}
+		deadline := time.After(30 * time.Second)
+		for _, w := range waits {
+			select {
+			case <-w:
+			case <-deadline:
+				return nil
+			}
+		}
+		return nil
+	}
+	var consulUse ConsulUse
+	if proxy != nil {
+		consulUse, err = measureConsul(proxy, l.backend, churned)
+	} else {
+		err = churned()
+	}
 	if err != nil {
 		return r, err
 	}
-	r.Changes, r.ChangeRate = n, float64(n)/time.Since(churnStart).Seconds()
+	r.Changes, r.ChangeRate = n, float64(n)/churnTook.Seconds()
 	if err := <-profiled; err != nil {
 		return r, err
 	}
-	deadline := time.After(30 * time.Second)
-wait:
-	for _, w := range waits {
-		select {
-		case <-w:
-		case <-deadline:
-			break wait
-		}
-	}
-	after, err := istiod.Metrics()
+	after, err := metricsOf(istiods)
 	if err != nil {
 		return r, err
 	}
-	cpu1, _ := CPU(istiod.PID())
+	cpu1, _ := cpuOf(istiods)
 	r.CPUChurnSec = (cpu1 - cpu0).Seconds()
 	if server != nil {
 		m, err := server.Metrics()
@@ -470,29 +547,73 @@ wait:
 		r.MCPCPUChurnSec = (mcpCPU1 - mcpCPU0).Seconds()
 		r.MCPBytesPerChg = (mcpBytes1 - mcpBytes0) / float64(max(n, 1))
 	}
-	k := float64(cfg.Watchers)
+	k := float64(xdsWatchers)
 	// Every full push builds a new push context; endpoint-only pushes do not.
-	r.FullPushes = harness.Metric(after, "pilot_pushcontext_init_seconds_count") - harness.Metric(before, "pilot_pushcontext_init_seconds_count")
-	r.CDSPushes = (harness.Metric(after, "pilot_xds_pushes", `type="cds"`) - harness.Metric(before, "pilot_xds_pushes", `type="cds"`)) / k
-	r.EDSPushes = (harness.Metric(after, "pilot_xds_pushes", `type="eds"`) - harness.Metric(before, "pilot_xds_pushes", `type="eds"`)) / k
+	r.FullPushes = sumMetric(after, "pilot_pushcontext_init_seconds_count") - sumMetric(before, "pilot_pushcontext_init_seconds_count")
+	r.CDSPushes = (sumMetric(after, "pilot_xds_pushes", `type="cds"`) - sumMetric(before, "pilot_xds_pushes", `type="cds"`)) / k
+	r.EDSPushes = (sumMetric(after, "pilot_xds_pushes", `type="eds"`) - sumMetric(before, "pilot_xds_pushes", `type="eds"`)) / k
 	if proxy != nil {
-		r.ConsulReqs = proxy.Requests() - reqs0
-		r.ConsulPerChg = float64(r.ConsulReqs) / float64(max(n, 1))
+		r.ConsulReqs = consulUse.Requests
+		r.ConsulPerChg = float64(consulUse.Requests) / float64(max(n, 1))
+		r.ConsulBytesPerChg = float64(consulUse.Bytes) / float64(max(n, 1))
+		r.ConsulCPUPerChgMs = consulUse.CPUSeconds * 1000 / float64(max(n, 1))
 		r.ConsulPeak = proxy.PeakConnections()
 	}
 	_, unseen := tracker.Latencies()
-	lat := tracker.LatenciesOf(func(w int) bool { return w < cfg.Watchers }) // xDS clients
+	xds := func(w int) bool { return w < xdsWatchers }
+	lat := tracker.LatenciesOf(xds)
 	r.Latency, r.Unseen = Summarize(lat), unseen
-	r.SidecarLat = Summarize(tracker.LatenciesOf(func(w int) bool { return w < cfg.Watchers && w%2 == 0 }))
-	r.ProxylessLat = Summarize(tracker.LatenciesOf(func(w int) bool { return w < cfg.Watchers && w%2 == 1 }))
-	r.WDSLat = Summarize(tracker.LatenciesOf(func(w int) bool { return w == cfg.Watchers }))
+	r.SidecarLat = Summarize(tracker.LatenciesOf(func(w int) bool { return xds(w) && w%2 == 0 }))
+	r.ProxylessLat = Summarize(tracker.LatenciesOf(func(w int) bool { return xds(w) && w%2 == 1 }))
+	r.WDSLat = Summarize(tracker.LatenciesOf(func(w int) bool { return w == xdsWatchers }))
+	if replicas > 1 {
+		for k := range replicas {
+			of := func(w int) bool { return w/cfg.Watchers == k && xds(w) }
+			r.ReplicaP99 = append(r.ReplicaP99, Summarize(tracker.LatenciesOf(of)).P99)
+		}
+	}
 	r.SampleMillis = millis(lat)
 	cfg.Step("%s: %d changes, p50 %.1fms p99 %.1fms max %.1fms, %d unseen", route, n,
 		r.Latency.P50, r.Latency.P99, r.Latency.Max, unseen)
 	if cfg.Ambient {
 		cfg.Step("%s: WDS (ztunnel-like) p50 %.1fms p99 %.1fms", route, r.WDSLat.P50, r.WDSLat.P99)
 	}
-	return r, r.collectEnd(istiod, server)
+	return r, r.collectEnd(istiods, server, l.backend)
+}
+
+// cpuOf is the CPU time the replicas have used, together.
+func cpuOf(istiods []*harness.Istiod) (time.Duration, error) {
+	var sum time.Duration
+	for _, i := range istiods {
+		c, err := CPU(i.PID())
+		if err != nil {
+			return 0, err
+		}
+		sum += c
+	}
+	return sum, nil
+}
+
+// metricsOf scrapes every replica.
+func metricsOf(istiods []*harness.Istiod) ([][]byte, error) {
+	var out [][]byte
+	for _, i := range istiods {
+		m, err := i.Metrics()
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// sumMetric adds a series over the replicas' scrapes.
+func sumMetric(scrapes [][]byte, name string, labels ...string) float64 {
+	var sum float64
+	for _, m := range scrapes {
+		sum += harness.Metric(m, name, labels...)
+	}
+	return sum
 }
 
 // warmUp takes one instance out and puts it back, unmeasured, each time
@@ -542,12 +663,25 @@ const (
 	wdsBound    = 10 * time.Second
 )
 
-func (r *Result) collectEnd(istiod *harness.Istiod, server *harness.MCP) error {
-	rss, err := PeakRSS(istiod.PID())
-	r.PeakRSSBytes = rss
-	if err != nil || server == nil {
-		return err
+func (r *Result) collectEnd(istiods []*harness.Istiod, server *harness.MCP, consul *harness.Consul) error {
+	for _, i := range istiods {
+		rss, err := PeakRSS(i.PID())
+		if err != nil {
+			return err
+		}
+		r.PeakRSSBytes = max(r.PeakRSSBytes, rss) // per replica
 	}
+	if consul != nil {
+		rss, err := PeakRSS(consul.PID())
+		if err != nil {
+			return err
+		}
+		r.ConsulPeakRSSBytes = rss
+	}
+	if server == nil {
+		return nil
+	}
+	var err error
 	r.MCPPeakRSSBytes, err = PeakRSS(server.PID())
 	return err
 }

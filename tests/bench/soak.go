@@ -85,7 +85,7 @@ func Soak(env harness.Env, cfg SoakConfig) (*SoakResult, error) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	tracker := newTracker(want, cfg.Watchers)
-	if _, err := WatchAll(wctx, istiod.XDSAddr, cfg.Watchers, data, tracker); err != nil {
+	if _, err := WatchAll(wctx, istiod.XDSAddr, 0, cfg.Watchers, data, tracker); err != nil {
 		return nil, err
 	}
 	select {

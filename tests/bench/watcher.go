@@ -86,11 +86,11 @@ func Watch(ctx context.Context, xdsAddr string, id int, kind Kind, data Dataset,
 	return done, nil
 }
 
-// WatchAll starts n watchers, alternating sidecar-like (even ids) and
-// proxyless (odd ids); the channels report each one's end.
-func WatchAll(ctx context.Context, xdsAddr string, n int, data Dataset, t *Tracker) ([]<-chan error, error) {
+// WatchAll starts n watchers with ids first.., alternating sidecar-like
+// (even ids) and proxyless (odd ids); the channels report each one's end.
+func WatchAll(ctx context.Context, xdsAddr string, first, n int, data Dataset, t *Tracker) ([]<-chan error, error) {
 	var ended []<-chan error
-	for w := 0; w < n; w++ {
+	for w := first; w < first+n; w++ {
 		kind := Sidecar
 		if w%2 == 1 {
 			kind = Proxyless

@@ -40,6 +40,10 @@ type ConsulConfig struct {
 	// Services are defined in the agent's configuration (as a rebuilt
 	// Consul with its agents' own service files would have them).
 	Services []ConsulService
+	// MaxConnsPerClient replaces Consul's limit of HTTP connections per
+	// client address (200) when set: for clients that hold one blocking
+	// query per service.
+	MaxConnsPerClient int
 }
 
 // ClusterMember is an agent's place in a cluster.
@@ -251,6 +255,9 @@ func agentConfig(cfg ConsulConfig) map[string]any {
 			"https":    map[string]any{"verify_incoming": t.VerifyIncoming},
 		}
 	}
+	if cfg.MaxConnsPerClient > 0 {
+		out["limits"] = map[string]any{"http_max_conns_per_client": cfg.MaxConnsPerClient}
+	}
 	var services []map[string]any
 	for _, s := range cfg.Services {
 		services = append(services, map[string]any{"id": s.ID, "name": s.Name, "address": s.Address, "port": s.Port,
@@ -261,6 +268,9 @@ func agentConfig(cfg ConsulConfig) map[string]any {
 	}
 	return out
 }
+
+// PID is the agent's process id.
+func (c *Consul) PID() int { return c.proc.PID() }
 
 // Kill ends the agent at once, like a crash.
 func (c *Consul) Kill() {

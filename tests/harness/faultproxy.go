@@ -22,6 +22,7 @@ type FaultProxy struct {
 	rewrite  atomic.Pointer[func(*http.Request)]
 	answer   atomic.Pointer[func(*http.Response)]
 	requests atomic.Int64
+	bytes    atomic.Int64 // response bodies, as sent (compressed if the client asked)
 	conns    Peak
 	srv      *http.Server
 }
@@ -46,6 +47,7 @@ func StartFaultProxy(env Env, backend string) (*FaultProxy, error) {
 		if f := p.answer.Load(); f != nil {
 			(*f)(resp)
 		}
+		resp.Body = CountBody(resp.Body, &p.bytes)
 		return nil
 	}
 	p.srv = &http.Server{
@@ -126,6 +128,25 @@ func (p *FaultProxy) Answer(f func(*http.Response)) { p.answer.Store(&f) }
 
 // Requests seen so far.
 func (p *FaultProxy) Requests() int64 { return p.requests.Load() }
+
+// Bytes is how many bytes of response bodies have been forwarded so far.
+func (p *FaultProxy) Bytes() int64 { return p.bytes.Load() }
+
+// CountBody returns body, adding to n what is read through it.
+func CountBody(body io.ReadCloser, n *atomic.Int64) io.ReadCloser {
+	return &countingBody{ReadCloser: body, n: n}
+}
+
+type countingBody struct {
+	io.ReadCloser
+	n *atomic.Int64
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	k, err := b.ReadCloser.Read(p)
+	b.n.Add(int64(k))
+	return k, err
+}
 
 // Rewrite calls f with every request before it is forwarded (or faulted):
 // to record it, or to change it.

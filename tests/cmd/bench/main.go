@@ -31,7 +31,9 @@ func main() {
 	churn := flag.Duration("churn", 30*time.Second, "how long churn runs per route and scale")
 	syncTimeout := flag.Duration("sync-timeout", 15*time.Minute, "how long istiod may take to serve everything")
 	profile := flag.Bool("profile", false, "save a CPU profile of istiod during each churn into the output dir")
-	routes := flag.String("routes", "A,K,C,B", "routes to measure: A (Consul registry), K (Kubernetes Services), C (consul-mcp + istiod as shipped), B (ServiceEntry+WorkloadEntry)")
+	routes := flag.String("routes", "A,K,C,B", "routes to measure: A (Consul registry), K (Kubernetes Services), C (consul-mcp + istiod as shipped), B (ServiceEntry+WorkloadEntry), P (no istiod: one blocking query per service, as peers' watchers hold them)")
+	istiods := flag.String("istiods", "1", "comma-separated istiod replica counts for Route A on one Consul; each count is a run of its own (the other routes run with the first)")
+	idle := flag.Duration("idle", 0, "quiet window after the warm-up in which Consul's idle load is measured (A, C, P)")
 	ambient := flag.Bool("ambient", false, "run istiod in ambient mode and add a WDS watcher subscribed as ztunnel")
 	out := flag.String("out", "results", "directory for bench.json and bench.md (make bench then draws the pictures with tests/plots)")
 	merge := flag.String("merge", "", "comma-separated bench.json files to combine into one report in -out (no run)")
@@ -61,6 +63,14 @@ func main() {
 	if *kind != bench.ChurnHealth && *kind != bench.ChurnRegister {
 		fail(fmt.Errorf("-churn-kind=%q: want %s or %s", *kind, bench.ChurnHealth, bench.ChurnRegister))
 	}
+	var ks []int
+	for _, s := range strings.Split(*istiods, ",") {
+		k, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || k < 1 {
+			fail(fmt.Errorf("-istiods: %q is not a replica count", s))
+		}
+		ks = append(ks, k)
+	}
 	only, err := bench.ParseRoutes(*routes)
 	if err != nil {
 		fail(fmt.Errorf("-routes: %w", err))
@@ -78,20 +88,27 @@ func main() {
 		rep.Config.Kind = *kind
 	}
 	cfg := bench.Config{Watchers: *watchers, Rate: *rate, Churn: *churn, SyncTimeout: *syncTimeout, Kind: *kind,
-		ProfileDir: map[bool]string{true: *out}[*profile], Routes: only, Ambient: *ambient,
+		ProfileDir: map[bool]string{true: *out}[*profile], Routes: only, Ambient: *ambient, Idle: *idle,
 		Step: func(format string, args ...any) {
 			fmt.Printf("%s ==> %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
 		}}
 	for _, n := range ns {
-		rs, err := bench.RunScale(env, bench.Dataset{N: n, M: *perSvc}, cfg)
-		rep.Results = append(rep.Results, rs...)
-		// Write after every scale: a long run that dies late keeps what it measured.
-		if _, werr := rep.Write(*out); werr != nil {
-			fail(werr)
-		}
-		if err != nil {
-			env.Close()
-			fail(fmt.Errorf("%d×%d: %w", n, *perSvc, err))
+		for i, k := range ks {
+			c := cfg
+			c.Istiods = k
+			if i > 0 {
+				c.Routes = []string{"A"} // replicas are Route A's question
+			}
+			rs, err := bench.RunScale(env, bench.Dataset{N: n, M: *perSvc}, c)
+			rep.Results = append(rep.Results, rs...)
+			// Write after every run: a long run that dies late keeps what it measured.
+			if _, werr := rep.Write(*out); werr != nil {
+				fail(werr)
+			}
+			if err != nil {
+				env.Close()
+				fail(fmt.Errorf("%d×%d, %d istiod(s): %w", n, *perSvc, k, err))
+			}
 		}
 	}
 	files, err := rep.Write(*out)

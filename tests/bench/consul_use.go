@@ -1,0 +1,48 @@
+package bench
+
+import (
+	"time"
+
+	"github.com/pilot-consul/pilot-consul/tests/harness"
+)
+
+// ConsulUse is what Consul served over a window: requests and response
+// bytes as counted by the proxy in front of it, and the CPU the agent
+// spent (a dev agent is the server: every read is its work).
+type ConsulUse struct {
+	Seconds    float64 `json:"seconds,omitempty"`
+	Requests   int64   `json:"requests,omitempty"`
+	Bytes      int64   `json:"bytes,omitempty"`
+	CPUSeconds float64 `json:"cpu_seconds,omitempty"`
+}
+
+// PerSecond scales a count of the window to one second.
+func (u ConsulUse) PerSecond(v float64) float64 {
+	if u.Seconds == 0 {
+		return 0
+	}
+	return v / u.Seconds
+}
+
+// measureConsul runs window and returns Consul's use meanwhile. consul may
+// be nil (no CPU then).
+func measureConsul(proxy *harness.FaultProxy, consul *harness.Consul, window func() error) (ConsulUse, error) {
+	reqs0, bytes0 := proxy.Requests(), proxy.Bytes()
+	var cpu0 time.Duration
+	if consul != nil {
+		cpu0, _ = CPU(consul.PID())
+	}
+	start := time.Now()
+	if err := window(); err != nil {
+		return ConsulUse{}, err
+	}
+	u := ConsulUse{Seconds: time.Since(start).Seconds(), Requests: proxy.Requests() - reqs0, Bytes: proxy.Bytes() - bytes0}
+	if consul != nil {
+		cpu1, err := CPU(consul.PID())
+		if err != nil {
+			return u, err
+		}
+		u.CPUSeconds = (cpu1 - cpu0).Seconds()
+	}
+	return u, nil
+}
