@@ -311,8 +311,8 @@ func unthrottled(kube *harness.Kube) *rest.Config {
 type launch struct {
 	consul  *harness.FaultProxy // counts Consul requests (A, C)
 	backend *harness.Consul     // behind consul: its CPU and memory are measured
-	mcp    bool
-	args   []string
+	mcp     bool
+	args    []string
 }
 
 // build makes the route's istiod (and server), not started.
