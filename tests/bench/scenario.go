@@ -36,6 +36,9 @@ type Config struct {
 	// Istiods is how many istiod replicas Route A runs on the one Consul
 	// (0 or 1: one), each with Watchers watchers.
 	Istiods int
+	// ConsulArgs are added to Route A's istiod flags (registry tuning:
+	// --consulMaxConcurrentRequests and the like).
+	ConsulArgs []string
 	// Idle, if set, is a quiet window after the warm-up in which Consul's
 	// load (requests, bytes, CPU) is measured with nothing changing.
 	Idle time.Duration
@@ -211,7 +214,7 @@ func measureA(env *harness.ProcessEnv, consul *harness.Consul, kube *harness.Kub
 	}
 	src := &ConsulSource{Client: consul.Client, Data: data}
 	return measure(env, kube, data, cfg, RouteA, src, fmt.Sprintf("loaded %d instances into Consul", data.N*data.M),
-		launch{consul: proxy, backend: consul, args: []string{"--consulServerURL", proxy.URL}})
+		launch{consul: proxy, backend: consul, args: append([]string{"--consulServerURL", proxy.URL}, cfg.ConsulArgs...)})
 }
 
 // measureC loads the dataset into a Consul of its own (Route A's churn has

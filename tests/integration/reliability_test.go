@@ -233,7 +233,7 @@ func TestSlowAndFailingConsul(t *testing.T) {
 		e2e.EventuallyServedBy(t, conn, s.ID(0), s.ID(1))
 	}
 	assert.LessOrEqual(t, goroutines(t, istiod), baseline+20, "no goroutine pile-up")
-	assert.LessOrEqual(t, proxy.PeakConnections(), int64(16+4), "connections within --consulMaxConcurrentRequests+4")
+	assert.LessOrEqual(t, proxy.PeakConnections(), int64(32+4), "connections within --consulMaxConcurrentRequests+4")
 	// Each outage is logged as a warning naming Consul's answer.
 	assert.Contains(t, istiod.Log(), "Unexpected response code: 429 (injected fault); keeping the last good state")
 	// Faults over: a change made now reaches the client.

@@ -33,6 +33,7 @@ func main() {
 	profile := flag.Bool("profile", false, "save a CPU profile of istiod during each churn into the output dir")
 	routes := flag.String("routes", "A,K,C,B", "routes to measure: A (Consul registry), K (Kubernetes Services), C (consul-mcp + istiod as shipped), B (ServiceEntry+WorkloadEntry), P (no istiod: one blocking query per service, as peers' watchers hold them)")
 	istiods := flag.String("istiods", "1", "comma-separated istiod replica counts for Route A on one Consul; each count is a run of its own (the other routes run with the first)")
+	consulArgs := flag.String("consul-args", "", "space-separated flags added to Route A's istiod (e.g. --consulMaxConcurrentRequests=32)")
 	idle := flag.Duration("idle", 0, "quiet window after the warm-up in which Consul's idle load is measured (A, C, P)")
 	ambient := flag.Bool("ambient", false, "run istiod in ambient mode and add a WDS watcher subscribed as ztunnel")
 	out := flag.String("out", "results", "directory for bench.json and bench.md (make bench then draws the pictures with tests/plots)")
@@ -88,7 +89,7 @@ func main() {
 		rep.Config.Kind = *kind
 	}
 	cfg := bench.Config{Watchers: *watchers, Rate: *rate, Churn: *churn, SyncTimeout: *syncTimeout, Kind: *kind,
-		ProfileDir: map[bool]string{true: *out}[*profile], Routes: only, Ambient: *ambient, Idle: *idle,
+		ProfileDir: map[bool]string{true: *out}[*profile], Routes: only, Ambient: *ambient, Idle: *idle, ConsulArgs: strings.Fields(*consulArgs),
 		Step: func(format string, args ...any) {
 			fmt.Printf("%s ==> %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
 		}}

@@ -40,7 +40,7 @@ func loadCatalog(t *testing.T, c *api.Client, n int) {
 }
 
 // TestTenThousandServicesWithinConnectionLimit: 10,000 services sync with at
-// most MaxConcurrentRequests+watches (= 20, far under Consul's 200)
+// most MaxConcurrentRequests+watches (= 36, far under Consul's 200)
 // connections, and a health flip afterwards costs at most three requests:
 // the answer of the watch of the status the check entered, one read of the
 // flipped service and, while no check has the other status, that watch's
