@@ -84,3 +84,28 @@ func isTaken(taken []takenOut, in Instance) bool {
 	}
 	return false
 }
+
+// churnAndDeliver churns as cfg says, then waits up to deliveryBound for
+// every change to reach the watchers that did not see it yet: how many
+// changes it made and how long the churn itself took.
+func churnAndDeliver(ctx context.Context, data Dataset, t *Tracker, set setHealth, cfg Config) (int, time.Duration, error) {
+	start := time.Now()
+	n, waits, err := churn(ctx, data, t, set, cfg.Rate, cfg.Churn)
+	took := time.Since(start)
+	if err != nil {
+		return n, took, err
+	}
+	deadline := time.After(deliveryBound)
+	for _, w := range waits {
+		select {
+		case <-w:
+		case <-deadline:
+			return n, took, nil
+		}
+	}
+	return n, took, nil
+}
+
+// deliveryBound is how long churn's last changes get to arrive; the
+// rest are unseen.
+const deliveryBound = 30 * time.Second

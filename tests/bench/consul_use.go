@@ -24,9 +24,16 @@ func (u ConsulUse) PerSecond(v float64) float64 {
 	return v / u.Seconds
 }
 
+// consulCounter counts what Consul answered: the proxy in front of it, or
+// a client's own transport.
+type consulCounter interface {
+	Requests() int64
+	Bytes() int64
+}
+
 // measureConsul runs window and returns Consul's use meanwhile. consul may
 // be nil (no CPU then).
-func measureConsul(proxy *harness.FaultProxy, consul *harness.Consul, window func() error) (ConsulUse, error) {
+func measureConsul(proxy consulCounter, consul *harness.Consul, window func() error) (ConsulUse, error) {
 	reqs0, bytes0 := proxy.Requests(), proxy.Bytes()
 	var cpu0 time.Duration
 	if consul != nil {

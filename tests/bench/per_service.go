@@ -87,35 +87,16 @@ func measureP(parent *harness.ProcessEnv, data Dataset, cfg Config) (Result, err
 		return r, err
 	}
 	r.SettleSeconds, r.Settled = settle.Seconds(), settled
-	use := func(window func() error) (ConsulUse, error) {
-		reqs0, bytes0 := counter.requests.Load(), counter.bytes.Load()
-		cpu0, _ := CPU(consul.PID())
-		t0 := time.Now()
-		if err := window(); err != nil {
-			return ConsulUse{}, err
-		}
-		cpu1, err := CPU(consul.PID())
-		return ConsulUse{Seconds: time.Since(t0).Seconds(), Requests: counter.requests.Load() - reqs0,
-			Bytes: counter.bytes.Load() - bytes0, CPUSeconds: (cpu1 - cpu0).Seconds()}, err
-	}
 	if cfg.Idle > 0 {
 		cfg.Step("%s: %s idle", RouteP, cfg.Idle)
-		if r.ConsulIdle, err = use(func() error { time.Sleep(cfg.Idle); return nil }); err != nil {
+		if r.ConsulIdle, err = measureConsul(counter, consul, func() error { time.Sleep(cfg.Idle); return nil }); err != nil {
 			return r, err
 		}
 	}
 	cfg.Step("%s: churn, %.0f %s changes/s for %s", RouteP, cfg.Rate, cfg.kind(), cfg.Churn)
-	churned, err := use(func() error {
-		n, waits, err := churn(ctx, data, tracker, set, cfg.Rate, cfg.Churn)
-		r.Changes = n
-		deadline := time.After(30 * time.Second)
-		for _, w := range waits {
-			select {
-			case <-w:
-			case <-deadline:
-				return err
-			}
-		}
+	churned, err := measureConsul(counter, consul, func() error {
+		var err error
+		r.Changes, _, err = churnAndDeliver(ctx, data, tracker, set, cfg)
 		return err
 	})
 	if err != nil {
@@ -165,6 +146,9 @@ type countingTransport struct {
 	base            http.RoundTripper
 	requests, bytes atomic.Int64
 }
+
+func (c *countingTransport) Requests() int64 { return c.requests.Load() }
+func (c *countingTransport) Bytes() int64    { return c.bytes.Load() }
 
 func (c *countingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	c.requests.Add(1)

@@ -495,7 +495,6 @@ func runRoute(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Con
 		mcpCPU0, _ = CPU(server.PID())
 	}
 	cfg.Step("%s: churn, %.0f %s changes/s for %s", route, cfg.Rate, cfg.kind(), cfg.Churn)
-	churnStart := time.Now()
 	profiled := make(chan error, 1)
 	if cfg.ProfileDir != "" {
 		<-startupProfiled // istiod runs one CPU profile at a time
@@ -506,20 +505,9 @@ func runRoute(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Con
 	var n int
 	var churnTook time.Duration
 	churned := func() error {
-		n0, waits, err := churn(ctx, data, tracker, set, cfg.Rate, cfg.Churn)
-		n, churnTook = n0, time.Since(churnStart)
-		if err != nil {
-			return err
-		}
-		deadline := time.After(30 * time.Second)
-		for _, w := range waits {
-			select {
-			case <-w:
-			case <-deadline:
-				return nil
-			}
-		}
-		return nil
+		var err error
+		n, churnTook, err = churnAndDeliver(ctx, data, tracker, set, cfg)
+		return err
 	}
 	var consulUse ConsulUse
 	if proxy != nil {

@@ -34,15 +34,20 @@ type result struct {
 	CPUChurnSec  float64 `json:"istiod_cpu_churn_seconds"`
 	PeakRSSBytes int64   `json:"istiod_peak_rss_bytes"`
 	Changes      int     `json:"changes"`
+	Istiods      int     `json:"istiods"`
+	ConsulPerChg float64 `json:"consul_requests_per_change"`
+	ConsulBytes  float64 `json:"consul_bytes_per_change"`
+	ConsulRSS    int64   `json:"consul_peak_rss_bytes"`
 	Latency      struct {
 		P99 float64 `json:"p99"`
 	} `json:"change_to_client_ms"`
 	SampleMillis []float64 `json:"latency_samples_ms"`
 }
 
-// routeColors: Route A blue, K green, C purple, B orange (as the bench names them).
+// routeColors: Route A blue, K green, C purple, B orange, P grey (as the bench names them).
 var routeColors = map[string]color.RGBA{
 	"A": {0x1f, 0x5f, 0xa8, 255}, "K": {0x2e, 0x8b, 0x57, 255}, "C": {0x7b, 0x3f, 0x9e, 255}, "B": {0xd9, 0x5f, 0x0e, 255},
+	"P": {0x70, 0x70, 0x70, 255},
 }
 
 // scaleDashes tell scales apart within a route: solid for the largest.
@@ -82,7 +87,11 @@ func benchPictures(in, dir string) ([]string, error) {
 		if err := growth(r, p); err != nil {
 			return nil, err
 		}
-		out = append(out, p)
+		t := filepath.Join(dir, "growth.md")
+		if err := os.WriteFile(t, []byte(growthTable(r)), 0o644); err != nil {
+			return nil, err
+		}
+		out = append(out, p, t)
 	}
 	return out, nil
 }
@@ -126,9 +135,14 @@ func latencyCDF(r *report) (*plot.Plot, error) {
 		route := x.Route[:1]
 		l.Color = routeColors[route]
 		l.Width = vg.Points(1.5)
-		l.Dashes = scaleDashes[len(scaleDashes)-len(sc)+slices.Index(sc, x.Services)]
+		l.Dashes = scaleDashes[max(0, len(scaleDashes)-len(sc)+slices.Index(sc, x.Services))]
+		replicas := ""
+		if x.Istiods > 1 {
+			replicas = fmt.Sprintf(", %d istiods", x.Istiods)
+			l.Dashes = []vg.Length{vg.Points(1), vg.Points(float64(x.Istiods))}
+		}
 		p.Add(l)
-		p.Legend.Add(fmt.Sprintf("%s %d×%d  p99 %.0f ms", shortRoute(x.Route), x.Services, x.PerSvc, x.Latency.P99), l)
+		p.Legend.Add(fmt.Sprintf("%s %d×%d%s  p99 %.0f ms", shortRoute(x.Route), x.Services, x.PerSvc, replicas, x.Latency.P99), l)
 	}
 	return p, nil
 }
@@ -138,29 +152,53 @@ func shortRoute(route string) string {
 	return name
 }
 
-// growth is a 2×2 grid, log-log against the instance count: initial sync,
-// change → client p99, istiod CPU per change during churn, peak RSS. A
-// route that never synced at a scale has no point there.
-func growth(r *report, path string) error {
-	type metric struct {
-		title, unit string
-		of          func(result) (float64, bool)
-	}
-	metrics := []metric{
-		{"initial sync", "s", func(x result) (float64, bool) { return x.SyncSeconds, x.Synced }},
-		{"change → client p99", "ms", func(x result) (float64, bool) { return x.Latency.P99, x.Synced && x.Latency.P99 > 0 }},
-		{"istiod CPU per change (churn)", "ms", func(x result) (float64, bool) {
-			return 1000 * x.CPUChurnSec / float64(max(x.Changes, 1)), x.Synced && x.Changes > 0
-		}},
-		{"istiod peak RSS", "MiB", func(x result) (float64, bool) { return float64(x.PeakRSSBytes) / (1 << 20), x.PeakRSSBytes > 0 }},
-	}
+// growthMetric is one figure drawn against the instance count.
+type growthMetric struct {
+	title, unit string
+	of          func(result) (float64, bool)
+}
+
+// growthMetrics: initial sync, change → client p99, istiod CPU per change
+// during churn, istiod peak RSS, Consul's response bytes per change and its
+// peak RSS. A route that never synced at a scale has no point there.
+var growthMetrics = []growthMetric{
+	{"initial sync", "s", func(x result) (float64, bool) { return x.SyncSeconds, x.Synced }},
+	{"change → client p99", "ms", func(x result) (float64, bool) { return x.Latency.P99, x.Synced && x.Latency.P99 > 0 }},
+	{"istiod CPU per change (churn)", "ms", func(x result) (float64, bool) {
+		return 1000 * x.CPUChurnSec / float64(max(x.Changes, 1)), x.Synced && x.Changes > 0
+	}},
+	{"istiod peak RSS", "MiB", func(x result) (float64, bool) { return float64(x.PeakRSSBytes) / (1 << 20), x.PeakRSSBytes > 0 }},
+	{"Consul response bytes per change", "bytes", func(x result) (float64, bool) { return x.ConsulBytes, x.Synced && x.ConsulBytes > 0 }},
+	{"Consul peak RSS", "MiB", func(x result) (float64, bool) { return float64(x.ConsulRSS) / (1 << 20), x.ConsulRSS > 0 }},
+}
+
+// growthRoutes lists the routes of single-istiod results, in order.
+func growthRoutes(r *report) []string {
 	var routes []string
 	for _, x := range r.Results {
-		if !slices.Contains(routes, x.Route) {
+		if x.Istiods <= 1 && !slices.Contains(routes, x.Route) {
 			routes = append(routes, x.Route)
 		}
 	}
-	plots := [][]*plot.Plot{make([]*plot.Plot, 2), make([]*plot.Plot, 2)}
+	return routes
+}
+
+// growthPoints are route's (instances, figure) points.
+func growthPoints(r *report, route string, m growthMetric) plotter.XYs {
+	var pts plotter.XYs
+	for _, x := range r.Results {
+		if v, ok := m.of(x); x.Route == route && x.Istiods <= 1 && ok && v > 0 {
+			pts = append(pts, plotter.XY{X: float64(x.Services * x.PerSvc), Y: v})
+		}
+	}
+	return pts
+}
+
+// growth draws growthMetrics in a 3×2 grid, log-log against the instance count.
+func growth(r *report, path string) error {
+	metrics := growthMetrics
+	routes := growthRoutes(r)
+	plots := [][]*plot.Plot{make([]*plot.Plot, 2), make([]*plot.Plot, 2), make([]*plot.Plot, 2)}
 	for i, m := range metrics {
 		p := plot.New()
 		p.Title.Text = m.title
@@ -171,12 +209,7 @@ func growth(r *report, path string) error {
 		p.Add(plotter.NewGrid())
 		p.Legend.Top, p.Legend.Left = true, true
 		for _, route := range routes {
-			var pts plotter.XYs
-			for _, x := range r.Results {
-				if v, ok := m.of(x); x.Route == route && ok && v > 0 {
-					pts = append(pts, plotter.XY{X: float64(x.Services * x.PerSvc), Y: v})
-				}
-			}
+			pts := growthPoints(r, route, m)
 			if len(pts) == 0 {
 				continue
 			}
@@ -195,9 +228,9 @@ func growth(r *report, path string) error {
 		}
 		plots[i/2][i%2] = p
 	}
-	img := vgimg.New(12*vg.Inch, 8*vg.Inch)
+	img := vgimg.New(12*vg.Inch, 12*vg.Inch)
 	dc := draw.New(img)
-	tiles := draw.Tiles{Rows: 2, Cols: 2, PadX: vg.Inch / 4, PadY: vg.Inch / 4, PadTop: vg.Inch / 8, PadBottom: vg.Inch / 8,
+	tiles := draw.Tiles{Rows: 3, Cols: 2, PadX: vg.Inch / 4, PadY: vg.Inch / 4, PadTop: vg.Inch / 8, PadBottom: vg.Inch / 8,
 		PadLeft: vg.Inch / 8, PadRight: vg.Inch / 8}
 	canvases := plot.Align(plots, tiles, dc)
 	for i := range plots {
@@ -206,6 +239,60 @@ func growth(r *report, path string) error {
 		}
 	}
 	return writePNG(img, path)
+}
+
+// growthTable is the figures of growth.png as markdown, one row per
+// (route, scale), and each route's fitted exponent of every figure.
+func growthTable(r *report) string {
+	var b strings.Builder
+	b.WriteString("| route | instances |")
+	for _, m := range growthMetrics {
+		fmt.Fprintf(&b, " %s (%s) |", m.title, m.unit)
+	}
+	b.WriteString(" Consul requests per change |\n|---|---:|" + strings.Repeat("---:|", len(growthMetrics)+1) + "\n")
+	for _, route := range growthRoutes(r) {
+		for _, x := range r.Results {
+			if x.Route != route || x.Istiods > 1 {
+				continue
+			}
+			fmt.Fprintf(&b, "| %s | %d |", shortRoute(route), x.Services*x.PerSvc)
+			for _, m := range growthMetrics {
+				if v, ok := m.of(x); ok {
+					fmt.Fprintf(&b, " %s |", strconv.FormatFloat(v, 'f', figures(v), 64))
+				} else if !x.Synced {
+					fmt.Fprintf(&b, " never synced (%.0f s) |", x.SyncSeconds)
+				} else {
+					b.WriteString(" – |")
+				}
+			}
+			if x.ConsulPerChg > 0 {
+				fmt.Fprintf(&b, " %.2f |\n", x.ConsulPerChg)
+			} else {
+				b.WriteString(" – |\n")
+			}
+		}
+		fmt.Fprintf(&b, "| %s | **exponent** |", shortRoute(route))
+		for _, m := range growthMetrics {
+			if k, ok := exponent(growthPoints(r, route, m)); ok {
+				fmt.Fprintf(&b, " **%.2f** |", k)
+			} else {
+				b.WriteString(" – |")
+			}
+		}
+		b.WriteString(" |\n")
+	}
+	return b.String()
+}
+
+// figures is how many decimals a figure of v's size is worth.
+func figures(v float64) int {
+	switch {
+	case v >= 100:
+		return 0
+	case v >= 10:
+		return 1
+	}
+	return 2
 }
 
 // exponent is the least-squares slope of log(y) against log(x): how the

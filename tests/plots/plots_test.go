@@ -17,26 +17,32 @@ const results = "../bench/results"
 // describe other results than the ones committed, nor survive a change of
 // how pictures are drawn without being drawn again (make plots).
 func TestPicturesMatchTheResults(t *testing.T) {
-	dir := t.TempDir()
-	written, err := benchPictures(filepath.Join(results, "bench.json"), dir)
+	runs, err := filepath.Glob(filepath.Join(results, "*", "bench.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(written) == 0 {
-		t.Fatal("no picture drawn")
-	}
-	for _, p := range written {
-		name := filepath.Base(p)
-		got, err := os.ReadFile(p)
+	for _, run := range append([]string{filepath.Join(results, "bench.json")}, runs...) {
+		from := filepath.Dir(run)
+		written, err := benchPictures(run, t.TempDir())
 		if err != nil {
 			t.Fatal(err)
 		}
-		want, err := os.ReadFile(filepath.Join(results, name))
-		if err != nil {
-			t.Fatalf("%s is drawn from bench.json but not committed (make plots): %v", name, err)
+		if len(written) == 0 {
+			t.Fatalf("%s: no picture drawn", run)
 		}
-		if !bytes.Equal(got, want) {
-			t.Errorf("%s differs from what bench.json draws now: run make plots", name)
+		for _, p := range written {
+			name := filepath.Base(p)
+			got, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := os.ReadFile(filepath.Join(from, name))
+			if err != nil {
+				t.Fatalf("%s is drawn from %s but not committed (make plots PLOTS_DIR=%s): %v", name, run, from, err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Errorf("%s differs from what %s draws now: run make plots PLOTS_DIR=%s", name, run, from)
+			}
 		}
 	}
 }

@@ -53,25 +53,11 @@ func main() {
 		return
 	}
 
-	var ns []int
-	for _, s := range strings.Split(*scales, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || n < 1 {
-			fail(fmt.Errorf("-scales: %q is not a service count", s))
-		}
-		ns = append(ns, n)
-	}
+	ns := counts("scales", *scales, "a service count")
 	if *kind != bench.ChurnHealth && *kind != bench.ChurnRegister {
 		fail(fmt.Errorf("-churn-kind=%q: want %s or %s", *kind, bench.ChurnHealth, bench.ChurnRegister))
 	}
-	var ks []int
-	for _, s := range strings.Split(*istiods, ",") {
-		k, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || k < 1 {
-			fail(fmt.Errorf("-istiods: %q is not a replica count", s))
-		}
-		ks = append(ks, k)
-	}
+	ks := counts("istiods", *istiods, "a replica count")
 	only, err := bench.ParseRoutes(*routes)
 	if err != nil {
 		fail(fmt.Errorf("-routes: %w", err))
@@ -131,6 +117,19 @@ func istiodVersion() string {
 		return "unknown"
 	}
 	return strings.TrimSpace(string(b))
+}
+
+// counts parses flag name's comma-separated positive numbers.
+func counts(name, list, what string) []int {
+	var out []int
+	for _, s := range strings.Split(list, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 {
+			fail(fmt.Errorf("-%s: %q is not %s", name, s, what))
+		}
+		out = append(out, n)
+	}
+	return out
 }
 
 func fail(err error) {
