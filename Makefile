@@ -45,8 +45,9 @@ bench: build build-upstream tools ## Benchmark Route A (our registry) vs K (Kube
 
 PLOTS_DIR ?= tests/bench/results
 .PHONY: plots
-plots: ## Draw the bench's pictures (gonum/plot, tests/plots) from PLOTS_DIR/bench.json into PLOTS_DIR.
+plots: ## Draw the bench's pictures (gonum/plot, tests/plots) from PLOTS_DIR/bench.json into PLOTS_DIR, and a flame graph beside every CPU profile in PLOTS_DIR/profiles.
 	$(PLOTS) run . bench -out $(abspath $(PLOTS_DIR)) $(abspath $(PLOTS_DIR))/bench.json
+	if [ -d $(PLOTS_DIR)/profiles ]; then $(PLOTS) run . flame $(abspath $(PLOTS_DIR))/profiles; fi
 
 .PHONY: dashboard-picture
 dashboard-picture: build tools ## Record istiod's metrics through a scripted scenario (~4 min) and draw the dashboard from them into docs/dashboard/.

@@ -1,6 +1,7 @@
 // Command plots draws pictures from committed results:
 //
 //	plots bench -out DIR BENCH.json        latency-cdf.png (and growth.png with several scales)
+//	plots flame DIR                        NAME.svg, a flame graph, beside every NAME.pprof in DIR
 //	plots dashboard -out PNG -dashboard JSON -clusters east,west SCRAPES.txt.gz
 //	                                       the Grafana dashboard's panels over a recording of istiod's metrics
 //
@@ -32,6 +33,11 @@ func main() {
 			usage()
 		}
 		written, err = benchPictures(fs.Arg(0), *out)
+	case "flame":
+		if fs.NArg() != 1 {
+			usage()
+		}
+		written, err = flameGraphs(fs.Arg(0))
 	case "dashboard":
 		if fs.NArg() != 1 {
 			usage()
@@ -51,6 +57,6 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: plots bench [-out DIR] BENCH.json\n       plots dashboard -out PNG [-dashboard JSON] [-clusters a,b] SCRAPES.txt.gz")
+	fmt.Fprintln(os.Stderr, "usage: plots bench [-out DIR] BENCH.json\n       plots flame DIR\n       plots dashboard -out PNG [-dashboard JSON] [-clusters a,b] SCRAPES.txt.gz")
 	os.Exit(2)
 }

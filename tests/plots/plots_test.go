@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"gonum.org/v1/plot/plotter"
@@ -43,6 +44,32 @@ func TestPicturesMatchTheResults(t *testing.T) {
 			if !bytes.Equal(got, want) {
 				t.Errorf("%s differs from what %s draws now: run make plots PLOTS_DIR=%s", name, run, from)
 			}
+		}
+	}
+}
+
+// TestFlameGraphsMatchTheProfiles: every profile committed in
+// results/profiles has its flame graph beside it, as drawn now.
+func TestFlameGraphsMatchTheProfiles(t *testing.T) {
+	profiles, err := filepath.Glob(filepath.Join(results, "profiles", "*.pprof"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(profiles) == 0 {
+		t.Fatal("no profile committed")
+	}
+	for _, in := range profiles {
+		out := filepath.Join(t.TempDir(), "flame.svg")
+		if err := flameGraph(in, out, strings.TrimSuffix(filepath.Base(in), ".pprof")); err != nil {
+			t.Fatal(err)
+		}
+		got, _ := os.ReadFile(out)
+		want, err := os.ReadFile(strings.TrimSuffix(in, ".pprof") + ".svg")
+		if err != nil {
+			t.Fatalf("%s has no flame graph beside it (make plots): %v", in, err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("the flame graph of %s differs from what it draws now: run make plots", in)
 		}
 	}
 }
