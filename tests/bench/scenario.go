@@ -372,7 +372,7 @@ func runRoute(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Con
 		go func() {
 			defer close(startupProfiled)
 			for time.Since(start) < 30*time.Second {
-				if err := saveProfile(istiod, cfg.ProfileDir, route+"-startup", data, 11*time.Second); err == nil {
+				if err := saveProfile(istiod, cfg.ProfileDir, route+"-startup", data, replicas, 11*time.Second); err == nil {
 					return
 				}
 				time.Sleep(50 * time.Millisecond)
@@ -498,7 +498,7 @@ func runRoute(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Con
 	profiled := make(chan error, 1)
 	if cfg.ProfileDir != "" {
 		<-startupProfiled // istiod runs one CPU profile at a time
-		go func() { profiled <- saveProfile(istiod, cfg.ProfileDir, route, data, cfg.Churn) }()
+		go func() { profiled <- saveProfile(istiod, cfg.ProfileDir, route, data, replicas, cfg.Churn) }()
 	} else {
 		profiled <- nil
 	}
@@ -694,7 +694,7 @@ func firstErr(chs []<-chan error) <-chan error {
 }
 
 // saveProfile stores a CPU profile of istiod (its pprof endpoint) covering churn.
-func saveProfile(istiod *harness.Istiod, dir, route string, data Dataset, d time.Duration) error {
+func saveProfile(istiod *harness.Istiod, dir, route string, data Dataset, replicas int, d time.Duration) error {
 	secs := max(int(d.Seconds())-1, 1)
 	b, err := istiod.DebugTimeout(fmt.Sprintf("/debug/pprof/profile?seconds=%d", secs), d+30*time.Second)
 	if err != nil {
@@ -707,7 +707,11 @@ func saveProfile(istiod *harness.Istiod, dir, route string, data Dataset, d time
 	if strings.HasSuffix(route, "-startup") {
 		kind = "startup"
 	}
-	name := fmt.Sprintf("istiod-%s-%s-%dx%d.pprof", strings.ToLower(route[:1]), kind, data.N, data.M)
+	of := ""
+	if replicas > 1 {
+		of = fmt.Sprintf("-replica1of%d", replicas)
+	}
+	name := fmt.Sprintf("istiod-%s-%s-%dx%d%s.pprof", strings.ToLower(route[:1]), kind, data.N, data.M, of)
 	return os.WriteFile(filepath.Join(dir, name), b, 0o644)
 }
 
