@@ -16,6 +16,17 @@ type ConsulUse struct {
 	CPUSeconds float64 `json:"cpu_seconds,omitempty"`
 }
 
+// NetCPUPerChangeMs is Consul's CPU per change in churn beyond what it
+// spends idle (its own timers, Raft, the watches' timeouts), in ms: the
+// agent's background work is of the same order as a change's.
+func (r Result) NetCPUPerChangeMs() (float64, bool) {
+	if r.ConsulIdle.Seconds == 0 || r.ConsulChurn.Seconds == 0 || r.Changes == 0 {
+		return 0, false
+	}
+	net := r.ConsulChurn.CPUSeconds - r.ConsulIdle.PerSecond(r.ConsulIdle.CPUSeconds)*r.ConsulChurn.Seconds
+	return 1000 * net / float64(r.Changes), true
+}
+
 // PerSecond scales a count of the window to one second.
 func (u ConsulUse) PerSecond(v float64) float64 {
 	if u.Seconds == 0 {

@@ -102,6 +102,7 @@ func measureP(parent *harness.ProcessEnv, data Dataset, cfg Config) (Result, err
 	if err != nil {
 		return r, err
 	}
+	r.ConsulChurn = churned
 	n := float64(max(r.Changes, 1))
 	r.ChangeRate = float64(r.Changes) / cfg.Churn.Seconds()
 	r.ConsulReqs, r.ConsulPerChg = churned.Requests, float64(churned.Requests)/n

@@ -305,6 +305,14 @@ func (t table) writeRows() {
 	if t.any(func(r Result) bool { return r.ConsulPeakRSSBytes > 0 }) { // not recorded before the Consul rows existed
 		t.row("Consul response bytes per change", consul(func(r Result) string { return fmt.Sprintf("%.0f", r.ConsulBytesPerChg) }), nil)
 		t.row("Consul CPU per change (ms)", consul(func(r Result) string { return fmt.Sprintf("%.2f", r.ConsulCPUPerChgMs) }), nil)
+		if t.any(func(r Result) bool { _, ok := r.NetCPUPerChangeMs(); return ok }) {
+			t.row("Consul CPU per change, net of idle (ms)", consul(func(r Result) string {
+				if v, ok := r.NetCPUPerChangeMs(); ok {
+					return fmt.Sprintf("%.2f", v)
+				}
+				return "–"
+			}), nil)
+		}
 		t.row("Consul peak RSS (MiB)", consul(func(r Result) string {
 			return fmt.Sprintf("%.0f", float64(r.ConsulPeakRSSBytes)/(1<<20))
 		}), nil)

@@ -126,6 +126,7 @@ type Result struct {
 	ConsulCPUPerChgMs  float64   `json:"consul_cpu_ms_per_change,omitempty"`
 	ConsulPeakRSSBytes int64     `json:"consul_peak_rss_bytes,omitempty"`
 	ConsulIdle         ConsulUse `json:"consul_idle"`
+	ConsulChurn        ConsulUse `json:"consul_churn"` // the churn window, deliveries included
 	// Istiods is the number of replicas (Route A, Config.Istiods); RSS is
 	// then the largest replica's, CPU and pushes all replicas' together,
 	// and ReplicaP99 each replica's watchers' p99 (ms).
@@ -544,6 +545,7 @@ func runRoute(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Con
 	r.CDSPushes = (sumMetric(after, "pilot_xds_pushes", `type="cds"`) - sumMetric(before, "pilot_xds_pushes", `type="cds"`)) / k
 	r.EDSPushes = (sumMetric(after, "pilot_xds_pushes", `type="eds"`) - sumMetric(before, "pilot_xds_pushes", `type="eds"`)) / k
 	if proxy != nil {
+		r.ConsulChurn = consulUse
 		r.ConsulReqs = consulUse.Requests
 		r.ConsulPerChg = float64(consulUse.Requests) / float64(max(n, 1))
 		r.ConsulBytesPerChg = float64(consulUse.Bytes) / float64(max(n, 1))
