@@ -224,3 +224,37 @@ func TestReportOfARouteThatNeverSynced(t *testing.T) {
 	assert.Contains(t, md, "| 10000×10 | settled after sync (warm-up flip out and back, xDS) | 0.50 s | – (never synced) |  |\n")
 	assert.Contains(t, md, "| 10000×10 | change→client p99 (ms) | 0.0 | – (never synced) |  |\n")
 }
+
+// TestBenchSmallReplicasAndPeers: Route A with two istiods on one Consul
+// (each replica's clients served, a p99 each, Consul's use counted for
+// both), and Route P, the per-service blocking queries, beside it.
+func TestBenchSmallReplicasAndPeers(t *testing.T) {
+	env, err := harness.NewProcessEnv("pilot-consul-bench-test")
+	require.NoError(t, err)
+	t.Cleanup(env.Close)
+	env.Quiet = true
+	cfg := Config{Watchers: 2, Rate: 5, Churn: 3 * time.Second, SyncTimeout: 2 * time.Minute, Step: t.Logf,
+		Routes: []string{"A", "P"}, Istiods: 2, Idle: time.Second}
+	rs, err := RunScale(env, Dataset{N: 20, M: 3}, cfg)
+	require.NoError(t, err)
+	require.Len(t, rs, 2)
+	a, p := rs[0], rs[1]
+	assert.Equal(t, RouteA, a.Route)
+	assert.Equal(t, 2, a.Istiods)
+	assert.True(t, a.Synced)
+	assert.Zero(t, a.Unseen, "every change reached both replicas' clients")
+	assert.Equal(t, a.Changes*4, a.Latency.Count, "two clients per replica")
+	assert.Len(t, a.ReplicaP99, 2)
+	assert.LessOrEqual(t, a.ConsulPerChg, 6.0, "at most 3 requests per change per replica")
+	assert.Positive(t, a.ConsulBytesPerChg)
+	assert.Positive(t, a.ConsulPeakRSSBytes)
+	assert.GreaterOrEqual(t, a.ConsulIdle.Seconds, 1.0, "the idle window was measured")
+	assert.Equal(t, RouteP, p.Route)
+	assert.True(t, p.Synced)
+	assert.Zero(t, p.Unseen, "every change reached the per-service watcher")
+	assert.Equal(t, p.Changes, p.Latency.Count)
+	assert.InDelta(t, 1.0, p.ConsulPerChg, 0.34, "one request per change: the changed service's query")
+	md := (&Report{Results: rs}).Markdown()
+	assert.Contains(t, md, "| 20×3, 2 istiods | change→client p99 per replica (ms) |")
+	assert.Contains(t, md, "| 20×3, 2 istiods | Consul requests per change; peak connections |")
+}

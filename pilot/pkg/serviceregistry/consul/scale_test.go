@@ -70,15 +70,25 @@ func TestTenThousandServicesWithinConnectionLimit(t *testing.T) {
 	assert.Equal(t, n+1, services, "every service (plus consul itself)")
 	assert.LessOrEqual(t, counter.PeakConnections(), int64(DefaultArgs().MaxConcurrentRequests+watches))
 
+	// Requests are counted as they are sent, and a watch sends its next
+	// blocking query minWatchGap after an answer: a window ends only when
+	// no request has been sent for longer than that.
+	quiet := func() {
+		settled(t, f.reg) // extra reads (a full re-read) would be queued by now
+		for prev := int64(-1); prev != counter.Requests(); {
+			prev = counter.Requests()
+			time.Sleep(3 * minWatchGap)
+		}
+	}
 	// Let the post-sync reads settle, then flip checks one at a time.
-	settled(t, f.reg)
+	quiet()
 	flip := func(svc, status string) int64 {
 		before := counter.Requests()
 		_, _, _, err := c.Client.Txn().Txn(api.TxnOps{{Check: &api.CheckTxnOp{Verb: api.CheckSet, Check: api.HealthCheck{
 			Node: "bulk", CheckID: "chk-" + svc, Name: "chk", Status: status, ServiceID: svc}}}}, nil)
 		require.NoError(t, err)
 		f.eventuallyEndpoints(svc) // warning is unhealthy by default, as critical
-		settled(t, f.reg)          // extra reads (a full re-read) would be queued by now
+		quiet()
 		used := counter.Requests() - before
 		t.Logf("%s turning %s cost %d Consul requests", svc, status, used)
 		return used
