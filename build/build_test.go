@@ -23,11 +23,11 @@ func istioDir(t *testing.T) string {
 	return strings.TrimSpace(string(out))
 }
 
-// patchedFiles are the files the queue touches, plus go.mod: enough of an
-// Istio tree to apply the patches to.
+// patchedFiles are the files of the patches these tests apply (TestSkipFile
+// skips 0002–0005), plus go.mod: enough of an Istio tree to apply them to.
 var patchedFiles = []string{"go.mod", "pilot/pkg/serviceregistry/provider/providers.go",
 	"pilot/pkg/bootstrap/options.go", "pilot/cmd/pilot-discovery/app/cmd.go",
-	"pilot/pkg/bootstrap/servicecontroller.go"}
+	"pilot/pkg/bootstrap/servicecontroller.go", "pilot/pkg/networking/grpcgen/grpcgen.go"}
 
 // movedSource copies patchedFiles of the default release into dir, with
 // upstream's own case added exactly where patch 0002 adds Consul's.
