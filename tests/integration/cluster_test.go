@@ -33,7 +33,7 @@ const (
 	rejoinBound = 40 * time.Second
 	// Unreachable is reported when a read fails after the last one that
 	// succeeded. Measured 2.2–22.4 s since the registry holds four watches
-	// (5.1–11.6 s with three): one read has been seen to succeed ~10 s into
+	// (5.1–11.6 s with three): a read has been seen to succeed ~10 s into
 	// the outage, so the bound allows one more wait (docs/reliability.md).
 	unreachableBound = 5*time.Second + pausedBound + clusterWait
 )
