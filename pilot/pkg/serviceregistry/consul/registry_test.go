@@ -369,7 +369,9 @@ func TestIdleCatalogCostsOnlyTheWatches(t *testing.T) {
 	time.Sleep(4 * time.Second) // the measurement window: ~4 blocking-query timeouts per watch
 	used := counter.Requests() - before
 	t.Logf("%d Consul requests in 4 idle seconds", used)
-	assert.Less(t, used, int64(5*watches), "only watch timeouts, no per-service re-reads")
+	// Each watch answers at most five times in 4 s of 1 s waits (both ends
+	// of the window); a wave of per-service re-reads would add 20 more.
+	assert.LessOrEqual(t, used, int64(5*watches), "only watch timeouts, no per-service re-reads")
 }
 
 // Run stops everything it started, timers included: with a pinpoint verdict
