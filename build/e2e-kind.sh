@@ -14,7 +14,10 @@
 #      from its module, installs the revision and upgrade cases' istiods with
 #      each release's own chart).
 # Everything made for the run is removed at the end (KEEP=1 keeps the
-# cluster, and so the daemon and network it needs).
+# cluster, and so the daemon and network it needs). One run at a time per
+# machine (they share the daemon, the network and the image tags): a second
+# waits for the first; a cluster found at the start was left by a killed run
+# or by KEEP=1, and is deleted.
 #
 # usage: build/e2e-kind.sh   (make test-kind / make e2e-kind; E2E_RUN=REGEXP runs only those tests)
 set -euo pipefail
@@ -31,7 +34,7 @@ cleanup() {
 	[[ -z "$ctx" ]] || rm -rf "$ctx"
 	if [[ -z "${KEEP:-}" ]]; then
 		# The suite deletes its cluster; this covers a suite that was killed.
-		"$root/bin/kind" delete cluster --name "${E2E_KIND_CLUSTER:-pilot-consul-e2e}" >/dev/null 2>&1 || true
+		"$root/bin/kind" delete cluster --name "${cluster:-${E2E_KIND_CLUSTER:-pilot-consul-e2e}}" >/dev/null 2>&1 || true
 		# Ours, by label: also one a killed earlier run left behind.
 		if [[ "$(docker network inspect kind --format '{{index .Labels "io.pilot-consul"}}' 2>/dev/null)" == kind-tier ]]; then
 			docker network rm kind >/dev/null 2>&1 || true
@@ -46,12 +49,27 @@ cleanup() {
 }
 trap cleanup EXIT
 
+mkdir -p "$cache"
+exec 9>"$cache/kind-tier.lock"
+if ! flock -n 9; then
+	log "another kind tier runs on this machine; waiting for it to end"
+	flock 9
+fi
+
 if ! docker info >/dev/null 2>&1; then
-	eval "$("$root/build/docker-up.sh")"
+	# 9>&-: the daemon outlives this script under KEEP=1 and must not hold the lock.
+	eval "$("$root/build/docker-up.sh" 9>&-)"
 	dockerd_pid=${PILOT_CONSUL_DOCKERD_PID:-}
 fi
 
 "$root/build/tools.sh" kind consul helm
+# A killed run's node containers come back with the daemon's data root (in
+# the cache), and kind refuses to create a cluster whose nodes exist.
+cluster=${E2E_KIND_CLUSTER:-pilot-consul-e2e}
+if "$root/bin/kind" get clusters 2>/dev/null | grep -qx "$cluster"; then
+	log "deleting kind cluster $cluster, left by an earlier run (killed, or KEEP=1)"
+	"$root/bin/kind" delete cluster --name "$cluster" >/dev/null
+fi
 HUB="$hub" TAG="$tag" "$root/build/manifests.sh" >/dev/null # out/istioctl of the patched tree
 "$root/build/docker.sh" build "$hub" "$tag"
 "$root/build/docker.sh" upstream "$hub" "$tag-upstream" # the MCP and canary cases' istiod, as shipped
