@@ -1,6 +1,9 @@
 package bench
 
 import (
+	"bytes"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -227,14 +230,15 @@ func TestReportOfARouteThatNeverSynced(t *testing.T) {
 
 // TestBenchSmallReplicasAndPeers: Route A with two istiods on one Consul
 // (each replica's clients served, a p99 each, Consul's use counted for
-// both), and Route P, the per-service blocking queries, beside it.
+// both, the first replica and Consul profiled), and Route P, the
+// per-service blocking queries, beside it.
 func TestBenchSmallReplicasAndPeers(t *testing.T) {
 	env, err := harness.NewProcessEnv("pilot-consul-bench-test")
 	require.NoError(t, err)
 	t.Cleanup(env.Close)
 	env.Quiet = true
 	cfg := Config{Watchers: 2, Rate: 5, Churn: 3 * time.Second, SyncTimeout: 2 * time.Minute, Step: t.Logf,
-		Routes: []string{"A", "P"}, Istiods: 2, Idle: time.Second}
+		Routes: []string{"A", "P"}, Istiods: 2, Idle: time.Second, ProfileDir: t.TempDir()}
 	rs, err := RunScale(env, Dataset{N: 20, M: 3}, cfg)
 	require.NoError(t, err)
 	require.Len(t, rs, 2)
@@ -257,4 +261,21 @@ func TestBenchSmallReplicasAndPeers(t *testing.T) {
 	md := (&Report{Results: rs}).Markdown()
 	assert.Contains(t, md, "| 20×3, 2 istiods | change→client p99 per replica (ms) |")
 	assert.Contains(t, md, "| 20×3, 2 istiods | Consul requests per change; peak connections |")
+	for _, name := range []string{"istiod-a-startup-20x3-replica1of2", "istiod-a-heap-20x3-replica1of2",
+		"istiod-a-churn-20x3-replica1of2", "consul-a-churn-20x3-replica1of2"} {
+		b, err := os.ReadFile(filepath.Join(cfg.ProfileDir, name+".pprof"))
+		if assert.NoError(t, err, "profile saved") {
+			assert.True(t, bytes.HasPrefix(b, []byte{0x1f, 0x8b}), "%s is a pprof profile (gzip)", name)
+		}
+	}
+}
+
+func TestProfileNames(t *testing.T) {
+	d := Dataset{N: 10000, M: 10}
+	assert.Equal(t, "istiod-a-churn-10000x10.pprof", profileName("istiod", RouteA, churnProfile(ChurnHealth), d, 1))
+	assert.Equal(t, "istiod-a-churn-10000x10.pprof", profileName("istiod", RouteA, churnProfile(""), d, 1))
+	assert.Equal(t, "consul-a-registrations-10000x10-replica1of3.pprof",
+		profileName("consul", RouteA, churnProfile(ChurnRegister), d, 3))
+	assert.Equal(t, 29, profileSeconds(30*time.Second))
+	assert.Equal(t, 1, profileSeconds(time.Second))
 }

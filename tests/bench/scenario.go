@@ -26,7 +26,9 @@ type Config struct {
 	// or ChurnRegister (it is deregistered and registered again).
 	Kind        string
 	SyncTimeout time.Duration // how long istiod may take to serve everything
-	ProfileDir  string        // if set, CPU profiles of istiod (start-up, churn) are saved here
+	// ProfileDir, if set, receives pprof profiles: istiod's CPU (start-up,
+	// churn), its heap once synced, and the Consul server's CPU in churn.
+	ProfileDir string
 	// Routes to measure, by letter ("A", "K", "B"); nil is all three. They
 	// run in that order whatever the order given.
 	Routes []string
@@ -373,7 +375,8 @@ func runRoute(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Con
 		go func() {
 			defer close(startupProfiled)
 			for time.Since(start) < 30*time.Second {
-				if err := saveProfile(istiod, cfg.ProfileDir, route+"-startup", data, replicas, 11*time.Second); err == nil {
+				name := profileName("istiod", route, "startup", data, replicas)
+				if err := saveProfile(cfg.ProfileDir, name, cpuProfile(istiod.DebugTimeout, 11*time.Second)); err == nil {
 					return
 				}
 				time.Sleep(50 * time.Millisecond)
@@ -461,6 +464,14 @@ func runRoute(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Con
 		r.MCPCPUSyncSec = cpu.Seconds()
 	}
 	cfg.Step("%s: %d watchers hold all %d services (%d endpoints) after %.2fs", route, xdsWatchers, data.N, data.N*data.M, r.SyncSeconds)
+	if cfg.ProfileDir != "" {
+		// What istiod holds once synced (inuse_*), and what the sync
+		// allocated to get there (alloc_*): the peak RSS's two halves.
+		heap := func() ([]byte, error) { return istiod.DebugTimeout("/debug/pprof/heap", time.Minute) }
+		if err := saveProfile(cfg.ProfileDir, profileName("istiod", route, "heap", data, replicas), heap); err != nil {
+			return r, err
+		}
+	}
 
 	// Pushes from the start must not be counted as churn's: Route B's
 	// istiod keeps pushing for seconds after its clients first hold
@@ -496,11 +507,24 @@ func runRoute(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Con
 		mcpCPU0, _ = CPU(server.PID())
 	}
 	cfg.Step("%s: churn, %.0f %s changes/s for %s", route, cfg.Rate, cfg.kind(), cfg.Churn)
-	profiled := make(chan error, 1)
+	profiled := make(chan error, 2) // istiod's and Consul's
 	if cfg.ProfileDir != "" {
 		<-startupProfiled // istiod runs one CPU profile at a time
-		go func() { profiled <- saveProfile(istiod, cfg.ProfileDir, route, data, replicas, cfg.Churn) }()
+		go func() {
+			name := profileName("istiod", route, churnProfile(cfg.Kind), data, replicas)
+			profiled <- saveProfile(cfg.ProfileDir, name, cpuProfile(istiod.DebugTimeout, cfg.Churn))
+		}()
+		if l.backend != nil {
+			// What each change costs the Consul server, and in whose code.
+			go func() {
+				name := profileName("consul", route, churnProfile(cfg.Kind), data, replicas)
+				profiled <- saveProfile(cfg.ProfileDir, name, cpuProfile(l.backend.DebugTimeout, cfg.Churn))
+			}()
+		} else {
+			profiled <- nil
+		}
 	} else {
+		profiled <- nil
 		profiled <- nil
 	}
 	var n int
@@ -520,7 +544,7 @@ func runRoute(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Con
 		return r, err
 	}
 	r.Changes, r.ChangeRate = n, float64(n)/churnTook.Seconds()
-	if err := <-profiled; err != nil {
+	if err := errors.Join(<-profiled, <-profiled); err != nil {
 		return r, err
 	}
 	after, err := metricsOf(istiods)
@@ -695,26 +719,46 @@ func firstErr(chs []<-chan error) <-chan error {
 	return out
 }
 
-// saveProfile stores a CPU profile of istiod (its pprof endpoint) covering churn.
-func saveProfile(istiod *harness.Istiod, dir, route string, data Dataset, replicas int, d time.Duration) error {
-	secs := max(int(d.Seconds())-1, 1)
-	b, err := istiod.DebugTimeout(fmt.Sprintf("/debug/pprof/profile?seconds=%d", secs), d+30*time.Second)
-	if err != nil {
-		return fmt.Errorf("cpu profile: %w", err)
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	kind := "churn"
-	if strings.HasSuffix(route, "-startup") {
-		kind = "startup"
-	}
+// profileSeconds is a CPU profile's length for a window of d.
+func profileSeconds(d time.Duration) int { return max(int(d.Seconds())-1, 1) }
+
+// profileName is a profile's file name: whose (istiod, consul), what of the
+// run it covers (startup, churn, registrations, heap), the scale and which
+// replica.
+func profileName(who, route, what string, data Dataset, replicas int) string {
 	of := ""
 	if replicas > 1 {
 		of = fmt.Sprintf("-replica1of%d", replicas)
 	}
-	name := fmt.Sprintf("istiod-%s-%s-%dx%d%s.pprof", strings.ToLower(route[:1]), kind, data.N, data.M, of)
+	return fmt.Sprintf("%s-%s-%s-%dx%d%s.pprof", who, strings.ToLower(route[:1]), what, data.N, data.M, of)
+}
+
+// churnProfile is what a churn profile is called: health flips keep the
+// name they always had.
+func churnProfile(kind string) string {
+	if kind == ChurnRegister {
+		return "registrations"
+	}
+	return "churn"
+}
+
+// saveProfile fetches a profile (a pprof endpoint's answer) into dir/name.
+func saveProfile(dir, name string, fetch func() ([]byte, error)) error {
+	b, err := fetch()
+	if err != nil {
+		return fmt.Errorf("profile %s: %w", name, err)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
 	return os.WriteFile(filepath.Join(dir, name), b, 0o644)
+}
+
+// cpuProfile fetches a CPU profile of d from a server's /debug/pprof.
+func cpuProfile(get func(path string, timeout time.Duration) ([]byte, error), d time.Duration) func() ([]byte, error) {
+	return func() ([]byte, error) {
+		return get(fmt.Sprintf("/debug/pprof/profile?seconds=%d", profileSeconds(d)), d+30*time.Second)
+	}
 }
 
 // kind is the churn kind, ChurnHealth unless set.

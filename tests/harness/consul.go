@@ -238,6 +238,12 @@ func (c *Consul) ready(ctx context.Context) error {
 	return nil
 }
 
+// DebugTimeout GETs path from the agent's HTTP API (a -dev agent serves
+// /debug/pprof).
+func (c *Consul) DebugTimeout(path string, timeout time.Duration) ([]byte, error) {
+	return get("http://"+c.HTTPAddr+path, timeout)
+}
+
 // agentConfig renders cfg in Consul's JSON configuration format.
 func agentConfig(cfg ConsulConfig) map[string]any {
 	out := map[string]any{}

@@ -1,13 +1,15 @@
 package main
 
-// flame.go draws a CPU profile (pprof) as a flame graph in SVG: the root at
-// the bottom, each frame as wide as the CPU time under it, coloured by
-// whose code it is, so that a profile answers "ours or upstream's" at a
-// glance. No graphviz, no Perl: the profile package and text.
+// flame.go draws a profile (pprof: CPU, or heap) as a flame graph in SVG:
+// the root at the bottom, each frame as wide as the CPU time (or bytes)
+// under it, coloured by whose code it is, so that a profile answers "ours
+// or upstream's" at a glance. No graphviz, no Perl: the profile package
+// and text.
 
 import (
 	"fmt"
 	"html"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -40,14 +42,15 @@ var owners = []struct {
 	{"github.com/hashicorp/consul/api", "Consul's Go client (called by ours)", "#5a9bd5"},
 	{"istio.io/istio/", "upstream Istio", "#d95f0e"},
 	{"google.golang.org/", "gRPC and protobuf", "#e6a045"},
+	{"github.com/hashicorp/", "Consul server, other HashiCorp code", "#2c8c5a"},
 	{"encoding/json", "encoding/json", "#8c6bb1"},
 	{"runtime", "Go runtime and GC", "#9e9e9e"},
 	{"", "other", "#c7c7c7"},
 }
 
-// namedOwners: the first four owners are code someone owns; a sample is
+// namedOwners: the first five owners are code someone owns; a sample is
 // charged to the innermost of them on its stack.
-const namedOwners = 4
+const namedOwners = 5
 
 func ownerOf(name string) int {
 	for i, o := range owners {
@@ -58,18 +61,8 @@ func ownerOf(name string) int {
 	return len(owners) - 1
 }
 
-// flameGraph reads the profile at in and writes its flame graph to out.
-func flameGraph(in, out, title string) error {
-	f, err := os.Open(in)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	p, err := profile.Parse(f)
-	if err != nil {
-		return fmt.Errorf("%s: %w", in, err)
-	}
-	value := len(p.SampleType) - 1 // cpu nanoseconds: the last sample type
+// flameGraph draws sample type value of p into a flame graph titled title.
+func flameGraph(p *profile.Profile, value int, title string) (string, error) {
 	root := &frame{name: "all", children: map[string]*frame{}}
 	byOwner := map[int]int64{}
 	for _, s := range p.Sample {
@@ -89,9 +82,50 @@ func flameGraph(in, out, title string) error {
 		byOwner[blame(stack)] += v
 	}
 	if root.total == 0 {
-		return fmt.Errorf("%s: no samples", in)
+		return "", fmt.Errorf("no samples of %s", p.SampleType[value].Type)
 	}
-	return os.WriteFile(out, []byte(renderFlame(root, byOwner, title, p.DurationNanos)), 0o644)
+	var what string
+	switch st := p.SampleType[value]; {
+	case st.Unit == "bytes" && strings.HasPrefix(st.Type, "alloc"):
+		what = fmt.Sprintf("%.0f MiB allocated since start", float64(root.total)/(1<<20))
+	case st.Unit == "bytes":
+		what = fmt.Sprintf("%.0f MiB in use (sampled)", float64(root.total)/(1<<20))
+	default:
+		what = fmt.Sprintf("%.2f s of CPU in %.1f s", float64(root.total)/1e9, float64(p.DurationNanos)/1e9)
+	}
+	return renderFlame(root, byOwner, title+" — "+what), nil
+}
+
+// drawings are the flame graphs of the profile at in, by file name: NAME.svg
+// for its last sample type (CPU time; a heap profile's bytes in use) and,
+// for a heap profile, NAME-alloc.svg for the bytes allocated since start
+// (the garbage a peak RSS also holds).
+func drawings(in string) (map[string]string, error) {
+	f, err := os.Open(in)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	p, err := profile.Parse(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", in, err)
+	}
+	name := strings.TrimSuffix(filepath.Base(in), ".pprof")
+	base := strings.TrimSuffix(in, ".pprof")
+	out := map[string]string{}
+	svg, err := flameGraph(p, len(p.SampleType)-1, name)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", in, err)
+	}
+	out[base+".svg"] = svg
+	for i, st := range p.SampleType {
+		if st.Type == "alloc_space" {
+			if out[base+"-alloc.svg"], err = flameGraph(p, i, name); err != nil {
+				return nil, fmt.Errorf("%s: %w", in, err)
+			}
+		}
+	}
+	return out, nil
 }
 
 // blame is the owner a sample's CPU is charged to: the innermost frame of
@@ -118,14 +152,13 @@ const (
 	legendRows = 2
 )
 
-func renderFlame(root *frame, byOwner map[int]int64, title string, durationNanos int64) string {
+func renderFlame(root *frame, byOwner map[int]int64, title string) string {
 	depth := maxDepth(root)
 	height := float64(depth+3+legendRows) * rowHeight
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%.0f" height="%.0f" font-family="monospace" font-size="11">`+"\n", flameWidth, height)
-	fmt.Fprintf(&b, `<text x="4" y="13" font-size="13">%s — %.2f s of CPU in %.1f s</text>`+"\n",
-		html.EscapeString(title), float64(root.total)/1e9, float64(durationNanos)/1e9)
-	// Legend, with the share of the CPU charged to each owner (blame).
+	fmt.Fprintf(&b, `<text x="4" y="13" font-size="13">%s</text>`+"\n", html.EscapeString(title))
+	// Legend, with the share charged to each owner (blame).
 	for i, o := range owners {
 		x := 4 + float64(i%4)*300
 		y := rowHeight*1.3 + float64(i/4)*rowHeight
@@ -193,7 +226,7 @@ func maxDepth(f *frame) int {
 	return d + 1
 }
 
-// flameGraphs draws every profile in dir as NAME.svg beside NAME.pprof.
+// flameGraphs draws every profile in dir beside it (drawings).
 func flameGraphs(dir string) ([]string, error) {
 	profiles, err := filepath.Glob(filepath.Join(dir, "*.pprof"))
 	if err != nil {
@@ -201,11 +234,16 @@ func flameGraphs(dir string) ([]string, error) {
 	}
 	var out []string
 	for _, in := range profiles {
-		svg := strings.TrimSuffix(in, ".pprof") + ".svg"
-		if err := flameGraph(in, svg, strings.TrimSuffix(filepath.Base(in), ".pprof")); err != nil {
+		svgs, err := drawings(in)
+		if err != nil {
 			return nil, err
 		}
-		out = append(out, svg)
+		for _, path := range slices.Sorted(maps.Keys(svgs)) {
+			if err := os.WriteFile(path, []byte(svgs[path]), 0o644); err != nil {
+				return nil, err
+			}
+			out = append(out, path)
+		}
 	}
 	return out, nil
 }

@@ -30,7 +30,7 @@ func main() {
 	kind := flag.String("churn-kind", bench.ChurnHealth, "what churn changes: health (flips) or register (deregistrations and registrations)")
 	churn := flag.Duration("churn", 30*time.Second, "how long churn runs per route and scale")
 	syncTimeout := flag.Duration("sync-timeout", 15*time.Minute, "how long istiod may take to serve everything")
-	profile := flag.Bool("profile", false, "save a CPU profile of istiod during each churn into the output dir")
+	profile := flag.Bool("profile", false, "save pprof profiles into the output dir: istiod's CPU at start-up and in churn, its heap once synced, Consul's CPU in churn (Routes A, C)")
 	routes := flag.String("routes", "A,K,C,B", "routes to measure: A (Consul registry), K (Kubernetes Services), C (consul-mcp + istiod as shipped), B (ServiceEntry+WorkloadEntry), P (no istiod: one blocking query per service, as peers' watchers hold them)")
 	istiods := flag.String("istiods", "1", "comma-separated istiod replica counts for Route A on one Consul; each count is a run of its own (the other routes run with the first)")
 	consulArgs := flag.String("consul-args", "", "space-separated flags added to Route A's istiod (e.g. --consulMaxConcurrentRequests=32)")
