@@ -88,8 +88,8 @@ type Mapping struct {
 // DefaultArgs are the documented defaults (docs/configuration.md).
 func DefaultArgs() Args {
 	return Args{
-		Consistency:           "stale",
-		MaxStale:              5 * time.Second,
+		Consistency: "stale",
+		MaxStale:    5 * time.Second,
 		// The initial sync waits on Consul's round trips more than on
 		// either side's CPU: 32 reads in flight keep 10,000 services under
 		// 10 s on 2 cores (README, Performance), far below Consul's 200

@@ -181,17 +181,73 @@ func consulFailed(err error) bool {
 
 // readService reads every registration of one service with its checks.
 func (r *consulClient) readService(ctx context.Context, name string, leader bool) ([]*api.ServiceEntry, *api.QueryMeta, error) {
-	var entries []*api.ServiceEntry
+	var answer []serviceAnswer
 	meta, err := r.get(ctx, request{slot: true, leader: leader}, func(q *api.QueryOptions) (*api.QueryMeta, error) {
-		var m *api.QueryMeta
-		var err error
-		entries, m, err = r.Health().Service(name, "", false, q)
-		return m, err
+		return r.Raw().Query("/v1/health/service/"+name, &answer, q)
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("read service %q: %w", name, err)
 	}
-	return entries, meta, nil
+	return entriesOf(answer), meta, nil
+}
+
+// serviceAnswer is what the registry uses of one entry of
+// /v1/health/service/<name> (convert.go, health.go). Decoding only that
+// skips what Consul's client would allocate for every instance and check
+// and the registry never reads: tagged addresses, proxy and connect
+// blocks, check definitions, outputs and tags. Those were most of what the
+// initial sync allocated.
+type serviceAnswer struct {
+	Node *struct {
+		Node, Address, Datacenter string
+		Meta                      map[string]string
+	}
+	Service *struct {
+		ID, Address string
+		Kind        api.ServiceKind
+		Port        int
+		Tags        []string
+		Meta        map[string]string
+		Weights     api.AgentWeights
+	}
+	Checks []struct{ Node, CheckID, Status string }
+}
+
+// entriesOf turns an answer into Consul's client types, those fields only;
+// one allocation per kind of struct for the whole answer.
+func entriesOf(answer []serviceAnswer) []*api.ServiceEntry {
+	n := 0
+	for _, a := range answer {
+		n += len(a.Checks)
+	}
+	entries := make([]api.ServiceEntry, len(answer))
+	nodes := make([]api.Node, len(answer))
+	services := make([]api.AgentService, len(answer))
+	checks := make([]api.HealthCheck, 0, n)
+	checkPtrs := make([]*api.HealthCheck, 0, n)
+	out := make([]*api.ServiceEntry, len(answer))
+	for i, a := range answer {
+		e := &entries[i]
+		if a.Node != nil {
+			nodes[i] = api.Node{Node: a.Node.Node, Address: a.Node.Address, Datacenter: a.Node.Datacenter, Meta: a.Node.Meta}
+			e.Node = &nodes[i]
+		}
+		if s := a.Service; s != nil {
+			services[i] = api.AgentService{ID: s.ID, Address: s.Address, Kind: s.Kind, Port: s.Port, Tags: s.Tags,
+				Meta: s.Meta, Weights: s.Weights}
+			e.Service = &services[i]
+		}
+		first := len(checkPtrs)
+		for _, c := range a.Checks {
+			checks = append(checks, api.HealthCheck{Node: c.Node, CheckID: c.CheckID, Status: c.Status})
+			checkPtrs = append(checkPtrs, &checks[len(checks)-1])
+		}
+		if len(a.Checks) > 0 {
+			e.Checks = checkPtrs[first:len(checkPtrs):len(checkPtrs)]
+		}
+		out[i] = e
+	}
+	return out
 }
 
 // closeIdle drops idle keep-alive connections: they hold goroutines, and a

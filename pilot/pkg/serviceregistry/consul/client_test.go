@@ -2,6 +2,7 @@ package consul
 
 import (
 	"bytes"
+	"encoding/json"
 	"io"
 	"net/http"
 	"slices"
@@ -212,4 +213,62 @@ func TestAnswerFromAServerWithoutLeaderIsRefused(t *testing.T) {
 	proxy.Answer(func(*http.Response) {})
 	f.eventuallyEndpoints("web", "127.0.0.11:80", "127.0.0.12:80")
 	assert.True(t, reachable(f.reg))
+}
+
+// The registry decodes only the fields it uses of a service's answer: what
+// it makes of the slim decode (instances, endpoints, labels, locality,
+// weights, health, the checks a read saw) equals what it makes of the
+// answer decoded whole by Consul's client.
+func TestSlimServiceAnswerConvertsAsTheWholeAnswer(t *testing.T) {
+	entries := []*api.ServiceEntry{
+		{
+			Node: &api.Node{ID: "id-1", Node: "n1", Address: "10.0.0.1", Datacenter: "dc1",
+				TaggedAddresses: map[string]string{"lan": "10.0.0.1", "wan": "198.18.0.1"}, Meta: map[string]string{"zone": "z1"}},
+			Service: &api.AgentService{ID: "web-1", Service: "web", Tags: []string{"version=v1", "canary|yes"}, Port: 8080,
+				Address: "10.0.1.1", Meta: map[string]string{"protocol": "grpc", "service-account": "web", "tls-mode": "istio"},
+				Weights: api.AgentWeights{Passing: 3, Warning: 1}, EnableTagOverride: true,
+				TaggedAddresses: map[string]api.ServiceAddress{"lan_ipv4": {Address: "10.0.1.1", Port: 8080}}},
+			Checks: api.HealthChecks{
+				{Node: "n1", CheckID: "serfHealth", Name: "Serf Health Status", Status: api.HealthPassing, Output: "Agent alive"},
+				{Node: "n1", CheckID: "service:web-1", Status: api.HealthWarning, ServiceID: "web-1", ServiceName: "web",
+					ServiceTags: []string{"version=v1"}, Type: "http", Definition: api.HealthCheckDefinition{HTTP: "http://10.0.1.1:8080/"}},
+			},
+		},
+		{
+			Node:    &api.Node{Node: "n2", Address: "10.0.0.2", Datacenter: "dc1"},
+			Service: &api.AgentService{ID: "web-2", Service: "web", Port: 8080, Weights: api.AgentWeights{Passing: 1, Warning: 1}},
+			Checks: api.HealthChecks{
+				{Node: "n2", CheckID: api.ServiceMaintPrefix + "web-2", Status: api.HealthCritical, ServiceID: "web-2"},
+			},
+		},
+		{
+			Node: &api.Node{Node: "n3", Address: "10.0.0.3", Datacenter: "dc1"},
+			Service: &api.AgentService{ID: "web-proxy", Service: "web-sidecar-proxy", Kind: api.ServiceKindConnectProxy, Port: 21000,
+				Proxy: &api.AgentServiceConnectProxyConfig{DestinationServiceName: "web"}},
+		},
+	}
+	body, err := json.Marshal(entries)
+	require.NoError(t, err)
+	var whole []*api.ServiceEntry
+	require.NoError(t, json.Unmarshal(body, &whole))
+	var answer []serviceAnswer
+	require.NoError(t, json.Unmarshal(body, &answer))
+	slim := entriesOf(answer)
+
+	c := testConverter()
+	c.includeWarning = true
+	want, got := c.convert("web", whole), c.convert("web", slim)
+	require.NotNil(t, got.service)
+	assert.Equal(t, want.endpoints, got.endpoints)
+	assert.Equal(t, want.instances, got.instances)
+	assert.Equal(t, want.skipped, got.skipped)
+	assert.Equal(t, want.service.Ports, got.service.Ports)
+	assert.Len(t, got.endpoints, 1, "web-1 (warning, weight 1, included); web-2 in maintenance")
+	assert.Equal(t, "z1", got.endpoints[0].Locality.Label[len("dc1/"):])
+
+	hw, hs := newHealthWatch(), newHealthWatch()
+	hw.noteRead("web", whole, 7)
+	hs.noteRead("web", slim, 7)
+	assert.Equal(t, hw.views, hs.views)
+	assert.Empty(t, entriesOf(nil))
 }

@@ -5,6 +5,7 @@ package consul
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
@@ -173,6 +174,7 @@ func (c *converter) convert(name string, entries []*api.ServiceEntry) conversion
 	// port -> protocol -> number of registrations declaring it
 	portProtocols := map[int]map[protocol.Instance]int{}
 	kinds := map[api.ServiceKind]int{}
+	var labelSets []labels.Instance
 	for _, e := range entries {
 		inst, proto, skip := c.instanceOf(name, e)
 		if inst == nil {
@@ -182,6 +184,7 @@ func (c *converter) convert(name string, entries []*api.ServiceEntry) conversion
 			out.skipped = append(out.skipped, skip)
 			continue
 		}
+		inst.labels = shareLabels(&labelSets, inst.labels)
 		if portProtocols[inst.port] == nil {
 			portProtocols[inst.port] = map[protocol.Instance]int{}
 		}
@@ -390,6 +393,29 @@ func instanceLabels(s *api.AgentService) labels.Instance {
 		add(k, s.Meta[k])
 	}
 	return out
+}
+
+// sharedLabelSets bounds the distinct label sets one service's instances
+// share: past it, each further set is kept apart, so that a service whose
+// every instance is labelled differently costs a few comparisons each, not
+// one per instance before it.
+const sharedLabelSets = 8
+
+// shareLabels returns a map equal to l that an instance of the same service
+// already holds, or l. Instances of a service mostly carry the same tags
+// and metadata, and a map each is most of what an instance costs istiod
+// to hold. The maps are never written once built (Istio copies what it
+// augments), so sharing one is safe.
+func shareLabels(sets *[]labels.Instance, l labels.Instance) labels.Instance {
+	for _, s := range *sets {
+		if maps.Equal(s, l) {
+			return s
+		}
+	}
+	if len(*sets) < sharedLabelSets {
+		*sets = append(*sets, l)
+	}
+	return l
 }
 
 // pickProtocol is deterministic: most registrations win, ties go to the

@@ -1,6 +1,8 @@
 package consul
 
 import (
+	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -207,4 +209,35 @@ func TestHealthPolicy(t *testing.T) {
 		"crit": "unhealthy/w", "maint": "unhealthy/w"}, summary(c), "unhealthy sent, never healthy")
 	// Ports come from every registration, so a health flip never changes the service.
 	assert.Len(t, c.convert("web", entries).instances, 5)
+}
+
+// Instances of one service with the same tags and metadata hold one label
+// map (their endpoints too); instances labelled differently keep their own;
+// past sharedLabelSets distinct sets, further ones are not compared.
+func TestInstancesShareEqualLabelMaps(t *testing.T) {
+	var entries []*api.ServiceEntry
+	for i := range 4 {
+		entries = append(entries, entry(reg{id: fmt.Sprintf("a%d", i), addr: fmt.Sprintf("10.0.0.%d", i+1), port: 80,
+			tags: []string{"version=" + []string{"v1", "v2"}[i%2]}, status: api.HealthPassing}))
+	}
+	out := testConverter().convert("web", entries)
+	require.Len(t, out.instances, 4)
+	same := func(a, b labels.Instance) bool {
+		return reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer()
+	}
+	assert.True(t, same(out.instances[0].labels, out.instances[2].labels), "v1 instances share a map")
+	assert.True(t, same(out.instances[1].labels, out.instances[3].labels), "v2 instances share a map")
+	assert.False(t, same(out.instances[0].labels, out.instances[1].labels))
+	assert.Equal(t, labels.Instance{"version": "v2"}, out.instances[3].labels)
+	for i, ep := range out.endpoints {
+		assert.True(t, same(ep.Labels, out.instances[i].labels), "an endpoint holds its instance's map")
+	}
+
+	var sets []labels.Instance
+	for i := range sharedLabelSets + 2 {
+		shareLabels(&sets, labels.Instance{"id": fmt.Sprint(i)})
+	}
+	assert.Len(t, sets, sharedLabelSets, "distinct sets kept for sharing are bounded")
+	late := labels.Instance{"id": "late"}
+	assert.True(t, same(late, shareLabels(&sets, late)), "a set past the bound keeps its own map")
 }
