@@ -31,7 +31,7 @@ const perServiceWait = 5 * time.Minute
 func measureP(parent *harness.ProcessEnv, data Dataset, cfg Config) (Result, error) {
 	env := parent.Child()
 	defer env.Close()
-	consul, err := harness.StartConsul(env, func(c *harness.ConsulConfig) { c.MaxConnsPerClient = data.N + 100 })
+	consul, err := startConsul(env, func(c *harness.ConsulConfig) { c.MaxConnsPerClient = data.N + 100 })
 	if err != nil {
 		return Result{}, err
 	}

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"slices"
@@ -106,7 +107,7 @@ func WatchAll(ctx context.Context, xdsAddr string, first, n int, data Dataset, t
 
 // startBackends starts the real Consul and kube-apiserver a run measures against.
 func startBackends(env harness.Env) (*harness.Consul, *harness.Kube, error) {
-	consul, err := harness.StartConsul(env)
+	consul, err := startConsul(env)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -231,4 +232,26 @@ func routeNames(resp *discovery.DiscoveryResponse) ([]string, error) {
 		out = append(out, n)
 	}
 	return out, nil
+}
+
+// startConsul starts the Consul a run measures: a single server with its
+// data directory, as production runs, not a -dev agent, which indents every
+// JSON answer (agent/http.go marshalJSON), inflating the bytes, Consul's
+// CPU and istiod's decoding that the bench reports per change. configure
+// adds to that.
+func startConsul(env harness.Env, configure ...func(*harness.ConsulConfig)) (*harness.Consul, error) {
+	consul, err := harness.StartConsul(env, append([]func(*harness.ConsulConfig){func(c *harness.ConsulConfig) {
+		c.Server, c.EnableDebug = true, true
+	}}, configure...)...)
+	if err != nil {
+		return nil, err
+	}
+	b, err := consul.DebugTimeout("/v1/catalog/services", 10*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("consul: %w", err)
+	}
+	if bytes.Contains(b, []byte("\n ")) {
+		return nil, fmt.Errorf("consul answers indented JSON (a -dev agent?): the bench would overstate what a change costs")
+	}
+	return consul, nil
 }

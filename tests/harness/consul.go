@@ -40,6 +40,8 @@ type ConsulConfig struct {
 	// Services are defined in the agent's configuration (as a rebuilt
 	// Consul with its agents' own service files would have them).
 	Services []ConsulService
+	// EnableDebug serves /debug/pprof (a -dev agent always does).
+	EnableDebug bool
 	// MaxConnsPerClient replaces Consul's limit of HTTP connections per
 	// client address (200) when set: for clients that hold one blocking
 	// query per service.
@@ -238,8 +240,8 @@ func (c *Consul) ready(ctx context.Context) error {
 	return nil
 }
 
-// DebugTimeout GETs path from the agent's HTTP API (a -dev agent serves
-// /debug/pprof).
+// DebugTimeout GETs path from the agent's HTTP API (/debug/pprof: a -dev
+// agent, or EnableDebug).
 func (c *Consul) DebugTimeout(path string, timeout time.Duration) ([]byte, error) {
 	return get("http://"+c.HTTPAddr+path, timeout)
 }
@@ -260,6 +262,9 @@ func agentConfig(cfg ConsulConfig) map[string]any {
 			"defaults": map[string]any{"ca_file": t.CAFile, "cert_file": t.CertFile, "key_file": t.KeyFile},
 			"https":    map[string]any{"verify_incoming": t.VerifyIncoming},
 		}
+	}
+	if cfg.EnableDebug {
+		out["enable_debug"] = true
 	}
 	if cfg.MaxConnsPerClient > 0 {
 		out["limits"] = map[string]any{"http_max_conns_per_client": cfg.MaxConnsPerClient}
