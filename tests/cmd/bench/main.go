@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -30,7 +31,7 @@ func main() {
 	kind := flag.String("churn-kind", bench.ChurnHealth, "what churn changes: health (flips) or register (deregistrations and registrations)")
 	churn := flag.Duration("churn", 30*time.Second, "how long churn runs per route and scale")
 	syncTimeout := flag.Duration("sync-timeout", 15*time.Minute, "how long istiod may take to serve everything")
-	profile := flag.Bool("profile", false, "save pprof profiles into the output dir: istiod's CPU at start-up and in churn, its heap once synced, Consul's CPU in churn (Routes A, C)")
+	profile := flag.Bool("profile", false, "save pprof profiles into the output dir's profiles/ (make bench draws their flame graphs): istiod's CPU at start-up and in churn, its heap once synced, Consul's CPU in churn (Routes A, C)")
 	routes := flag.String("routes", "A,K,C,B", "routes to measure: A (Consul registry), K (Kubernetes Services), C (consul-mcp + istiod as shipped), B (ServiceEntry+WorkloadEntry), P (no istiod: one blocking query per service, as peers' watchers hold them)")
 	istiods := flag.String("istiods", "1", "comma-separated istiod replica counts for Route A on one Consul; each count is a run of its own (the other routes run with the first)")
 	consulArgs := flag.String("consul-args", "", "space-separated flags added to Route A's istiod (e.g. --consulMaxConcurrentRequests=32)")
@@ -75,7 +76,7 @@ func main() {
 		rep.Config.Kind = *kind
 	}
 	cfg := bench.Config{Watchers: *watchers, Rate: *rate, Churn: *churn, SyncTimeout: *syncTimeout, Kind: *kind,
-		ProfileDir: map[bool]string{true: *out}[*profile], Routes: only, Ambient: *ambient, Idle: *idle, ConsulArgs: strings.Fields(*consulArgs),
+		ProfileDir: map[bool]string{true: filepath.Join(*out, "profiles")}[*profile], Routes: only, Ambient: *ambient, Idle: *idle, ConsulArgs: strings.Fields(*consulArgs),
 		Step: func(format string, args ...any) {
 			fmt.Printf("%s ==> %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
 		}}
