@@ -38,3 +38,10 @@ produce:
 	}
 	return err
 }
+
+// inBackground runs do in a goroutine; its error arrives on the channel.
+func inBackground(do func() error) <-chan error {
+	ch := make(chan error, 1)
+	go func() { ch <- do() }()
+	return ch
+}

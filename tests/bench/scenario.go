@@ -507,25 +507,20 @@ func runRoute(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Con
 		mcpCPU0, _ = CPU(server.PID())
 	}
 	cfg.Step("%s: churn, %.0f %s changes/s for %s", route, cfg.Rate, cfg.kind(), cfg.Churn)
-	profiled := make(chan error, 2) // istiod's and Consul's
+	var profiled []<-chan error // the churn's profiles: istiod's, and Consul's
 	if cfg.ProfileDir != "" {
 		<-startupProfiled // istiod runs one CPU profile at a time
-		go func() {
+		profiled = append(profiled, inBackground(func() error {
 			name := profileName("istiod", route, churnProfile(cfg.Kind), data, replicas)
-			profiled <- saveProfile(cfg.ProfileDir, name, cpuProfile(istiod.DebugTimeout, cfg.Churn))
-		}()
+			return saveProfile(cfg.ProfileDir, name, cpuProfile(istiod.DebugTimeout, cfg.Churn))
+		}))
 		if l.backend != nil {
 			// What each change costs the Consul server, and in whose code.
-			go func() {
+			profiled = append(profiled, inBackground(func() error {
 				name := profileName("consul", route, churnProfile(cfg.Kind), data, replicas)
-				profiled <- saveProfile(cfg.ProfileDir, name, cpuProfile(l.backend.DebugTimeout, cfg.Churn))
-			}()
-		} else {
-			profiled <- nil
+				return saveProfile(cfg.ProfileDir, name, cpuProfile(l.backend.DebugTimeout, cfg.Churn))
+			}))
 		}
-	} else {
-		profiled <- nil
-		profiled <- nil
 	}
 	var n int
 	var churnTook time.Duration
@@ -544,8 +539,10 @@ func runRoute(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Con
 		return r, err
 	}
 	r.Changes, r.ChangeRate = n, float64(n)/churnTook.Seconds()
-	if err := errors.Join(<-profiled, <-profiled); err != nil {
-		return r, err
+	for _, p := range profiled {
+		if err := <-p; err != nil {
+			return r, err
+		}
 	}
 	after, err := metricsOf(istiods)
 	if err != nil {

@@ -195,7 +195,7 @@ func (r *consulClient) readService(ctx context.Context, name string, leader bool
 // /v1/health/service/<name> (convert.go, health.go). Decoding only that
 // skips what Consul's client would allocate for every instance and check
 // and the registry never reads: tagged addresses, proxy and connect
-// blocks, check definitions, outputs and tags. Those were most of what the
+// blocks, check definitions, outputs and tags: a large share of what the
 // initial sync allocated.
 type serviceAnswer struct {
 	Node *struct {
