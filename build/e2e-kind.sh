@@ -25,6 +25,7 @@ source "$(dirname "$0")/lib.sh"
 
 hub=${E2E_HUB:-localhost/pilot-consul}
 tag=${E2E_TAG:-e2e}
+cluster=${E2E_KIND_CLUSTER:-pilot-consul-e2e}
 kind_subnet=198.19.254.0/24
 
 dockerd_pid=""
@@ -34,7 +35,7 @@ cleanup() {
 	[[ -z "$ctx" ]] || rm -rf "$ctx"
 	if [[ -z "${KEEP:-}" ]]; then
 		# The suite deletes its cluster; this covers a suite that was killed.
-		"$root/bin/kind" delete cluster --name "${cluster:-${E2E_KIND_CLUSTER:-pilot-consul-e2e}}" >/dev/null 2>&1 || true
+		"$root/bin/kind" delete cluster --name "$cluster" >/dev/null 2>&1 || true
 		# Ours, by label: also one a killed earlier run left behind.
 		if [[ "$(docker network inspect kind --format '{{index .Labels "io.pilot-consul"}}' 2>/dev/null)" == kind-tier ]]; then
 			docker network rm kind >/dev/null 2>&1 || true
@@ -65,7 +66,6 @@ fi
 "$root/build/tools.sh" kind consul helm
 # A killed run's node containers come back with the daemon's data root (in
 # the cache), and kind refuses to create a cluster whose nodes exist.
-cluster=${E2E_KIND_CLUSTER:-pilot-consul-e2e}
 if "$root/bin/kind" get clusters 2>/dev/null | grep -qx "$cluster"; then
 	log "deleting kind cluster $cluster, left by an earlier run (killed, or KEEP=1)"
 	"$root/bin/kind" delete cluster --name "$cluster" >/dev/null
