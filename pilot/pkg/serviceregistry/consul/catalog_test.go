@@ -6,9 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
-	"sync/atomic"
+	"sync"
 	"testing"
 	"time"
 
@@ -65,12 +66,20 @@ func TestEmptyNamespaceIsEmpty(t *testing.T) {
 func TestPartialACLsThroughAProxy(t *testing.T) {
 	f, proxy := behindProxy(t, func(a *Args) { a.SyncTimeout = time.Hour })
 	hidden := map[string]bool{"/v1/health/service/acl-1": true, "/v1/health/service/acl-2": true, "/v1/health/service/acl-3": true}
-	var hiddenReads atomic.Int32
+	var mu sync.Mutex
+	reads := map[string][]time.Time{} // hidden path -> when each refused answer was given
+	readsOf := func(path string) []time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(reads[path])
+	}
 	proxy.Answer(func(resp *http.Response) {
 		if !hidden[resp.Request.URL.Path] {
 			return
 		}
-		hiddenReads.Add(1)
+		mu.Lock()
+		reads[resp.Request.URL.Path] = append(reads[resp.Request.URL.Path], time.Now())
+		mu.Unlock()
 		resp.Body, resp.ContentLength = io.NopCloser(strings.NewReader("[]")), 2
 		resp.Header.Set("Content-Length", "2")
 		resp.Header.Set("X-Consul-Results-Filtered-By-ACLs", "true")
@@ -87,10 +96,19 @@ func TestPartialACLsThroughAProxy(t *testing.T) {
 	for _, n := range f.reg.debugView("").NotServed {
 		assert.Contains(t, n.Reason, "the token needs read on its nodes (node_prefix)", n.Name)
 	}
-	before := hiddenReads.Load()
-	time.Sleep(5 * time.Second)
-	retries := hiddenReads.Load() - before
-	t.Logf("3 refused services: %d reads in 5 s", retries)
-	assert.LessOrEqual(t, retries, int32(3*3), "retried slower and slower")
+	// Per refused service, the gaps between its reads: each retry waits
+	// its jittered delay (1 s, 2 s, 4 s..., each at least half of it), so
+	// the first three gaps are at least 0.5, 1 and 2 s. Lower bounds hold
+	// on a loaded machine too; a service retried at once has gaps of ms.
+	for path := range hidden {
+		require.Eventually(t, func() bool { return len(readsOf(path)) >= 4 }, 60*time.Second, 10*time.Millisecond,
+			"%s is retried", path)
+		at := readsOf(path)
+		for i := range 3 {
+			gap := at[i+1].Sub(at[i])
+			t.Logf("%s: retry %d after %v", path, i+1, gap.Round(time.Millisecond))
+			assert.GreaterOrEqual(t, gap, (serviceRetryMin<<i)/2-10*time.Millisecond, "%s: retry %d is slower", path, i+1)
+		}
+	}
 	assert.True(t, reachable(f.reg))
 }

@@ -23,17 +23,24 @@ import (
 // behindProxy runs a registry against a real Consul through a fault proxy.
 func behindProxy(t *testing.T, edit func(*Args)) (*fixture, *harness.FaultProxy) {
 	t.Helper()
-	c, err := harness.StartConsul(t)
-	require.NoError(t, err)
-	proxy, err := harness.StartFaultProxy(t, c.URL())
-	require.NoError(t, err)
-	f := startRegistry(t, c, func(a *Args) {
+	c, proxy := consulBehindProxy(t)
+	return startRegistry(t, c, func(a *Args) {
 		a.ServerURL = proxy.URL
 		if edit != nil {
 			edit(a)
 		}
-	})
-	return f, proxy
+	}), proxy
+}
+
+// consulBehindProxy starts a real Consul and a fault proxy in front of it,
+// so hooks can be set before a registry sends its first request.
+func consulBehindProxy(t *testing.T) (*harness.Consul, *harness.FaultProxy) {
+	t.Helper()
+	c, err := harness.StartConsul(t)
+	require.NoError(t, err)
+	proxy, err := harness.StartFaultProxy(t, c.URL())
+	require.NoError(t, err)
+	return c, proxy
 }
 
 // Defect: no request had a deadline. A request that is accepted and never
@@ -44,28 +51,46 @@ func behindProxy(t *testing.T, edit func(*Args)) (*fixture, *harness.FaultProxy)
 // Consul again within a few seconds of the connection healing.
 func TestUnansweredRequestsTimeOut(t *testing.T) {
 	f, proxy := behindProxy(t, func(a *Args) { a.RequestTimeout, a.WaitTime = time.Second, 2*time.Second })
+	var faulted atomic.Int64 // service reads that met the fault
 	f.register(api.AgentServiceRegistration{ID: "web-1", Name: "web", Address: "127.0.0.11", Port: 80})
 	f.register(api.AgentServiceRegistration{ID: "web-2", Name: "web", Address: "127.0.0.12", Port: 80})
 	f.waitSynced()
 	f.eventuallyEndpoints("web", "127.0.0.11:80", "127.0.0.12:80")
 
 	for _, fault := range []string{"hang", "reset-after-data"} {
+		faulted.Store(0)
+		proxy.Rewrite(func(r *http.Request) {
+			if r.URL.Path == "/v1/health/service/web" {
+				faulted.Add(1)
+			}
+		})
 		proxy.Set(fault)
-		// The blocking reads already forwarded answer this flip; every
-		// request after it meets the fault.
+		// The blocking reads already forwarded answer this flip; the read
+		// of web it causes, and every request after it, meet the fault.
 		f.setHealth("web-2", api.HealthCritical)
-		time.Sleep(3 * time.Second)
-		before := proxy.Requests()
-		time.Sleep(3 * time.Second)
-		rate := float64(proxy.Requests()-before) / 3
-		t.Logf("%s: %.1f requests/s", fault, rate)
+		require.Eventually(t, func() bool { return faulted.Load() >= 2 }, 30*time.Second, 10*time.Millisecond,
+			"%s: web was read, and read again after the fault", fault)
+		// The rate over a measured window: while every request meets the
+		// fault, the gate lets about one through per backoff period (at
+		// least 50 ms), and the watches ask once per timeout: a few a second.
+		// Ten is twice that; a reader without a deadline or a backoff
+		// spins at hundreds.
+		before, start := proxy.Requests(), time.Now()
+		require.Eventually(t, func() bool { return faulted.Load() >= 5 }, 60*time.Second, 10*time.Millisecond,
+			"%s: web is retried", fault)
+		elapsed := time.Since(start)
+		rate := float64(proxy.Requests()-before) / elapsed.Seconds()
+		t.Logf("%s: %.1f requests/s over %v", fault, rate, elapsed.Round(time.Millisecond))
 		assert.LessOrEqual(t, rate, 10.0, "%s: requests per second", fault)
 		healed := time.Now()
+		proxy.Rewrite(func(*http.Request) {})
 		proxy.Set("")
-		f.eventuallyEndpoints("web", "127.0.0.11:80")
-		took := time.Since(healed)
-		t.Logf("%s: converged %v after the connection healed", fault, took)
-		assert.Less(t, took, 5*time.Second, "%s: bound", fault)
+		// Within RequestTimeout + WaitTime + a backoff (~3.5 s) once the
+		// connection heals; without deadlines a hung request is held until
+		// the kernel gives up on the connection (minutes).
+		require.Eventually(t, func() bool { return slices.Equal(f.endpoints("web"), []string{"127.0.0.11:80"}) },
+			30*time.Second, 10*time.Millisecond, "%s: converged after the connection healed", fault)
+		t.Logf("%s: converged %v after the connection healed", fault, time.Since(healed).Round(time.Millisecond))
 		f.setHealth("web-2", api.HealthPassing)
 		f.eventuallyEndpoints("web", "127.0.0.11:80", "127.0.0.12:80")
 	}
@@ -79,42 +104,47 @@ func TestUnansweredRequestsTimeOut(t *testing.T) {
 // the answer is older than the change that marked the service, and asks
 // the leader.
 func TestLaggingServerAnswerIsNotStored(t *testing.T) {
-	f, proxy := behindProxy(t, nil)
+	c, proxy := consulBehindProxy(t)
+	// Set before the registry's first request: it records every answer.
+	lagging := newLaggingServer(proxy, "/v1/health/service/web")
+	f := startRegistry(t, c, func(a *Args) { a.ServerURL = proxy.URL })
 	f.register(api.AgentServiceRegistration{ID: "web-1", Name: "web", Address: "127.0.0.11", Port: 80})
 	f.register(api.AgentServiceRegistration{ID: "web-2", Name: "web", Address: "127.0.0.12", Port: 80})
-	lagging := newLaggingServer(proxy, "/v1/health/service/web")
 	f.waitSynced()
 	f.eventuallyEndpoints("web", "127.0.0.11:80", "127.0.0.12:80")
-	// A read of web still in flight (the first checks listing marks services
-	// too) would answer the flip before the lag is set.
-	settled(t, f.reg)
 
-	lagging.lagNext()
+	// Only an answer that holds a change made after this point is lagged:
+	// no read before the flip can use the lag up.
+	lagging.lagNext(t)
 	f.setHealth("web-2", api.HealthCritical)
 	f.eventuallyEndpoints("web", "127.0.0.11:80")
 	assert.Equal(t, []string{"/v1/health/service/web"}, lagging.given(), "the lagging answer was given")
-	assert.Never(t, func() bool { return len(f.endpoints("web")) != 1 }, time.Second, 10*time.Millisecond,
-		"the old answer is never served")
+	assert.Equal(t, []string{"/v1/health/service/web"}, lagging.askedLeader(),
+		"the registry saw the answer was behind and asked the leader instead of storing it")
 }
 
-// laggingServer makes a proxy answer, once armed, the next stale read of
-// each of its paths with that path's previous answer: a server behind the
-// change that asked for the read.
+// laggingServer makes a proxy answer, once armed, the first stale read of
+// each of its paths that holds a newer change with that path's answer from
+// before: a server behind the change that asked for the read. It records
+// the reads of those paths sent to the leader (no ?stale) after that.
 type laggingServer struct {
 	paths []string
 	mu    sync.Mutex
 	last  map[string]laggedAnswer // path -> the newest answer seen
-	lag   map[string]bool         // path -> answer its next stale read with last's
+	armed map[string]laggedAnswer // path -> the answer to give in place of a newer one
 	gave  []string                // paths answered late
+	asked []string                // paths read from the leader after a late answer
 }
 
 type laggedAnswer struct {
 	body  []byte
-	index string
+	index uint64
 }
 
+// newLaggingServer installs its hook on proxy; install it before the
+// registry starts, so every answer is recorded.
 func newLaggingServer(proxy *harness.FaultProxy, paths ...string) *laggingServer {
-	l := &laggingServer{paths: paths, last: map[string]laggedAnswer{}, lag: map[string]bool{}}
+	l := &laggingServer{paths: paths, last: map[string]laggedAnswer{}, armed: map[string]laggedAnswer{}}
 	proxy.Answer(func(resp *http.Response) {
 		path := resp.Request.URL.Path
 		// The health watch's filtered check list is not the read of every check.
@@ -122,15 +152,24 @@ func newLaggingServer(proxy *harness.FaultProxy, paths ...string) *laggingServer
 			return
 		}
 		body, _ := io.ReadAll(resp.Body)
+		index, _ := strconv.ParseUint(resp.Header.Get("X-Consul-Index"), 10, 64)
+		stale := resp.Request.URL.Query().Has("stale")
 		l.mu.Lock()
 		defer l.mu.Unlock()
-		if old, ok := l.last[path]; ok && l.lag[path] && resp.Request.URL.Query().Has("stale") {
-			l.lag[path] = false
+		old, armed := l.armed[path]
+		switch {
+		case armed && stale && index > old.index:
+			delete(l.armed, path)
 			l.gave = append(l.gave, path)
 			body = old.body
-			resp.Header.Set("X-Consul-Index", old.index)
-		} else {
-			l.last[path] = laggedAnswer{body, resp.Header.Get("X-Consul-Index")}
+			resp.Header.Set("X-Consul-Index", strconv.FormatUint(old.index, 10))
+		case !stale && slices.Contains(l.gave, path):
+			l.asked = append(l.asked, path)
+			fallthrough
+		default:
+			if index >= l.last[path].index {
+				l.last[path] = laggedAnswer{body, index}
+			}
 		}
 		resp.Body, resp.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
 		resp.Header.Set("Content-Length", strconv.Itoa(len(body)))
@@ -138,12 +177,15 @@ func newLaggingServer(proxy *harness.FaultProxy, paths ...string) *laggingServer
 	return l
 }
 
-// lagNext arms every path.
-func (l *laggingServer) lagNext() {
+// lagNext arms every path with its newest answer so far; each must have one.
+func (l *laggingServer) lagNext(t *testing.T) {
+	t.Helper()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, p := range l.paths {
-		l.lag[p] = true
+		last, ok := l.last[p]
+		require.True(t, ok, "%s was never answered through the proxy", p)
+		l.armed[p] = last
 	}
 }
 
@@ -152,6 +194,13 @@ func (l *laggingServer) given() []string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return slices.Clone(l.gave)
+}
+
+// askedLeader lists the paths read from the leader after a late answer.
+func (l *laggingServer) askedLeader() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Compact(slices.Sorted(slices.Values(l.asked)))
 }
 
 // Defect (seen in TestConsulCluster, two of three servers paused, then
@@ -164,15 +213,16 @@ func (l *laggingServer) given() []string {
 func TestDeregistrationAnsweredByALaggingServerIsNotStored(t *testing.T) {
 	for _, lagged := range [][]string{{"/v1/health/state/any", "/v1/health/service/web"}, {"/v1/health/service/web"}} {
 		t.Run(strings.Join(lagged, "+"), func(t *testing.T) {
-			f, proxy := behindProxy(t, nil)
+			c, proxy := consulBehindProxy(t)
+			lagging := newLaggingServer(proxy, lagged...)
+			f := startRegistry(t, c, func(a *Args) { a.ServerURL = proxy.URL })
 			f.register(api.AgentServiceRegistration{ID: "web-1", Name: "web", Address: "127.0.0.11", Port: 80})
 			f.register(api.AgentServiceRegistration{ID: "web-2", Name: "web", Address: "127.0.0.12", Port: 80})
-			lagging := newLaggingServer(proxy, lagged...)
 			f.waitSynced()
 			f.eventuallyEndpoints("web", "127.0.0.11:80", "127.0.0.12:80")
-			settled(t, f.reg)
+			settled(t, f.reg) // the baseline read of every check is recorded
 
-			lagging.lagNext()
+			lagging.lagNext(t)
 			require.NoError(t, f.consul.Client.Agent().ServiceDeregister("web-2"))
 			f.eventuallyEndpoints("web", "127.0.0.11:80")
 			assert.ElementsMatch(t, lagged, lagging.given(), "the lagging answers were given")

@@ -63,6 +63,9 @@ type pinpointer struct {
 	gone    []span
 	verdict []verdict     // catalog changes a read covered, to judge after the grace period
 	wake    chan struct{} // buffered 1: requests for a read coalesce
+	// reading is set from a request's wake-up until the services its read
+	// found are marked: the read's index is recorded before they are.
+	reading bool
 }
 
 // span is a range (lo, hi] of indexes and when it was recorded.
@@ -125,6 +128,19 @@ func (p *pinpointer) reset() {
 	p.checks, p.index, p.pending, p.gone, p.verdict = nil, 0, nil, nil, nil
 }
 
+// busy says whether a read is requested or running, or a verdict waits.
+func (p *pinpointer) busy() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.reading || len(p.wake) > 0 || len(p.verdict) > 0
+}
+
+func (p *pinpointer) setReading(v bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.reading = v
+}
+
 // lastIndex is the Consul index of the last read; 0 before the first.
 func (p *pinpointer) lastIndex() uint64 {
 	p.mu.Lock()
@@ -167,6 +183,7 @@ func (c *Controller) runPinpoint(ctx context.Context) {
 		case <-due:
 			c.judge()
 		case <-p.wake:
+			p.setReading(true)
 			if !sleep(ctx, time.Until(next)) {
 				return
 			}
@@ -183,16 +200,18 @@ func (c *Controller) runPinpoint(ctx context.Context) {
 				}
 				d := bo.fail()
 				c.status.readFailed("checks", err, d)
+				p.request() // before reading ends: busy throughout
+				p.setReading(false)
 				if !sleep(ctx, d) {
 					return
 				}
-				p.request()
 				continue
 			}
 			bo.reset()
 			c.status.readSucceeded()
 			p.mu.Lock()
 			p.verdict = append(p.verdict, verdict{covered: covered, due: time.Now().Add(grace), tries: graceTries})
+			p.reading = false
 			p.mu.Unlock()
 		}
 	}
@@ -309,7 +328,7 @@ func (c *Controller) judge() {
 		return
 	}
 	v := p.verdict[0]
-	if c.dirty.len() > 0 && v.tries > 0 {
+	if c.dirty.busy() && v.tries > 0 {
 		p.verdict[0].tries--
 		p.verdict[0].due = time.Now().Add(grace)
 		p.mu.Unlock()

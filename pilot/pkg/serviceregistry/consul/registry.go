@@ -210,6 +210,15 @@ func (c *Controller) awaitSync(ctx context.Context) {
 	}
 }
 
+// idle says whether the registry has caught up with everything it has
+// seen: the first read of every check (the pinpoint baseline) is done, and
+// no read of checks or services is requested, running or queued, nor a
+// pinpoint verdict waiting. A refused service waiting out its own retry
+// delay does not count.
+func (c *Controller) idle() bool {
+	return c.pinpoint.lastIndex() > 0 && !c.pinpoint.busy() && !c.dirty.busy()
+}
+
 // syncCompleted exports the end of the first sync.
 func (c *Controller) syncCompleted() {
 	c.metrics.synced.Record(1)

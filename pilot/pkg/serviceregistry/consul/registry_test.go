@@ -2,7 +2,12 @@ package consul
 
 import (
 	"fmt"
+	"maps"
+	"math"
+	"net/http"
+	"slices"
 	"sort"
+	"sync"
 	"testing"
 	"time"
 
@@ -134,40 +139,59 @@ func (f *fixture) eventuallyEndpoints(name string, want ...string) {
 // waitEvent waits for an event of type typ for hostname, skipping others.
 func (f *fixture) waitEvent(typ, hostname string) xdsfake.Event {
 	f.t.Helper()
+	events := f.eventsUntil(typ, hostname)
+	return events[len(events)-1]
+}
+
+// eventsUntil returns every event istiod receives up to and including the
+// next one of type typ for hostname.
+func (f *fixture) eventsUntil(typ, hostname string) []xdsfake.Event {
+	f.t.Helper()
 	deadline := time.After(10 * time.Second)
+	var seen []xdsfake.Event
 	for {
 		select {
 		case e := <-f.xds.Events:
+			seen = append(seen, e)
 			if e.Type == typ && e.ID == hostname {
-				return e
+				return seen
 			}
 		case <-deadline:
-			f.t.Fatalf("no %q event for %s", typ, hostname)
+			f.t.Fatalf("no %q event for %s; saw %v", typ, hostname, seen)
 		}
 	}
 }
 
+// A flip is an EDS update and nothing else. Each flip's events are
+// checked up to the next flip's EDS update: pushes of one service leave in
+// order (service.go), so a full push a flip caused would arrive before it.
 func TestHealthFlipIsAnEDSOnlyPush(t *testing.T) {
 	f := newFixture(t, nil)
 	f.register(api.AgentServiceRegistration{ID: "web-1", Name: "web", Address: "127.0.0.11", Port: 8080})
 	f.register(api.AgentServiceRegistration{ID: "web-2", Name: "web", Address: "127.0.0.12", Port: 8080})
 	f.waitSynced()
 	f.eventuallyEndpoints("web", "127.0.0.11:8080", "127.0.0.12:8080")
+	settled(t, f.reg) // the sync's pushes have all been made
 	f.xds.Clear()
 
-	f.setHealth("web-2", api.HealthCritical)
-	ev := f.waitEvent("eds", "web.service.consul")
-	require.Len(t, ev.Endpoints, 1)
-	assert.Equal(t, []string{"127.0.0.11"}, ev.Endpoints[0].Addresses)
-	f.xds.AssertNoMatch(t, 300*time.Millisecond, xdsfake.EventMatcher{Type: "xds full"})
-
-	f.setHealth("web-2", api.HealthPassing)
-	ev = f.waitEvent("eds", "web.service.consul")
-	assert.Len(t, ev.Endpoints, 2)
-
-	f.setHealth("web-2", api.HealthWarning)
-	ev = f.waitEvent("eds", "web.service.consul")
-	assert.Len(t, ev.Endpoints, 1, "warning is not routed by default")
+	var events []xdsfake.Event
+	flip := func(status string, want int, why string) {
+		f.setHealth("web-2", status)
+		seen := f.eventsUntil("eds", "web.service.consul")
+		events = append(events, seen...)
+		ev := seen[len(seen)-1]
+		require.Len(t, ev.Endpoints, want, why)
+		if want == 1 {
+			assert.Equal(t, []string{"127.0.0.11"}, ev.Endpoints[0].Addresses, why)
+		}
+	}
+	flip(api.HealthCritical, 1, "critical")
+	flip(api.HealthPassing, 2, "passing again")
+	flip(api.HealthWarning, 1, "warning is not routed by default")
+	flip(api.HealthPassing, 2, "the last flip's events end here")
+	for _, e := range events {
+		assert.NotEqual(t, "xds full", e.Type, "a flip is no full push: %v", e)
+	}
 }
 
 func TestWarningOptionAndWeights(t *testing.T) {
@@ -337,26 +361,38 @@ func TestOutageKeepsLastGoodStateThenResyncs(t *testing.T) {
 	f.eventuallyEndpoints("keep")
 }
 
-// settled waits until the baseline read of every check (which follows the
-// first sync) is done and no service read is pending.
+// settled waits until the registry is idle: the baseline read of every
+// check (which follows the first sync) is done, and no read of checks or
+// services is requested, queued or in work, nor a verdict waiting.
 func settled(t *testing.T, reg *Controller) {
 	t.Helper()
-	require.Eventually(t, func() bool {
-		v := reg.debugView("-")
-		return v.Consul.ChecksIndex > 0 && v.Counts.PendingReads == 0
-	}, 20*time.Second, 20*time.Millisecond)
+	require.Eventually(t, reg.idle, 20*time.Second, 20*time.Millisecond, "the registry never became idle")
 }
 
 // reachable is what /debug/consulz says of Consul.
 func reachable(reg *Controller) bool { return reg.debugView("").Consul.Reachable }
 
-// An idle catalog costs only the two watches: a blocking query that times out
+// An idle catalog costs only the watches: a blocking query that times out
 // (same index, same content) is no change and must not re-read services.
+// Counted per event: every request the registry sends is counted by path
+// until each watch has timed out three times.
 func TestIdleCatalogCostsOnlyTheWatches(t *testing.T) {
 	c, err := harness.StartConsul(t)
 	require.NoError(t, err)
 	counter, err := harness.StartFaultProxy(t, c.URL())
 	require.NoError(t, err)
+	var mu sync.Mutex
+	byPath := map[string]int{}
+	counter.Rewrite(func(r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		byPath[r.URL.Path]++
+	})
+	counts := func() map[string]int {
+		mu.Lock()
+		defer mu.Unlock()
+		return maps.Clone(byPath)
+	}
 	f := startRegistry(t, c, func(a *Args) { a.ServerURL, a.WaitTime = counter.URL, time.Second })
 	for i := range 20 {
 		f.register(api.AgentServiceRegistration{ID: fmt.Sprintf("idle-%d", i), Name: fmt.Sprintf("idle-%d", i),
@@ -365,13 +401,33 @@ func TestIdleCatalogCostsOnlyTheWatches(t *testing.T) {
 	f.waitSynced()
 	require.Eventually(t, func() bool { return len(f.reg.Services()) == 21 }, 10*time.Second, 10*time.Millisecond)
 	settled(t, f.reg)
-	before := counter.Requests()
-	time.Sleep(4 * time.Second) // the measurement window: ~4 blocking-query timeouts per watch
-	used := counter.Requests() - before
-	t.Logf("%d Consul requests in 4 idle seconds", used)
-	// Each watch answers at most five times in 4 s of 1 s waits (both ends
-	// of the window); a wave of per-service re-reads would add 20 more.
-	assert.LessOrEqual(t, used, int64(5*watches), "only watch timeouts, no per-service re-reads")
+
+	require.Len(t, watchPaths, watches)
+	before := counts()
+	since := func(now map[string]int, path string) int { return now[path] - before[path] }
+	var after map[string]int
+	require.Eventually(t, func() bool {
+		after = counts()
+		for _, p := range watchPaths {
+			if since(after, p) < 3 {
+				return false
+			}
+		}
+		return true
+	}, 30*time.Second, 10*time.Millisecond, "every watch times out three times")
+	t.Logf("requests while idle, by path: %v (before: %v)", after, before)
+	least, most := math.MaxInt, 0
+	for _, p := range watchPaths {
+		least, most = min(least, since(after, p)), max(most, since(after, p))
+	}
+	for p := range after {
+		if !slices.Contains(watchPaths, p) {
+			assert.Zero(t, since(after, p), "%s: only watch timeouts, no other reads while idle", p)
+		}
+	}
+	// The watches share one wait, so they time out in step: one that asked
+	// again at once instead of blocking would be far ahead of the others.
+	assert.LessOrEqual(t, most, least+2, "each watch blocks for its wait")
 }
 
 // Run stops everything it started, timers included: with a pinpoint verdict

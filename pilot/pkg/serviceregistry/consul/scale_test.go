@@ -2,6 +2,9 @@ package consul
 
 import (
 	"fmt"
+	"net/http"
+	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -58,6 +61,7 @@ func TestTenThousandServicesWithinConnectionLimit(t *testing.T) {
 
 	counter, err := harness.StartFaultProxy(t, c.URL())
 	require.NoError(t, err)
+	parked := newParkedWatches(counter)
 	start := time.Now()
 	// The default blocking-query wait: no watch times out (and re-asks)
 	// while the flip's requests are counted.
@@ -70,15 +74,14 @@ func TestTenThousandServicesWithinConnectionLimit(t *testing.T) {
 	assert.Equal(t, n+1, services, "every service (plus consul itself)")
 	assert.LessOrEqual(t, counter.PeakConnections(), int64(DefaultArgs().MaxConcurrentRequests+watches))
 
-	// Requests are counted as they are sent, and a watch sends its next
-	// blocking query minWatchGap after an answer: a window ends only when
-	// no request has been sent for longer than that.
+	// Quiet is an event: the registry is idle and every watch waits on a
+	// blocking query at the index Consul has now for it (it has seen
+	// Consul's newest answer and asked again).
 	quiet := func() {
-		settled(t, f.reg) // extra reads (a full re-read) would be queued by now
-		for prev := int64(-1); prev != counter.Requests(); {
-			prev = counter.Requests()
-			time.Sleep(3 * minWatchGap)
-		}
+		t.Helper()
+		settled(t, f.reg)
+		require.Eventually(t, func() bool { return f.reg.idle() && parked.atConsulsIndex(t, c.Client) },
+			30*time.Second, 10*time.Millisecond, "the watches wait on Consul's current indexes")
 	}
 	// Let the post-sync reads settle, then flip checks one at a time.
 	quiet()
@@ -96,4 +99,52 @@ func TestTenThousandServicesWithinConnectionLimit(t *testing.T) {
 	assert.LessOrEqual(t, flip("svc-04242", api.HealthCritical), int64(3), "no check is warning: its watch answers too")
 	assert.LessOrEqual(t, flip("svc-04243", api.HealthWarning), int64(2), "the warning watch and the read")
 	assert.LessOrEqual(t, flip("svc-04244", api.HealthCritical), int64(2), "both statuses held: the critical watch alone wakes")
+}
+
+// parkedWatches follows, through a fault proxy, each watch's blocking
+// query: the index it waits on and whether it waits at all (sent, and not
+// yet answered or given up).
+type parkedWatches struct {
+	mu      sync.Mutex
+	waiting map[string]int    // path -> requests sent and not answered
+	index   map[string]uint64 // path -> the index of the last request
+}
+
+var watchPaths = []string{"/v1/catalog/services", "/v1/catalog/nodes", "/v1/health/state/critical", "/v1/health/state/warning"}
+
+func newParkedWatches(p *harness.FaultProxy) *parkedWatches {
+	w := &parkedWatches{waiting: map[string]int{}, index: map[string]uint64{}}
+	p.Rewrite(func(r *http.Request) {
+		path := r.URL.Path
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		w.waiting[path]++
+		w.index[path], _ = strconv.ParseUint(r.URL.Query().Get("index"), 10, 64)
+		// The proxy's request context ends once the answer is sent or the
+		// registry gave the request up (a hedge replaced it).
+		go func() {
+			<-r.Context().Done()
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			w.waiting[path]--
+		}()
+	})
+	return w
+}
+
+// atConsulsIndex says whether every watch waits, on the index Consul
+// answers its query with now (asked directly, not through the proxy).
+func (w *parkedWatches) atConsulsIndex(t *testing.T, c *api.Client) bool {
+	for _, path := range watchPaths {
+		var ignored any
+		meta, err := c.Raw().Query(path, &ignored, nil)
+		require.NoError(t, err)
+		w.mu.Lock()
+		waiting, index := w.waiting[path], w.index[path]
+		w.mu.Unlock()
+		if waiting != 1 || index != meta.LastIndex {
+			return false
+		}
+	}
+	return true
 }

@@ -27,6 +27,12 @@ type dirtySet struct {
 	queue workqueue.TypedRateLimitingInterface[string]
 	mu    sync.Mutex
 	marks map[string]mark
+	// inWork counts services a worker holds; delayed are those waiting
+	// out their own retry delay (refused). Both serve busy: the queue's
+	// Len leaves out what is in work, and a worker takes a service from
+	// the queue before it takes its mark.
+	inWork  int
+	delayed map[string]bool
 }
 
 // mark is why a service waits: since when, and the index its read must
@@ -41,7 +47,8 @@ func newDirtySet(name string) *dirtySet {
 	return &dirtySet{
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig[string](newServiceRetries(),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: name}),
-		marks: map[string]mark{},
+		marks:   map[string]mark{},
+		delayed: map[string]bool{},
 	}
 }
 
@@ -74,6 +81,8 @@ func (d *dirtySet) take() (name string, m mark, quit bool) {
 	d.mu.Lock()
 	m = d.marks[name]
 	delete(d.marks, name)
+	delete(d.delayed, name)
+	d.inWork++
 	d.mu.Unlock()
 	return name, m, false
 }
@@ -87,16 +96,39 @@ func (d *dirtySet) done(name string, m mark, err error) {
 		d.queue.Forget(name)
 	case isRefused(err):
 		d.merge(m, name)
+		d.mu.Lock()
+		d.delayed[name] = true
+		d.mu.Unlock()
 		d.queue.AddRateLimited(name)
 	default:
 		d.merge(m, name)
 		d.queue.Add(name)
 	}
+	d.mu.Lock()
+	d.inWork--
+	d.mu.Unlock()
 	d.queue.Done(name)
 }
 
 // len is the number of services waiting (not those in work).
 func (d *dirtySet) len() int { return d.queue.Len() }
+
+// busy says whether a read is queued or in work. A refused service waiting
+// out its own retry delay (up to 5 minutes) does not count.
+func (d *dirtySet) busy() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.inWork > 0 || d.queue.Len() > 0 {
+		return true
+	}
+	// Marked, and not yet taken by a worker (or about to be added).
+	for name := range d.marks {
+		if !d.delayed[name] {
+			return true
+		}
+	}
+	return false
+}
 
 func (d *dirtySet) shutDown() { d.queue.ShutDown() }
 

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -36,59 +38,68 @@ func fakeRead(calls *atomic.Int32, delay func(n int32) time.Duration, err func(n
 }
 
 // A request that Consul leaves hanging (as during its start-up) is overtaken
-// by a fresh one a second later.
+// by a fresh one a second later. In simulated time: the answer comes at
+// hedgeAfter exactly, however loaded the machine.
 func TestHedgedReadOvertakesAHangingRequest(t *testing.T) {
-	var calls atomic.Int32
-	read := fakeRead(&calls, func(n int32) time.Duration {
-		if n == 1 {
-			return time.Hour
-		}
-		return 0
-	}, nil)
-	start := time.Now()
-	index, apply, err := hedgedRead(context.Background(), read)
-	require.NoError(t, err)
-	assert.EqualValues(t, 102, index, "the fresh request's answer")
-	assert.NotNil(t, apply)
-	assert.Less(t, time.Since(start), hedgeAfter+time.Second)
+	synctest.Test(t, func(t *testing.T) {
+		var calls atomic.Int32
+		read := fakeRead(&calls, func(n int32) time.Duration {
+			if n == 1 {
+				return time.Hour
+			}
+			return 0
+		}, nil)
+		start := time.Now()
+		index, apply, err := hedgedRead(context.Background(), read)
+		require.NoError(t, err)
+		assert.EqualValues(t, 102, index, "the fresh request's answer")
+		assert.NotNil(t, apply)
+		assert.Equal(t, hedgeAfter, time.Since(start))
+	})
 }
 
 // A Consul that is only slow answers the first request, however many fresh
 // ones were sent and replaced meanwhile; at most two are in flight.
 func TestHedgedReadWaitsForASlowConsul(t *testing.T) {
-	var calls atomic.Int32
-	var inflight harness.Peak
-	slow := fakeRead(&calls, func(int32) time.Duration { return 3500 * time.Millisecond }, nil)
-	read := func(ctx context.Context, req request) (uint64, func(), error) {
-		inflight.Up()
-		defer inflight.Down()
-		return slow(ctx, req)
-	}
-	index, _, err := hedgedRead(context.Background(), read)
-	require.NoError(t, err)
-	assert.EqualValues(t, 101, index, "the first request's answer")
-	assert.GreaterOrEqual(t, calls.Load(), int32(3), "fresh requests were sent")
-	assert.LessOrEqual(t, inflight.Max(), int64(2), "requests in flight")
+	synctest.Test(t, func(t *testing.T) {
+		var calls atomic.Int32
+		var inflight harness.Peak
+		slow := fakeRead(&calls, func(int32) time.Duration { return 3500 * time.Millisecond }, nil)
+		read := func(ctx context.Context, req request) (uint64, func(), error) {
+			inflight.Up()
+			defer inflight.Down()
+			return slow(ctx, req)
+		}
+		start := time.Now()
+		index, _, err := hedgedRead(context.Background(), read)
+		require.NoError(t, err)
+		assert.EqualValues(t, 101, index, "the first request's answer")
+		assert.Equal(t, 3500*time.Millisecond, time.Since(start))
+		assert.EqualValues(t, 4, calls.Load(), "the first, and a fresh one at 1, 2 and 3 s")
+		assert.LessOrEqual(t, inflight.Max(), int64(2), "requests in flight")
+	})
 }
 
 // When the first request fails, the read fails (the watch backs off), even
 // if fresh requests are pending; a failing fresh request changes nothing.
 func TestHedgedReadFailsWithTheFirstRequest(t *testing.T) {
-	var calls atomic.Int32
-	refused := errors.New("connection refused")
-	read := fakeRead(&calls, func(n int32) time.Duration {
-		if n == 1 {
-			return 2500 * time.Millisecond
-		}
-		return time.Hour
-	}, func(n int32) error {
-		if n == 1 {
-			return refused
-		}
-		return nil
+	synctest.Test(t, func(t *testing.T) {
+		var calls atomic.Int32
+		refused := errors.New("connection refused")
+		read := fakeRead(&calls, func(n int32) time.Duration {
+			if n == 1 {
+				return 2500 * time.Millisecond
+			}
+			return time.Hour
+		}, func(n int32) error {
+			if n == 1 {
+				return refused
+			}
+			return nil
+		})
+		_, _, err := hedgedRead(context.Background(), read)
+		require.ErrorIs(t, err, refused)
 	})
-	_, _, err := hedgedRead(context.Background(), read)
-	require.ErrorIs(t, err, refused)
 }
 
 // Defect: an answer without X-Consul-Index looked like an index going
@@ -110,16 +121,26 @@ func TestAnswersWithoutIndexAreRefused(t *testing.T) {
 		f.eventuallyEndpoints(fmt.Sprintf("p-%d", i), fmt.Sprintf("127.0.0.70:%d", 80+i))
 	}
 	settled(t, f.reg)
-	proxy.Answer(func(resp *http.Response) { resp.Header.Del("X-Consul-Index") })
+	var refused atomic.Int64 // answers stripped of their index
+	proxy.Answer(func(resp *http.Response) {
+		resp.Header.Del("X-Consul-Index")
+		refused.Add(1)
+	})
 	f.setHealth("p-3", api.HealthCritical)
-	time.Sleep(time.Second)
-	before := proxy.Requests()
-	time.Sleep(5 * time.Second)
-	rate := float64(proxy.Requests()-before) / 5
-	t.Logf("without X-Consul-Index: %.1f requests/s", rate)
+	require.Eventually(t, func() bool { return strings.Contains(lastError(f.reg), "without X-Consul-Index") },
+		30*time.Second, 10*time.Millisecond, "the registry refuses the answers")
+	// The rate over a measured window of 20 refused answers: the gate and
+	// the watches' backoff let a few requests a second through (each watch
+	// at most one per 50-500 ms backoff, the workers one per gate period).
+	// Ten is twice that; reads that re-read every service each time, as the
+	// defect did, send hundreds.
+	before, answers, start := proxy.Requests(), refused.Load(), time.Now()
+	require.Eventually(t, func() bool { return refused.Load() >= answers+20 }, 60*time.Second, 10*time.Millisecond)
+	elapsed := time.Since(start)
+	rate := float64(proxy.Requests()-before) / elapsed.Seconds()
+	t.Logf("without X-Consul-Index: %.1f requests/s over %v", rate, elapsed.Round(time.Millisecond))
 	assert.LessOrEqual(t, rate, 10.0, "requests per second")
 	assert.False(t, reachable(f.reg))
-	assert.Contains(t, lastError(f.reg), "without X-Consul-Index")
 	assert.Len(t, f.endpoints("p-3"), 1, "last good state kept")
 
 	proxy.Answer(func(*http.Response) {})
