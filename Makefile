@@ -33,9 +33,13 @@ demo: build tools ## Run the local mesh demo (KEEP=1 leaves it up until Ctrl-C).
 	bin/demo $(if $(KEEP),-keep)
 
 .PHONY: test
-test: ## Run every test: the local tiers, then the kind tier.
+test: ## Run every test (what CI runs): builds, then each tier once, with each tier's wall time printed at the end.
 	build/docker-up.sh check # fail now, not after the local tiers, where the kind tier cannot run
-	$(MAKE) test-local test-kind
+	build/tiers.sh builds test-unit test-upstream test-integration test-kind
+
+.PHONY: builds
+builds: build build-upstream tools ## Every binary the tiers share: ours and the release's istiod, Consul, kube-apiserver, etcd.
+	ISTIO=$(ISTIO_PREVIOUS) build/build.sh
 
 .PHONY: bench
 bench: build build-upstream tools ## Benchmark Route A (our registry) vs K (Kubernetes Services), C (consul-mcp + istiod as shipped) and B (ServiceEntry/WorkloadEntry) into BENCH_OUT (BENCH_ARGS=...).
@@ -98,11 +102,24 @@ clean-work: ## Remove the patched Istio work trees of every release (the next bu
 
 ##@ Test
 
+# How many times test-unit runs each registry test: once in make test (CI),
+# three times in test-unit-repeat.
+UNIT_COUNT ?= 1
+RUNS ?= 5
+
 .PHONY: test-unit
-test-unit: build tools ## Registry tests (real Consul agents and cluster; race detector, 3 runs; the simulated day once) plus build-pipeline tests.
-	$(WORKSPACE) go test -race -count=3 -timeout 20m -skip '^TestADayOfQuietAndBursts$$' ./pilot/... ./mcp/...
+test-unit: build tools ## Registry tests (real Consul agents and cluster; race detector; the simulated day once) plus build-pipeline tests. UNIT_COUNT=3 repeats each.
+	$(WORKSPACE) go test -race -count=$(UNIT_COUNT) -timeout 20m -skip '^TestADayOfQuietAndBursts$$' ./pilot/... ./mcp/...
 	$(WORKSPACE) go test -race -count=1 -timeout 10m -run '^TestADayOfQuietAndBursts$$' ./pilot/pkg/serviceregistry/consul/
 	$(WORKSPACE) go test -count=1 ./build/...
+
+.PHONY: test-unit-repeat
+test-unit-repeat: ## test-unit with every registry test run three times (not in CI: finds rare interleavings).
+	$(MAKE) test-unit UNIT_COUNT=3
+
+.PHONY: test-contention
+test-contention: build tools ## test-unit RUNS times (default 5) in a row while two busy loops compete for the cores, as on a loaded CI machine.
+	build/contention.sh $(RUNS) $(MAKE) test-unit
 
 .PHONY: test-upstream
 test-upstream: ## Upstream Istio tests of every patched package, on the previous release (built too), then on ISTIO.
