@@ -74,14 +74,16 @@ func TestTenThousandServicesWithinConnectionLimit(t *testing.T) {
 	assert.Equal(t, n+1, services, "every service (plus consul itself)")
 	assert.LessOrEqual(t, counter.PeakConnections(), int64(DefaultArgs().MaxConcurrentRequests+watches))
 
-	// Quiet is an event: the registry is idle and every watch waits on a
-	// blocking query at the index Consul has now for it (it has seen
-	// Consul's newest answer and asked again).
+	// Quiet is an event: the registry is idle, and every watch waits on a
+	// blocking query it sent after its latest answer. (Consul answers every
+	// watch a write wakes together, before the read of the flipped service
+	// that the flip waits for: a woken watch's answer has reached the proxy
+	// by then.)
 	quiet := func() {
 		t.Helper()
 		settled(t, f.reg)
-		require.Eventually(t, func() bool { return f.reg.idle() && parked.atConsulsIndex(t, c.Client) },
-			30*time.Second, 10*time.Millisecond, "the watches wait on Consul's current indexes")
+		require.Eventually(t, func() bool { return f.reg.idle() && parked.all() },
+			30*time.Second, 10*time.Millisecond, "every watch waits again after its latest answer")
 	}
 	// Let the post-sync reads settle, then flip checks one at a time.
 	quiet()
@@ -102,18 +104,19 @@ func TestTenThousandServicesWithinConnectionLimit(t *testing.T) {
 }
 
 // parkedWatches follows, through a fault proxy, each watch's blocking
-// query: the index it waits on and whether it waits at all (sent, and not
-// yet answered or given up).
+// query: the index it waits on, whether it waits at all (sent, and not yet
+// answered or given up), and the index of its latest answer.
 type parkedWatches struct {
-	mu      sync.Mutex
-	waiting map[string]int    // path -> requests sent and not answered
-	index   map[string]uint64 // path -> the index of the last request
+	mu       sync.Mutex
+	waiting  map[string]int    // path -> requests sent and not answered
+	index    map[string]uint64 // path -> the index of the last request
+	answered map[string]uint64 // path -> the index of the last answer
 }
 
 var watchPaths = []string{"/v1/catalog/services", "/v1/catalog/nodes", "/v1/health/state/critical", "/v1/health/state/warning"}
 
 func newParkedWatches(p *harness.FaultProxy) *parkedWatches {
-	w := &parkedWatches{waiting: map[string]int{}, index: map[string]uint64{}}
+	w := &parkedWatches{waiting: map[string]int{}, index: map[string]uint64{}, answered: map[string]uint64{}}
 	p.Rewrite(func(r *http.Request) {
 		path := r.URL.Path
 		w.mu.Lock()
@@ -129,20 +132,21 @@ func newParkedWatches(p *harness.FaultProxy) *parkedWatches {
 			w.waiting[path]--
 		}()
 	})
+	p.Answer(func(resp *http.Response) {
+		index, _ := strconv.ParseUint(resp.Header.Get("X-Consul-Index"), 10, 64)
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		w.answered[resp.Request.URL.Path] = index
+	})
 	return w
 }
 
-// atConsulsIndex says whether every watch waits, on the index Consul
-// answers its query with now (asked directly, not through the proxy).
-func (w *parkedWatches) atConsulsIndex(t *testing.T, c *api.Client) bool {
+// all says whether every watch waits on the index of its latest answer.
+func (w *parkedWatches) all() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	for _, path := range watchPaths {
-		var ignored any
-		meta, err := c.Raw().Query(path, &ignored, nil)
-		require.NoError(t, err)
-		w.mu.Lock()
-		waiting, index := w.waiting[path], w.index[path]
-		w.mu.Unlock()
-		if waiting != 1 || index != meta.LastIndex {
+		if w.waiting[path] != 1 || w.index[path] != w.answered[path] {
 			return false
 		}
 	}
