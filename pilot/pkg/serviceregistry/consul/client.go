@@ -12,8 +12,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -43,27 +45,27 @@ func newClient(a Args, m *registryMetrics) (*consulClient, error) {
 	cfg.Datacenter = a.Datacenter
 	cfg.Token = "" // set per request by transport, so a rotated token file is honoured
 	cfg.TokenFile = ""
-	tlsCfg, err := api.SetupTLSConfig(&api.TLSConfig{
-		Address:            a.Auth.TLSServerName,
-		CAFile:             a.Auth.CAFile,
-		CertFile:           a.Auth.CertFile,
-		KeyFile:            a.Auth.KeyFile,
-		InsecureSkipVerify: a.Auth.TLSSkipVerify,
-	})
+	tlsFiles, err := newTLSFiles(a.Auth)
 	if err != nil {
-		return nil, fmt.Errorf("consul TLS settings: %w", err)
+		return nil, err
 	}
 	maxConns := a.MaxConcurrentRequests + watches
+	dial := (&net.Dialer{
+		Timeout: 10 * time.Second,
+		// A peer that vanished without a reset (a lost node, a NAT or
+		// load balancer that dropped the connection) is found within
+		// 30 s of silence, not the kernel's 2 h + 9 probes.
+		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 5 * time.Second, Count: 3},
+	}).DialContext
 	base := &http.Transport{
-		Proxy: http.ProxyFromEnvironment,
-		DialContext: (&net.Dialer{
-			Timeout: 10 * time.Second,
-			// A peer that vanished without a reset (a lost node, a NAT or
-			// load balancer that dropped the connection) is found within
-			// 30 s of silence, not the kernel's 2 h + 9 probes.
-			KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 5 * time.Second, Count: 3},
-		}).DialContext,
-		TLSClientConfig:     tlsCfg,
+		Proxy:       http.ProxyFromEnvironment,
+		DialContext: dial,
+		// Every new HTTPS connection takes the TLS files as they are now
+		// (tlsfiles.go): rotated certificates need no restart.
+		DialTLSContext: tlsFiles.dialTLS(dial, 10*time.Second),
+		// Through an HTTP proxy (CONNECT), net/http does the TLS itself:
+		// the material as loaded at start.
+		TLSClientConfig:     tlsFiles.cfg,
 		TLSHandshakeTimeout: 10 * time.Second,
 		MaxConnsPerHost:     maxConns,
 		MaxIdleConnsPerHost: maxConns,
@@ -129,7 +131,9 @@ func (r *consulClient) get(ctx context.Context, req request, call func(*api.Quer
 	}
 	rctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	start := time.Now()
 	meta, err := call(q.WithContext(rctx))
+	timedOut := rctx.Err() != nil && ctx.Err() == nil
 	switch {
 	case err != nil || meta == nil:
 	case meta.LastIndex == 0:
@@ -147,15 +151,53 @@ func (r *consulClient) get(ctx context.Context, req request, call func(*api.Quer
 		release(answered)
 	case ctx.Err() != nil:
 		release(abandoned)
-	case rctx.Err() != nil:
+	case statusCode(err) == http.StatusRequestTimeout:
+		// A proxy in front of Consul gave up on this request (an L7 load
+		// balancer's timeout): it answered, so the path to Consul is up.
+		release(slow)
+		err = &refusedError{fmt.Errorf("a proxy in front of Consul timed the read out (a slow read): %w", err), true}
+	case timedOut && (r.gate.answeredSince(start) || r.alive(ctx)):
+		// Consul answered other requests meanwhile, or answers a ping now:
+		// this read is slow (a large answer, a remote datacenter), Consul
+		// is not down. Only it is retried, on its own back-off; the gate
+		// stays open and Consul reachable.
+		release(slow)
+		err = &refusedError{fmt.Errorf("no answer within %v while Consul answers (a slow read): %w", timeout, err), true}
+	case timedOut:
 		release(unavailable)
 		err = fmt.Errorf("no answer within %v: %w", timeout, err)
 	case consulFailed(err):
 		release(unavailable)
 	default:
+		// Consul (or something in front of it) refused this request alone:
+		// 400, 404, 405... It is retried on its own back-off, never at once.
 		release(answered)
+		err = &refusedError{err: err}
+	}
+	if after := r.transport.retryAfter(); !after.IsZero() {
+		r.gate.holdUntil(after)
 	}
 	return meta, err
+}
+
+// alive asks Consul whether it answers at all (its leader's address, a
+// few bytes), to tell a slow read from an outage when no other request was
+// answered while it waited.
+func (r *consulClient) alive(ctx context.Context) bool {
+	pctx, cancel := context.WithTimeout(ctx, min(r.timeout, 2*time.Second))
+	defer cancel()
+	q := r.base
+	_, err := r.Status().LeaderWithQueryOptions(q.WithContext(pctx))
+	return err == nil
+}
+
+// statusCode is the HTTP status of a Consul error answer, 0 for any other error.
+func statusCode(err error) int {
+	var se api.StatusError
+	if errors.As(err, &se) {
+		return se.Code
+	}
+	return 0
 }
 
 var (
@@ -168,12 +210,11 @@ var (
 // consulFailed says whether err means Consul itself is failing (so every
 // reader should back off), rather than refusing one request.
 func consulFailed(err error) bool {
-	var se api.StatusError
-	if errors.As(err, &se) {
+	if code := statusCode(err); code != 0 {
 		// 429: request_limits; 5xx: no leader, overload; 401/403: the token
 		// is not accepted, which fails every request alike.
-		return se.Code == http.StatusTooManyRequests || se.Code >= 500 || se.Code == http.StatusUnauthorized ||
-			se.Code == http.StatusForbidden
+		return code == http.StatusTooManyRequests || code >= 500 || code == http.StatusUnauthorized ||
+			code == http.StatusForbidden
 	}
 	// Anything that is not an answer: refused, reset, TLS, a token file gone, stale.
 	return true
@@ -266,6 +307,46 @@ type transport struct {
 	token    *tokenSource
 	maxStale time.Duration
 	requests monitoring.Metric
+	// after is the latest Retry-After an overloaded answer (429, 503)
+	// asked for, as Unix nanoseconds; taken by retryAfter.
+	after atomic.Int64
+}
+
+// maxRetryAfter bounds how long a Retry-After may hold every read: a proxy
+// asking for an hour must not freeze the registry that long.
+const maxRetryAfter = 30 * time.Second
+
+// retryAfter returns, once, the time before which an overloaded Consul
+// asked not to be sent requests (zero when none did).
+func (t *transport) retryAfter() time.Time {
+	if ns := t.after.Swap(0); ns > 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
+}
+
+// noteRetryAfter records an overloaded answer's Retry-After (seconds, or
+// an HTTP date).
+func (t *transport) noteRetryAfter(resp *http.Response) {
+	if resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode != http.StatusServiceUnavailable {
+		return
+	}
+	v := resp.Header.Get("Retry-After")
+	if v == "" {
+		return
+	}
+	var d time.Duration
+	if secs, err := strconv.Atoi(v); err == nil {
+		d = time.Duration(secs) * time.Second
+	} else if at, err := http.ParseTime(v); err == nil {
+		d = time.Until(at)
+	}
+	if d <= 0 {
+		return
+	}
+	at := time.Now().Add(min(d, maxRetryAfter)).UnixNano()
+	for old := t.after.Load(); at > old && !t.after.CompareAndSwap(old, at); old = t.after.Load() {
+	}
 }
 
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -286,7 +367,11 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 	}
 	t.requests.Increment()
-	return t.base.RoundTrip(req)
+	resp, err := t.base.RoundTrip(req)
+	if err == nil {
+		t.noteRetryAfter(resp)
+	}
+	return resp, err
 }
 
 // tokenSource returns the ACL token: the token file's content when a file is

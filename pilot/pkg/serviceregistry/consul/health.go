@@ -65,64 +65,78 @@ func (c *Controller) readHealth(state string) watchRead {
 				log.Debugf("consul ACLs hid some %s checks; the token needs read on service_prefix and node_prefix", state)
 			}
 			for _, m := range c.health.changed(checks, state, meta.LastIndex, c.store.onNode) {
-				c.dirty.mark(m.need, m.name)
+				c.dirty.markWith(mark{need: m.need, left: m.left}, m.name)
 			}
 		}, nil
 	}
 }
 
-// healthMark is a service to re-read and the index its next read must reach.
+// healthMark is a service to re-read and the index its next read must
+// reach; left, the checks its read must no longer show in a status.
 type healthMark struct {
 	name string
 	need uint64
+	left map[checkKey]string
 }
 
 // changed returns the services whose view differs from the checks in state
 // at index: a check that entered state is listed; one that left it, or
 // vanished, is missing from the list. Checks of other states are another
 // list's business. A view at or past index is newer than the list and is
-// left alone. A service is listed with the index its next read must pass:
-// Consul moves a service's index on every write to its checks or its
-// nodes' checks, so a difference means a write after the view's read.
+// left alone. A service is listed with what its next read must show: a
+// check that entered state was written at its ModifyIndex, which moved the
+// service's index (Consul moves it on every write to the service's checks
+// or its nodes' checks), so the read must reach that index; a check that
+// left state must not be in it any more. Behind a load balancer a lagging
+// follower may answer the read; an answer from before the write it was
+// marked for is asked of the leader again (service.go).
 func (h *healthWatch) changed(checks api.HealthChecks, state string, index uint64, onNode func(string) []string) []healthMark {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	listed := sets.New[checkKey]()
-	relevant := map[string][]checkKey{} // service -> its listed checks
+	relevant := map[string][]*api.HealthCheck{} // service -> its listed checks
 	for _, hc := range checks {
-		k := checkKey{hc.Node, hc.CheckID}
-		listed.Insert(k)
+		listed.Insert(checkKey{hc.Node, hc.CheckID})
 		for _, name := range checkServices(hc.Node, hc.ServiceName, onNode) {
-			relevant[name] = append(relevant[name], k)
+			relevant[name] = append(relevant[name], hc)
 		}
 	}
-	dirty := sets.New[string]()
-	for name, keys := range relevant {
+	dirty := map[string]*healthMark{}
+	markOf := func(name string) *healthMark {
+		if dirty[name] == nil {
+			dirty[name] = &healthMark{name: name, need: h.views[name].index + 1}
+		}
+		return dirty[name]
+	}
+	for name, hcs := range relevant {
 		v, ok := h.views[name]
 		if !ok || v.index >= index {
 			continue // not read yet (the catalog marked it), or read after this list
 		}
-		for _, k := range keys {
-			if v.checks[k] != state {
-				dirty.Insert(name)
-				break
+		for _, hc := range hcs {
+			if v.checks[checkKey{hc.Node, hc.CheckID}] != state {
+				m := markOf(name)
+				m.need = max(m.need, hc.ModifyIndex)
 			}
 		}
 	}
 	for name, v := range h.views {
-		if v.index >= index || dirty.Contains(name) {
+		if v.index >= index {
 			continue
 		}
 		for k, status := range v.checks {
 			if status == state && !listed.Contains(k) {
-				dirty.Insert(name)
-				break
+				m := markOf(name)
+				if m.left == nil {
+					m.left = map[checkKey]string{}
+				}
+				m.left[k] = state
 			}
 		}
 	}
 	out := make([]healthMark, 0, len(dirty))
-	for name := range dirty {
-		out = append(out, healthMark{name: name, need: h.views[name].index + 1})
+	for _, m := range dirty {
+		out = append(out, *m)
 	}
 	return out
 }

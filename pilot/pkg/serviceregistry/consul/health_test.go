@@ -1,7 +1,10 @@
 package consul
 
 import (
+	"io"
 	"net/http"
+	"strconv"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -60,5 +63,57 @@ func TestNodeCheckSeenByOneReadStillMarksItsNeighbours(t *testing.T) {
 			settle(time.Second)
 			assert.Equal(t, sc.truth(), istiodView(side), "every service on n1 follows it to %s", status)
 		}
+	})
+}
+
+// Defect (issue #37, 3): a health mark asked the service's next read for
+// the view's index + 1, not for the index of the check write it had seen.
+// Behind round-robin servers, a lagging follower's answer from between the
+// view and the flip passed, was stored, and the flip was lost until the
+// service next changed. Here a write that moves web's index without
+// changing its health (a check output, which the health watch does not
+// compare) comes between the view and the flip, and the first stale read
+// after the flip is answered as of that write.
+func TestFlipAnsweredByAFollowerBehindItIsNotStored(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sc := newScriptedConsul()
+		sc.register("n1", api.AgentService{ID: "web-1", Service: "web", Address: "127.0.0.11", Port: 80}, api.HealthPassing)
+		sc.register("n1", api.AgentService{ID: "web-2", Service: "web", Address: "127.0.0.12", Port: 80}, api.HealthPassing)
+		reg, side := startScripted(t, sc, nil)
+		settle(time.Minute)
+		require.Equal(t, sc.truth(), istiodView(side))
+
+		// An output-only write: web's index moves, its health does not.
+		sc.write(func(idx uint64) { sc.serviceIndex["web"] = idx })
+		req, err := http.NewRequest(http.MethodGet, "http://consul.invalid/v1/health/service/web", nil)
+		require.NoError(t, err)
+		between, err := sc.RoundTrip(req)
+		require.NoError(t, err)
+		body, err := io.ReadAll(between.Body)
+		require.NoError(t, err)
+		betweenIndex := between.Header.Get("X-Consul-Index")
+
+		var lagged, leaderReads atomic.Int32
+		sc.setFault(func(r *http.Request) (*http.Response, error) {
+			if r.URL.Path != "/v1/health/service/web" {
+				return nil, nil
+			}
+			if !r.URL.Query().Has("stale") {
+				leaderReads.Add(1)
+				return nil, nil
+			}
+			if lagged.CompareAndSwap(0, 1) {
+				index, _ := strconv.ParseUint(betweenIndex, 10, 64)
+				return respond(http.StatusOK, body, index), nil
+			}
+			return nil, nil
+		})
+		sc.setHealth("n1", "web-2", api.HealthCritical)
+		settle(time.Second)
+		require.EqualValues(t, 1, lagged.Load(), "the follower's answer was given")
+		assert.Positive(t, leaderReads.Load(), "the registry asked the leader")
+		assert.Equal(t, sc.truth(), istiodView(side), "the flip is served")
+		assert.Equal(t, []string{"127.0.0.11:80"}, istiodView(side)["web"])
+		assert.True(t, reg.HasSynced())
 	})
 }

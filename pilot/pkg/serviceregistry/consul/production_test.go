@@ -135,6 +135,74 @@ func TestTLS(t *testing.T) {
 	}
 }
 
+// Defect (issue #37, 2): the CA, client certificate and key were loaded
+// once. With short-lived client certificates or a CA rotation, every new
+// connection failed after the switch until istiod restarted. Here all
+// three are rotated to a new CA, and Consul (a server with a data
+// directory, verify_incoming) restarts on the new material, so every
+// connection after it is new: the registry follows Consul on, and the
+// changes made before and after the restart are all served.
+func TestTLSMaterialIsReloaded(t *testing.T) {
+	live := t.TempDir()
+	issue := func(name string) (caPEM, srvPEM, srvKey, cliPEM, cliKey []byte) {
+		dir := t.TempDir()
+		ca, err := harness.NewCA(dir, name)
+		require.NoError(t, err)
+		sc, sk, err := ca.Issue("server", []string{"server.dc1.consul"}, nil)
+		require.NoError(t, err)
+		cc, ck, err := ca.Issue("istiod", []string{"istiod"}, nil)
+		require.NoError(t, err)
+		read := func(f string) []byte {
+			b, err := os.ReadFile(f)
+			require.NoError(t, err)
+			return b
+		}
+		return read(ca.CertFile), read(sc), read(sk), read(cc), read(ck)
+	}
+	// put replaces a live file as rotation tools do: write aside, rename.
+	put := func(name string, data []byte) string {
+		path := filepath.Join(live, name)
+		require.NoError(t, os.WriteFile(path+".new", data, 0o600))
+		require.NoError(t, os.Rename(path+".new", path))
+		return path
+	}
+	install := func(caPEM, srvPEM, srvKey, cliPEM, cliKey []byte) {
+		put("ca.pem", caPEM)
+		put("server.pem", srvPEM)
+		put("server-key.pem", srvKey)
+		put("client.pem", cliPEM)
+		put("client-key.pem", cliKey)
+	}
+	install(issue("ca-1"))
+	ports, err := harness.FreePorts(1)
+	require.NoError(t, err)
+	tlsCfg := &harness.ConsulTLS{Port: ports[0], CAFile: filepath.Join(live, "ca.pem"),
+		CertFile: filepath.Join(live, "server.pem"), KeyFile: filepath.Join(live, "server-key.pem"), VerifyIncoming: true}
+	c, err := harness.StartConsul(t, func(c *harness.ConsulConfig) { c.Server, c.TLS = true, tlsCfg })
+	require.NoError(t, err)
+	f := startRegistry(t, c, func(a *Args) {
+		a.ServerURL, a.SyncTimeout = "https://127.0.0.1:"+strconv.Itoa(ports[0]), time.Hour
+		a.Auth.CAFile, a.Auth.TLSServerName = filepath.Join(live, "ca.pem"), "server.dc1.consul"
+		a.Auth.CertFile, a.Auth.KeyFile = filepath.Join(live, "client.pem"), filepath.Join(live, "client-key.pem")
+	})
+	f.register(api.AgentServiceRegistration{ID: "web-1", Name: "web", Address: "127.0.0.11", Port: 80})
+	f.waitSynced()
+	f.eventuallyEndpoints("web", "127.0.0.11:80")
+
+	c.Stop()
+	// Changed while Consul is down, seen only once it is back.
+	install(issue("ca-2"))
+	require.NoError(t, c.Start())
+	f.setHealth("web-1", api.HealthPassing) // a restarted agent's TTL checks start critical
+	f.register(api.AgentServiceRegistration{ID: "web-2", Name: "web", Address: "127.0.0.12", Port: 80})
+	f.register(api.AgentServiceRegistration{ID: "api-1", Name: "api", Address: "127.0.0.21", Port: 80})
+	f.eventuallyEndpoints("web", "127.0.0.11:80", "127.0.0.12:80")
+	f.eventuallyEndpoints("api", "127.0.0.21:80")
+	f.setHealth("web-1", api.HealthCritical)
+	f.eventuallyEndpoints("web", "127.0.0.12:80")
+	assert.True(t, reachable(f.reg), "last error: %s", lastError(f.reg))
+}
+
 // runAll starts registries and stops them at cleanup.
 func runAll(t *testing.T, regs []*Controller) {
 	stop := make(chan struct{})

@@ -49,6 +49,7 @@ type outcome int
 const (
 	answered    outcome = iota // Consul answered (an empty or refused result included)
 	unavailable                // Consul failed: refused, timed out, overloaded, stale
+	slow                       // this request timed out while Consul answered others: says nothing of Consul
 	abandoned                  // the caller gave up (shutdown): says nothing
 )
 
@@ -64,6 +65,8 @@ type gate struct {
 	inflight int       // requests holding a slot
 	failures int       // consecutive failed periods; 0 while Consul works
 	resumeAt time.Time // no request before this while failures > 0
+	hold     time.Time // no request before this at all: an overloaded Consul's Retry-After
+	answer   time.Time // when Consul last answered a request
 	changed  chan struct{}
 }
 
@@ -77,9 +80,9 @@ func newGate(slots int) *gate {
 func (g *gate) enter(ctx context.Context, slot bool) (release func(outcome), err error) {
 	for {
 		g.mu.Lock()
-		wait := time.Duration(0)
+		wait := time.Until(g.hold)
 		if g.failures > 0 {
-			wait = time.Until(g.resumeAt)
+			wait = max(wait, time.Until(g.resumeAt))
 		}
 		if wait <= 0 && (!slot || g.inflight < g.limit) {
 			if slot {
@@ -122,6 +125,7 @@ func (g *gate) done(slot bool, start time.Time, o outcome) {
 	}
 	switch o {
 	case answered:
+		g.answer = time.Now()
 		if g.failures > 0 || g.limit < g.max {
 			g.failures = 0
 			g.limit = min(g.max, 2*g.limit)
@@ -138,6 +142,24 @@ func (g *gate) done(slot bool, start time.Time, o outcome) {
 	}
 	close(g.changed)
 	g.changed = make(chan struct{})
+}
+
+// answeredSince says whether Consul answered any request after t.
+func (g *gate) answeredSince(t time.Time) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.answer.After(t)
+}
+
+// holdUntil keeps the gate closed until t at least, as an overloaded
+// Consul's Retry-After asked: an answer to a request sent before does not
+// open it.
+func (g *gate) holdUntil(t time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if t.After(g.hold) {
+		g.hold = t
+	}
 }
 
 // backoff counts one reader's consecutive failures, for the pause after

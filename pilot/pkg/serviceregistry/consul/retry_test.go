@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -114,5 +115,147 @@ func TestServicesHiddenByACLsDoNotHoldTheSync(t *testing.T) {
 		t.Logf("10 refused services: %d reads in 10 minutes of 20 catalog changes", after-before)
 		assert.LessOrEqual(t, after-before, 10*12, "each refused service is retried slower and slower (1 s to 5 min)")
 		assert.True(t, reg.debugView("").Consul.Reachable, "Consul answers: it is reachable")
+	})
+}
+
+// Defect (issue #37, 4): 400, 404 and 408 answers (an L7 load balancer's
+// timeout) counted as answers: the gate never closed and the service was
+// queued again at once, so workers looped at round-trip speed. Each
+// failure class is now bounded: a service refused alone (400, 404) is
+// retried on its own back-off, 1 s doubling to 5 min, and does not hold
+// the sync; a 408 while Consul answers others is a slow read, retried the
+// same way; Consul stays reachable.
+func TestRefusingAnswersDoNotSpin(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sc := newScriptedConsul()
+		registerMany(sc, 100)
+		codes := map[string]int{"/v1/health/service/s-0001": http.StatusNotFound,
+			"/v1/health/service/s-0002": http.StatusBadRequest, "/v1/health/service/s-0003": http.StatusRequestTimeout}
+		sc.setFault(func(r *http.Request) (*http.Response, error) {
+			if code, ok := codes[r.URL.Path]; ok {
+				return respond(code, []byte(http.StatusText(code)), 0), nil
+			}
+			return nil, nil
+		})
+		reg, side := startScripted(t, sc, func(a *Args) { a.SyncTimeout = time.Hour })
+		settle(10 * time.Second)
+		before := map[string]int{}
+		for path := range codes {
+			before[path] = sc.requestCount(path)
+		}
+		all := sc.requestCount("/")
+		const window = 10 * time.Minute
+		settle(window)
+		for path := range codes {
+			n := sc.requestCount(path) - before[path]
+			t.Logf("%s answered %d: %d reads in %v", path, codes[path], n, window)
+			// 1 s doubling to 5 min (jittered over the upper half) is at
+			// most 11 retries in 10 minutes; one a second would be 600.
+			assert.LessOrEqual(t, n, 12, "%s: retried slower and slower", path)
+		}
+		perSecond := float64(sc.requestCount("/")-all) / window.Seconds()
+		t.Logf("every request: %.2f/s", perSecond)
+		// Four watches that time out once a minute and the retries above.
+		assert.LessOrEqual(t, perSecond, 0.5, "requests per second while three services are refused")
+		assert.True(t, reg.debugView("").Consul.Reachable, "Consul answers others: it is reachable")
+		assert.Len(t, istiodView(side), 97, "every other service is served")
+		notServed := map[string]string{}
+		for _, n := range reg.debugView("").NotServed {
+			notServed[n.Name] = n.Reason
+		}
+		assert.Contains(t, notServed["s-0001"], "404", "/debug/consulz says why")
+		assert.Contains(t, notServed["s-0002"], "400")
+	})
+}
+
+// Defect (issue #37, 5): Retry-After was ignored: an overloaded Consul (or
+// a proxy in front of it) asking for ten seconds got a request every
+// 100-500 ms. No request is sent before the time it names (at most 30 s).
+func TestRetryAfterIsHonoured(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sc := newScriptedConsul()
+		registerMany(sc, 20)
+		reg, side := startScripted(t, sc, func(a *Args) { a.SyncTimeout = time.Hour })
+		settle(10 * time.Second)
+		require.True(t, reg.HasSynced())
+
+		var mu sync.Mutex
+		var overloadedAt time.Time
+		var sentDuring int
+		sc.setFault(func(r *http.Request) (*http.Response, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			if overloadedAt.IsZero() {
+				overloadedAt = time.Now()
+				resp := respond(http.StatusTooManyRequests, []byte("rate limit exceeded"), 0)
+				resp.Header.Set("Retry-After", "10")
+				return resp, nil
+			}
+			// Requests already past the gate arrive at the same (simulated)
+			// instant as the 429; any later one was sent after it.
+			if d := time.Since(overloadedAt); d > 0 && d < 10*time.Second {
+				sentDuring++
+			}
+			return nil, nil
+		})
+		sc.setHealth("n1", "s-0005", api.HealthCritical)
+		settle(30 * time.Second)
+		mu.Lock()
+		defer mu.Unlock()
+		require.False(t, overloadedAt.IsZero(), "Consul answered 429")
+		assert.Zero(t, sentDuring, "requests sent in the 10 s Retry-After asked for")
+		assert.Equal(t, sc.truth(), istiodView(side), "the flip is served once the time has passed")
+	})
+}
+
+// Defect (issue #37, 5): one slow read (a large or remote answer that times
+// out) counted as "Consul unreachable": it closed the gate for every
+// reader and dropped pilot_consul_reachable to 0. While Consul answers
+// others, a slow read is retried alone and a flip elsewhere is served at
+// once.
+func TestASlowReadIsNotAnOutage(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sc := newScriptedConsul()
+		registerMany(sc, 20)
+		reg, side := startScripted(t, sc, func(a *Args) { a.SyncTimeout = time.Hour })
+		settle(10 * time.Second)
+		require.True(t, reg.HasSynced())
+
+		// s-0001's reads are never answered: each times out after
+		// RequestTimeout (10 s).
+		sc.setHold(func(r *http.Request) {
+			if r.URL.Path == "/v1/health/service/s-0001" {
+				<-r.Context().Done()
+			}
+		})
+		var unreachable atomic.Bool
+		stopWatching := make(chan struct{})
+		go func() {
+			for {
+				select {
+				case <-stopWatching:
+					return
+				case <-time.After(100 * time.Millisecond):
+					if !reg.debugView("").Consul.Reachable {
+						unreachable.Store(true)
+					}
+				}
+			}
+		}()
+		sc.setHealth("n1", "s-0001", api.HealthCritical)
+		settle(15 * time.Second) // past one timeout of s-0001's read
+		sc.setHealth("n1", "s-0007", api.HealthCritical)
+		settle(time.Second)
+		assert.NotContains(t, istiodView(side), "s-0007", "a flip elsewhere is served within a second")
+		close(stopWatching)
+		assert.False(t, unreachable.Load(), "Consul never showed as unreachable")
+		readError := ""
+		for _, s := range reg.debugView("s-0001").Services {
+			readError = s.ReadError
+		}
+		assert.Contains(t, readError, "a slow read", "/debug/consulz says why s-0001 is not followed")
+		sc.setHold(nil)
+		settle(time.Minute)
+		assert.Equal(t, sc.truth(), istiodView(side))
 	})
 }

@@ -20,7 +20,7 @@ import (
 // HTTP client as its RoundTripper. It exists for testing/synctest: a real
 // Consul is network I/O, which never counts as durably blocked, so a bubble
 // could not advance its clock past a blocking query. It keeps the rules of
-// Consul 1.22's state store that the registry relies on
+// Consul's state store (1.16 to 1.22) that the registry relies on
 // (agent/consul/state/catalog.go):
 //   - /v1/catalog/services answers at the services table's index, which
 //     moves on (de)registrations only;
@@ -322,6 +322,9 @@ func (s *scriptedConsul) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		if hold != nil {
 			hold(req)
+			if err := req.Context().Err(); err != nil {
+				return nil, err // the client gave up while it was held
+			}
 		}
 		return respond(http.StatusOK, body, index), nil
 	}
@@ -365,6 +368,8 @@ func (s *scriptedConsul) answerLocked(path string, q map[string][]string) ([]byt
 			checks = append(checks, c)
 		}
 		v, index = checks, s.checksIndex
+	case path == "/v1/status/leader":
+		v, index = "127.0.0.1:8300", s.index
 	case path == "/v1/catalog/nodes":
 		nodes := []*api.Node{}
 		for _, name := range sortedKeys(s.nodes) {

@@ -41,6 +41,10 @@ type dirtySet struct {
 type mark struct {
 	since time.Time // when a change was first seen, for the latency metric
 	need  uint64
+	// left are checks seen leaving a status (check -> that status): an
+	// answer that still shows one in it is as old as need says too, but
+	// the write that moved it is not known (it vanished from a list).
+	left map[checkKey]string
 }
 
 func newDirtySet(name string) *dirtySet {
@@ -54,7 +58,13 @@ func newDirtySet(name string) *dirtySet {
 
 // mark says services may have changed or left; their reads must reach need.
 func (d *dirtySet) mark(need uint64, names ...string) {
-	d.merge(mark{since: time.Now(), need: need}, names...)
+	d.markWith(mark{need: need}, names...)
+}
+
+// markWith is mark with what the read must show (m.left); m.since is now.
+func (d *dirtySet) markWith(m mark, names ...string) {
+	m.since = time.Now()
+	d.merge(m, names...)
 	for _, n := range names {
 		d.queue.Add(n)
 	}
@@ -65,10 +75,17 @@ func (d *dirtySet) merge(m mark, names ...string) {
 	defer d.mu.Unlock()
 	for _, n := range names {
 		old, ok := d.marks[n]
+		merged := mark{since: m.since, need: max(old.need, m.need), left: old.left}
 		if ok && old.since.Before(m.since) {
-			m.since = old.since
+			merged.since = old.since
 		}
-		d.marks[n] = mark{since: m.since, need: max(old.need, m.need)}
+		for k, status := range m.left {
+			if merged.left == nil {
+				merged.left = map[checkKey]string{}
+			}
+			merged.left[k] = status
+		}
+		d.marks[n] = merged
 	}
 }
 
@@ -132,8 +149,12 @@ func (d *dirtySet) busy() bool {
 
 func (d *dirtySet) shutDown() { d.queue.ShutDown() }
 
-// refusedError: Consul answered, but refused this service alone.
-type refusedError struct{ err error }
+// refusedError: Consul answered, but refused this service alone, or
+// this read was slow while Consul answered others.
+type refusedError struct {
+	err  error
+	slow bool // no answer in time; one is expected once retried
+}
 
 func (e *refusedError) Error() string { return e.err.Error() }
 func (e *refusedError) Unwrap() error { return e.err }
@@ -169,7 +190,7 @@ func (c *Controller) work(ctx context.Context) {
 func (c *Controller) syncServiceSafely(ctx context.Context, name string, m mark) (err error) {
 	defer func() {
 		if v := recover(); v != nil {
-			err = &refusedError{c.recovered("service "+name, v)}
+			err = &refusedError{err: c.recovered("service "+name, v)}
 			c.store.unpushed(name)
 			c.sync.read(name)
 		}
@@ -189,18 +210,27 @@ func (c *Controller) syncService(ctx context.Context, name string, m mark) error
 	served, _ := c.store.readIndex(name)
 	need := max(m.need, served)
 	entries, meta, err := c.consul.readService(ctx, name, false)
-	if err == nil && !c.aclHidden(meta, len(entries), false) && c.behind(entries, meta.LastIndex, need) {
+	if err == nil && !c.aclHidden(meta, len(entries), false) && c.behind(entries, meta.LastIndex, need, m.left) {
 		c.metrics.lagging.Increment()
 		log.Debugf("consul service %s: answer at index %d is behind %d (catalog %d); asking the leader",
 			name, meta.LastIndex, need, c.catalog.lastIndex())
 		entries, meta, err = c.consul.readService(ctx, name, true)
+	}
+	if refused := (*refusedError)(nil); errors.As(err, &refused) {
+		// What is served for it stays, and /debug/consulz says why. A
+		// service Consul refuses (400, 404...) does not hold readiness,
+		// like one ACLs hide; a slow one is expected to answer.
+		c.store.failed(name, err)
+		if !refused.slow {
+			c.sync.read(name)
+		}
 	}
 	if err != nil {
 		return err
 	}
 	c.status.readSucceeded()
 	if c.aclHidden(meta, len(entries), false) {
-		err := &refusedError{fmt.Errorf("read service %q: %w: the token needs read on its nodes (node_prefix)", name, errACLFiltered)}
+		err := &refusedError{err: fmt.Errorf("read service %q: %w: the token needs read on its nodes (node_prefix)", name, errACLFiltered)}
 		c.store.failed(name, err)
 		c.sync.read(name) // read as far as it can be: it does not hold readiness
 		return err
@@ -236,11 +266,22 @@ func (c *Controller) syncService(ctx context.Context, name string, m mark) error
 }
 
 // behind says whether an answer is older than what the registry knows:
-// below the index a change marked it with (or what is served), or empty
-// below the listing that lists it (a listed service has instances at the
-// listing's index; one that left since answers at a later index).
-func (c *Controller) behind(entries []*api.ServiceEntry, index, need uint64) bool {
-	return index < need || (len(entries) == 0 && index < c.catalog.lastIndex())
+// below the index a change marked it with (or what is served), showing a
+// check in a status it was seen to leave, or empty below the listing that
+// lists it (a listed service has instances at the listing's index; one
+// that left since answers at a later index).
+func (c *Controller) behind(entries []*api.ServiceEntry, index, need uint64, left map[checkKey]string) bool {
+	if index < need || (len(entries) == 0 && index < c.catalog.lastIndex()) {
+		return true
+	}
+	for _, e := range entries {
+		for _, hc := range e.Checks {
+			if status, ok := left[checkKey{hc.Node, hc.CheckID}]; ok && hc.Status == status {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // removeService drops a service that left the catalog.

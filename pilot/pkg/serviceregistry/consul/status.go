@@ -54,17 +54,20 @@ func newStatus(cluster cluster.ID, server string, m *registryMetrics) *status {
 
 // readFailed records a failed read of Consul by reader what (catalog,
 // health, nodes, checks, service): Consul is unreachable until a read
-// succeeds. The last good state is kept.
+// succeeds, unless it refused this read alone (refusedError). The last good
+// state is kept.
 func (s *status) readFailed(what string, err error, retry time.Duration) {
 	err = fmt.Errorf("consul %s read from %s: %w", what, s.server, err)
 	s.metrics.watchError(what)
 	s.metrics.lastError.Record(float64(time.Now().Unix()))
 	s.mu.Lock()
 	s.lastErr = err
-	if s.reachable {
+	// Consul answered, refusing this read alone (or it was slow while
+	// others were answered): Consul is reachable.
+	if s.reachable && !isRefused(err) {
 		s.metrics.reachable.Record(0)
+		s.reachable = false
 	}
-	s.reachable = false
 	s.mu.Unlock()
 	next := "will retry"
 	if retry > 0 {
