@@ -2,8 +2,9 @@ package consul
 
 // watch.go owns the blocking-query loop every watch (catalog.go, health.go,
 // nodes.go) runs: wait on Consul's index, back off on errors, hedge reads
-// after a failure, ignore answers older than the last one applied, and
-// start over when Consul's index really went backwards.
+// after a failure, ignore answers older than the last one applied (a
+// lagging server), and start over when Consul's index really went
+// backwards, which the leader confirms.
 
 import (
 	"context"
@@ -17,17 +18,10 @@ import (
 // at a time.
 type watchRead func(ctx context.Context, req request) (index uint64, apply func(), err error)
 
-const (
-	// minWatchGap spaces the reads of one watch: a Consul (or a proxy in
-	// front of it) that answers at once, again and again, gets at most ten
-	// reads a second from each watch, not as many as the network carries.
-	minWatchGap = 100 * time.Millisecond
-	// regressionsToReset is how many answers in a row must be older than
-	// the last one applied before the watch believes Consul's index went
-	// backwards (a snapshot restore, a rebuilt cluster) and starts over.
-	// Behind a load balancer, a single older answer is a lagging server.
-	regressionsToReset = 3
-)
+// minWatchGap spaces the reads of one watch: a Consul (or a proxy in
+// front of it) that answers at once, again and again, gets at most ten
+// reads a second from each watch, not as many as the network carries.
+const minWatchGap = 100 * time.Millisecond
 
 // blockingWatch runs one Consul blocking query after another until ctx ends:
 // read is called with the last index seen. No polling: each call returns
@@ -38,7 +32,6 @@ func (c *Controller) blockingWatch(ctx context.Context, what string, read watchR
 	var index uint64
 	var bo backoff
 	var last time.Time
-	regressed := 0
 	for ctx.Err() == nil {
 		if !sleep(ctx, minWatchGap-time.Since(last)) {
 			return
@@ -47,7 +40,7 @@ func (c *Controller) blockingWatch(ctx context.Context, what string, read watchR
 		var next uint64
 		var apply func()
 		var err error
-		if bo.failures > 0 || index == 0 || regressed > 0 {
+		if bo.failures > 0 || index == 0 {
 			// After a failure, read without blocking: the Consul that answers
 			// may be a rebuilt one whose index is below ours, and a blocking
 			// query on our index would hang there until the wait time runs out.
@@ -69,27 +62,32 @@ func (c *Controller) blockingWatch(ctx context.Context, what string, read watchR
 		log.Debugf("consul %s read: index %d -> %d", what, index, next)
 		bo.reset()
 		c.status.readSucceeded()
-		switch {
-		case next < index:
-			regressed++
-			if regressed < regressionsToReset {
-				// Older than what is applied: a lagging server. Drop it.
-				log.Debugf("consul %s answer at index %d is older than %d; reading again", what, next, index)
+		if next < index {
+			// Older than what is applied: a lagging server (behind a load
+			// balancer, a follower that restarted or is catching up), or
+			// Consul's index really went backwards (a snapshot restore, a
+			// rebuilt cluster). Only the leader can tell: it is never behind
+			// what any server answered.
+			lnext, lapply, err := read(ctx, request{leader: true})
+			switch {
+			case err != nil:
+				log.Debugf("consul %s answer at index %d is older than %d, and the leader did not answer: %v", what, next, index, err)
+				continue // the next read asks again, without blocking (index stays)
+			case lnext >= index:
+				log.Debugf("consul %s answer at index %d is older than %d (a lagging server); the leader's is at %d", what, next, index, lnext)
+				next, apply = lnext, lapply
+			default:
+				// Start over, or the watch would wait for an index never reached.
+				log.Warnf("consul %s index went backwards (%d -> %d, confirmed by the leader); resetting the watch and re-reading every service",
+					what, index, lnext)
+				lapply()
+				index = lnext
+				c.indexReset()
 				continue
 			}
-			// Consul restored a snapshot or the cluster was rebuilt: start
-			// over, or the watch would wait for an index never reached.
-			log.Warnf("consul %s index went backwards (%d -> %d) in %d answers; resetting the watch and re-reading every service",
-				what, index, next, regressed)
-			regressed = 0
-			apply()
-			index = next
-			c.indexReset()
-		default:
-			regressed = 0
-			apply()
-			index = next
 		}
+		apply()
+		index = next
 	}
 }
 

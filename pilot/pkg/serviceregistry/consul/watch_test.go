@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -146,4 +150,74 @@ func TestAnswersWithoutIndexAreRefused(t *testing.T) {
 	proxy.Answer(func(*http.Response) {})
 	f.eventuallyEndpoints("p-3")
 	assert.True(t, reachable(f.reg))
+}
+
+// Defect (issue #37, 7): three answers older than the last applied, in a
+// row, counted as Consul's index going backwards. Behind a load balancer a
+// follower that restarted (a rolling upgrade) answers older for longer
+// than that: every read index was zeroed, and the follower's older
+// answers, accepted from then on, reverted flips. Only the leader can say
+// the index went backwards: here the followers' stale answers of every
+// watch stay at a snapshot from before a flip, over and over, while the
+// leader moves on; no reset happens and the flip stays served. A restore
+// (the leader too goes back) still resets.
+func TestLaggingFollowerIsNotAnIndexReset(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sc := newScriptedConsul()
+		registerMany(sc, 10)
+		reg, side := startScripted(t, sc, func(a *Args) { a.WaitTime = 10 * time.Second })
+		settle(time.Minute)
+		require.Equal(t, sc.truth(), istiodView(side))
+
+		// A follower frozen at this moment answers every stale read.
+		frozen := map[string]*http.Response{}
+		var mu sync.Mutex
+		snapshot := func(path string) *http.Response {
+			req, err := http.NewRequest(http.MethodGet, "http://consul.invalid"+path, nil)
+			require.NoError(t, err)
+			resp, err := sc.RoundTrip(req)
+			require.NoError(t, err)
+			return resp
+		}
+		for _, p := range append(slices.Clone(watchPaths), "/v1/health/service/s-0003") {
+			frozen[p] = snapshot(p)
+		}
+		bodies := map[string][]byte{}
+		for p, r := range frozen {
+			b, err := io.ReadAll(r.Body)
+			require.NoError(t, err)
+			bodies[p] = b
+		}
+		var staleAnswers atomic.Int32
+		sc.setHealth("n1", "s-0003", api.HealthCritical)
+		settle(time.Second)
+		require.Equal(t, sc.truth(), istiodView(side), "the flip is served")
+		sc.setFault(func(r *http.Request) (*http.Response, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			old, ok := frozen[r.URL.Path]
+			if !ok || !r.URL.Query().Has("stale") {
+				return nil, nil
+			}
+			staleAnswers.Add(1)
+			index, _ := strconv.ParseUint(old.Header.Get("X-Consul-Index"), 10, 64)
+			return respond(http.StatusOK, bodies[r.URL.Path], index), nil
+		})
+		// Other services change meanwhile, on the leader.
+		for i := range 20 {
+			sc.setHealth("n1", fmt.Sprintf("s-%04d", 5+i%3), []string{api.HealthCritical, api.HealthPassing}[i%2])
+			settle(2 * time.Second)
+		}
+		assert.Greater(t, staleAnswers.Load(), int32(20), "the follower answered many reads")
+		assert.Equal(t, sc.truth(), istiodView(side), "no flip reverted, every change served")
+		sc.setFault(nil)
+
+		// A real restore: the leader goes back too. (A query sent after it
+		// at the old index waits out its wait time.)
+		sc.restore(12)
+		sc.setHealth("n1", "s-0003", api.HealthPassing)
+		settle(time.Minute)
+		assert.Equal(t, sc.truth(), istiodView(side), "after a restore, Consul's truth")
+		assert.True(t, reg.HasSynced())
+	})
 }
