@@ -90,6 +90,46 @@ func TestWorkloadIdentity(t *testing.T) {
 	}, 30*time.Second, 250*time.Millisecond)
 }
 
+// Defect (issue #37): every endpoint's workload was its Consul service ID,
+// which Istio's telemetry metadata carries to every sidecar
+// (destination_workload, and destination_canonical_service without an app
+// label): each instance, and under churn each new ID (a Nomad allocation),
+// was a metric series of its own. The workload is now the service's name,
+// or meta workload where an instance names its job: what a client receives
+// in the endpoints' istio metadata is one workload per service.
+func TestWorkloadNamesAreNotPerInstance(t *testing.T) {
+	web := e2e.NewService(t, local, "jobs", 3, nil, nil)
+	named := e2e.NewService(t, local, "named", 2, map[string]string{"workload": "payments-job"}, nil)
+	clusters := []string{fmt.Sprintf("outbound|%d||jobs.service.consul", web.Port), fmt.Sprintf("outbound|%d||named.service.consul", named.Port)}
+	want := map[string][]string{ // istiod's format: workload;namespace;canonical service;revision;cluster
+		clusters[0]: {"jobs;consul;jobs;;consul", "jobs;consul;jobs;;consul", "jobs;consul;jobs;;consul"},
+		clusters[1]: {"payments-job;consul;payments-job;;consul", "payments-job;consul;payments-job;;consul"},
+	}
+	var got map[string][]string
+	require.Eventually(t, func() bool {
+		d, err := harness.ADSDump(mesh.Istiod.XDSAddr, "default", clusters...)
+		if err != nil {
+			return false
+		}
+		got = map[string][]string{}
+		for _, c := range clusters {
+			got[c] = workloadsOf(d.Endpoints[c])
+		}
+		return assert.ObjectsAreEqual(want, got)
+	}, 30*time.Second, 250*time.Millisecond, "endpoint workload metadata: want %v, got %v", want, got)
+}
+
+// workloadsOf lists each endpoint's telemetry workload from its EDS metadata.
+func workloadsOf(cla *endpoint.ClusterLoadAssignment) []string {
+	var out []string
+	for _, l := range cla.GetEndpoints() {
+		for _, e := range l.GetLbEndpoints() {
+			out = append(out, e.GetMetadata().GetFilterMetadata()["istio"].GetFields()["workload"].GetStringValue())
+		}
+	}
+	return out
+}
+
 // tlsModes lists each endpoint's auto-mTLS mode from its EDS metadata.
 func tlsModes(cla *endpoint.ClusterLoadAssignment) []string {
 	var out []string

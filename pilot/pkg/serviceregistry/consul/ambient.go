@@ -164,10 +164,11 @@ func mostCommonLabel(endpoints []*model.IstioEndpoint, key string) string {
 // (a WorkloadEntry has no health, so an unhealthy one would get traffic).
 func (c *Controller) workloadEntries(seName string, s *serviceState) []*networkingclient.WorkloadEntry {
 	var out []*networkingclient.WorkloadEntry
-	for _, ep := range s.endpoints {
+	for i, ep := range s.endpoints {
 		if ep.HealthStatus != model.Healthy {
 			continue
 		}
+		id := s.routed[i].id
 		lbl := labels.Instance{}
 		for k, v := range ep.Labels {
 			lbl[k] = v
@@ -181,9 +182,9 @@ func (c *Controller) workloadEntries(seName string, s *serviceState) []*networki
 		}
 		out = append(out, &networkingclient.WorkloadEntry{
 			ObjectMeta: metav1.ObjectMeta{
-				Name: seName + "-" + instanceHash(ep.NodeName, ep.WorkloadName), Namespace: c.args.Mapping.Namespace,
+				Name: seName + "-" + instanceHash(ep.NodeName, id), Namespace: c.args.Mapping.Namespace,
 				Labels:      lbl,
-				Annotations: map[string]string{"consul.pilot-consul.io/instance": ep.WorkloadName, "consul.pilot-consul.io/node": ep.NodeName},
+				Annotations: map[string]string{"consul.pilot-consul.io/instance": id, "consul.pilot-consul.io/node": ep.NodeName},
 			},
 			Spec: networking.WorkloadEntry{
 				Address:        ep.Addresses[0],

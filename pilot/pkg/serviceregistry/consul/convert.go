@@ -30,6 +30,9 @@ const (
 	MetaSubzone        = "subzone"         // locality subzone; ServiceMeta, else NodeMeta
 	MetaServiceAccount = "service-account" // workload identity: a name or a spiffe:// URI
 	MetaTLSMode        = "tls-mode"        // "istio" when the instance runs an Istio sidecar
+	// MetaWorkload names the workload an instance belongs to (a Nomad job,
+	// a VM group) in Istio's telemetry; the Consul service name by default.
+	MetaWorkload = "workload"
 )
 
 // converter maps one Consul service's registrations to Istio's model. It is
@@ -54,6 +57,8 @@ type conversion struct {
 	service *model.Service
 	// endpoints are the instances that get traffic (or UNHEALTHY ones if asked).
 	endpoints []*model.IstioEndpoint
+	// routed is the instance of each endpoint, at the same index.
+	routed []*instance
 	// instances are all valid registrations, routable or not, for proxy lookups.
 	instances []*instance
 	// skipped are the registrations left out, each with why.
@@ -227,7 +232,7 @@ func (c *converter) convert(name string, entries []*api.ServiceEntry) conversion
 	sas := map[string]struct{}{}
 	for _, cd := range cands {
 		out.instances = append(out.instances, cd.inst)
-		ep := c.endpoint(cd.entry, cd.inst, portNames[cd.inst.port])
+		ep := c.endpoint(name, cd.entry, cd.inst, portNames[cd.inst.port])
 		if ep == nil {
 			continue
 		}
@@ -235,6 +240,7 @@ func (c *converter) convert(name string, entries []*api.ServiceEntry) conversion
 			sas[ep.ServiceAccount] = struct{}{}
 		}
 		out.endpoints = append(out.endpoints, ep)
+		out.routed = append(out.routed, cd.inst)
 	}
 	for sa := range sas {
 		svc.ServiceAccounts = append(svc.ServiceAccounts, sa)
@@ -293,7 +299,7 @@ func (c *converter) protocolOf(name, meta string) protocol.Instance {
 
 // endpoint is inst's endpoint, or nil when its health keeps it out; it
 // records the instance's weight and whether it is routed.
-func (c *converter) endpoint(e *api.ServiceEntry, inst *instance, portName string) *model.IstioEndpoint {
+func (c *converter) endpoint(name string, e *api.ServiceEntry, inst *instance, portName string) *model.IstioEndpoint {
 	health := model.Healthy
 	weight := e.Service.Weights.Passing
 	switch inst.status {
@@ -327,12 +333,25 @@ func (c *converter) endpoint(e *api.ServiceEntry, inst *instance, portName strin
 		LbWeight:               inst.weight,
 		TLSMode:                tlsMode,
 		Namespace:              c.namespace,
-		WorkloadName:           e.Service.ID,
+		WorkloadName:           workloadName(name, e.Service.Meta),
 		NodeName:               e.Node.Node,
 		HealthStatus:           health,
 		SendUnhealthyEndpoints: c.sendUnhealthy,
 		DiscoverabilityPolicy:  model.AlwaysDiscoverable,
 	}
+}
+
+// workloadName is what Istio's telemetry calls the instance's workload
+// (destination_workload, and destination_canonical_service without an app
+// label): like a Kubernetes Deployment's name, shared by its instances. A
+// per-instance name (Consul's service ID, a new one for every Nomad
+// allocation) would make every instance its own metric series in every
+// sidecar.
+func workloadName(service string, meta map[string]string) string {
+	if w := meta[MetaWorkload]; w != "" {
+		return w
+	}
+	return service
 }
 
 func (c *converter) serviceAccount(meta string) string {

@@ -194,8 +194,9 @@ func TestHealthPolicy(t *testing.T) {
 	}
 	summary := func(c *converter) map[string]string {
 		out := map[string]string{}
-		for _, e := range c.convert("web", entries).endpoints {
-			out[e.WorkloadName] = map[model.HealthStatus]string{model.Healthy: "healthy", model.UnHealthy: "unhealthy"}[e.HealthStatus] +
+		conv := c.convert("web", entries)
+		for i, e := range conv.endpoints {
+			out[conv.routed[i].id] = map[model.HealthStatus]string{model.Healthy: "healthy", model.UnHealthy: "unhealthy"}[e.HealthStatus] +
 				"/" + strings.Repeat("w", int(e.LbWeight))
 		}
 		return out

@@ -24,6 +24,7 @@ type serviceState struct {
 	name        string
 	service     *model.Service
 	endpoints   []*model.IstioEndpoint
+	routed      []*instance // the instance of each endpoint, at the same index
 	instances   []*instance
 	fingerprint string
 	epKey       string
@@ -101,6 +102,7 @@ func (s *store) update(name string, conv conversion, rec readRecord) change {
 		name:        name,
 		service:     svc,
 		endpoints:   conv.endpoints,
+		routed:      conv.routed,
 		instances:   conv.instances,
 		fingerprint: serviceFingerprint(svc),
 		epKey:       endpointsKey(conv.endpoints),
