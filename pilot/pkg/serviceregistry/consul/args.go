@@ -46,7 +46,7 @@ type Args struct {
 	RequestTimeout time.Duration
 	// SyncTimeout bounds how long an unreachable Consul can hold istiod's
 	// readiness: the first sync is given up after this long without
-	// progress (no service of the first listing read).
+	// progress (no service of the first listing read). 0 never gives up.
 	SyncTimeout time.Duration
 	// Auth is how the registry proves itself to Consul and verifies it.
 	Auth Auth
@@ -155,7 +155,8 @@ func AddFlags(fs *pflag.FlagSet, a *Args) {
 	fs.DurationVar(&a.RequestTimeout, "consulRequestTimeout", a.RequestTimeout,
 		"Deadline of a Consul request that does not block; a blocking one gets its wait time plus this")
 	fs.DurationVar(&a.SyncTimeout, "consulSyncTimeout", a.SyncTimeout,
-		"How long the first sync may go without progress (no service read) before istiod reports ready without it")
+		"How long the first sync may go without progress (no service read) before istiod reports ready without it; "+
+			"0: never, istiod stays unready until Consul's catalog is read (as PILOT_REMOTE_CLUSTER_TIMEOUT=0 for remote clusters)")
 }
 
 // Complete fills unset settings from Consul's standard environment variables
@@ -211,10 +212,13 @@ func (a *Args) Complete(getenv func(string) string) error {
 	for _, d := range []struct {
 		flag string
 		v    time.Duration
-	}{{"consulWaitTime", a.WaitTime}, {"consulRequestTimeout", a.RequestTimeout}, {"consulSyncTimeout", a.SyncTimeout}} {
+	}{{"consulWaitTime", a.WaitTime}, {"consulRequestTimeout", a.RequestTimeout}} {
 		if d.v <= 0 {
 			return fmt.Errorf("--%s=%v: want a positive duration", d.flag, d.v)
 		}
+	}
+	if a.SyncTimeout < 0 {
+		return fmt.Errorf("--consulSyncTimeout=%v: want 0 (never give up) or a positive duration", a.SyncTimeout)
 	}
 	if a.MaxStale < 0 {
 		return fmt.Errorf("--consulMaxStale=%v: want 0 (no bound) or more", a.MaxStale)

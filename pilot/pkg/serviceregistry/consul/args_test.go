@@ -2,9 +2,12 @@ package consul
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -81,4 +84,24 @@ func TestSyncTimeoutReleasesReadiness(t *testing.T) {
 	assert.Eventually(t, reg.HasSynced, 3*time.Second, 20*time.Millisecond)
 	assert.Empty(t, reg.Services())
 	assert.False(t, reachable(reg))
+}
+
+// --consulSyncTimeout=0 (issue #37, 9): a replica started during a Consul
+// outage stays unready for as long as the outage lasts (two simulated
+// hours here), so no proxy is handed a configuration without Consul's
+// services; it turns ready once Consul answers.
+func TestZeroSyncTimeoutWaitsForConsul(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sc := newScriptedConsul()
+		registerMany(sc, 10)
+		refused := errors.New("connection refused")
+		sc.setFault(func(*http.Request) (*http.Response, error) { return nil, refused })
+		reg, side := startScripted(t, sc, func(a *Args) { a.SyncTimeout = 0 })
+		settle(2 * time.Hour)
+		assert.False(t, reg.HasSynced(), "unready while Consul is down")
+		sc.setFault(nil)
+		settle(5 * time.Second)
+		assert.True(t, reg.HasSynced(), "ready once Consul answers")
+		assert.Equal(t, sc.truth(), istiodView(side))
+	})
 }

@@ -175,6 +175,12 @@ func (c *Controller) HasSynced() bool { return c.sync.synced.Load() }
 func (c *Controller) awaitSync(ctx context.Context) {
 	timer := time.NewTimer(c.args.SyncTimeout)
 	defer timer.Stop()
+	var expired <-chan time.Time
+	if c.args.SyncTimeout > 0 {
+		expired = timer.C
+	} else {
+		timer.Stop() // 0: readiness waits for the first sync, however long
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -185,7 +191,7 @@ func (c *Controller) awaitSync(ctx context.Context) {
 			log.Infof("consul registry %s synced: %d services, %d endpoints in %v",
 				c.opts.ClusterID, services, endpoints, time.Since(c.sync.started).Round(time.Millisecond))
 			return
-		case <-timer.C:
+		case <-expired:
 		}
 		if wait := time.Until(c.sync.lastProgress().Add(c.args.SyncTimeout)); wait > 0 {
 			timer.Reset(wait)
