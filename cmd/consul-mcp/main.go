@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -35,6 +36,7 @@ import (
 type flags struct {
 	grpcAddr, httpAddr, debugAddr string
 	tlsCert, tlsKey, tlsClientCA  string
+	tlsClientIdentities           []string
 	trustDomain                   string
 	debounce                      mcp.Debounce
 }
@@ -50,7 +52,10 @@ func main() {
 	fs.StringVar(&f.debugAddr, "debugAddr", "127.0.0.1:15118", "/debug/mcpz and /debug/consulz (the catalog: keep it on loopback)")
 	fs.StringVar(&f.tlsCert, "tlsCert", "", "Serve ADS over TLS with this certificate (PEM); istiod's configSources tlsSettings mode SIMPLE verifies it")
 	fs.StringVar(&f.tlsKey, "tlsKey", "", "Key of --tlsCert")
-	fs.StringVar(&f.tlsClientCA, "tlsClientCA", "", "Require client certificates signed by this CA bundle (PEM)")
+	fs.StringVar(&f.tlsClientCA, "tlsClientCA", "", "Require client certificates signed by this CA bundle (PEM), naming one of --tlsClientIdentities")
+	fs.StringSliceVar(&f.tlsClientIdentities, "tlsClientIdentities", nil,
+		"With --tlsClientCA, the identities (URI SANs) a client certificate must name, comma-separated; "+
+			"default istiod's: spiffe://<trustDomain>/ns/istio-system/sa/istiod (a revision's istiod is sa/istiod-<revision>)")
 	fs.StringVar(&f.trustDomain, "trustDomain", "cluster.local", "The mesh's trust domain, for instance identities")
 	fs.DurationVar(&f.debounce.Quiet, "debounce", 100*time.Millisecond, "Push once Consul has been quiet this long...")
 	fs.DurationVar(&f.debounce.Max, "debounceMax", time.Second, "...or this long after the first change, whichever comes first")
@@ -238,6 +243,35 @@ func serverCredentials(f flags) (credentials.TransportCredentials, error) {
 			return nil, fmt.Errorf("--tlsClientCA %s holds no PEM certificate", f.tlsClientCA)
 		}
 		cfg.ClientCAs, cfg.ClientAuth = pool, tls.RequireAndVerifyClientCert
+		allowed := f.tlsClientIdentities
+		if len(allowed) == 0 {
+			allowed = []string{"spiffe://" + f.trustDomain + "/ns/istio-system/sa/istiod"}
+		}
+		// Pointed at the mesh's root, the CA alone would let in every
+		// workload of the mesh, each of which could then read the whole
+		// Consul catalog: as Istio's own XDS authorization does, only the
+		// identities named are accepted.
+		cfg.VerifyPeerCertificate = func(_ [][]byte, chains [][]*x509.Certificate) error {
+			return identityAllowed(chains, allowed)
+		}
 	}
 	return credentials.NewTLS(cfg), nil
+}
+
+// identityAllowed accepts a verified client certificate that names one of
+// allowed among its URI SANs.
+func identityAllowed(chains [][]*x509.Certificate, allowed []string) error {
+	if len(chains) == 0 || len(chains[0]) == 0 {
+		return fmt.Errorf("no verified client certificate")
+	}
+	leaf := chains[0][0]
+	var named []string
+	for _, u := range leaf.URIs {
+		if slices.Contains(allowed, u.String()) {
+			return nil
+		}
+		named = append(named, u.String())
+	}
+	return fmt.Errorf("client certificate %q names %v, none of the identities allowed (--tlsClientIdentities %v)",
+		leaf.Subject.CommonName, named, allowed)
 }

@@ -9,6 +9,7 @@ import (
 	"encoding/pem"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"time"
@@ -44,14 +45,27 @@ func NewCA(dir, name string) (*CA, error) {
 
 // Issue writes a leaf certificate and key for the DNS names and IPs given.
 func (ca *CA) Issue(name string, dns []string, ips []net.IP) (certFile, keyFile string, err error) {
+	return ca.IssueFor(name, dns, ips, nil)
+}
+
+// IssueFor is Issue with URI SANs too (a workload's SPIFFE identity).
+func (ca *CA) IssueFor(name string, dns []string, ips []net.IP, uris []string) (certFile, keyFile string, err error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return "", "", err
 	}
+	var parsed []*url.URL
+	for _, u := range uris {
+		p, err := url.Parse(u)
+		if err != nil {
+			return "", "", err
+		}
+		parsed = append(parsed, p)
+	}
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: name},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		DNSNames: dns, IPAddresses: ips, KeyUsage: x509.KeyUsageDigitalSignature,
+		DNSNames: dns, IPAddresses: ips, URIs: parsed, KeyUsage: x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)

@@ -57,15 +57,20 @@ func indent(s, prefix string) string {
 	return b.String()
 }
 
-// With --tlsClientCA only clients holding a certificate from that CA get
-// an answer; the others never see a byte of the catalog.
+// With --tlsClientCA only clients holding a certificate from that CA that
+// names istiod's identity get an answer; the others never see a byte of
+// the catalog. Defect (issue #38): any certificate of the CA was accepted,
+// so with the mesh's root every workload of the mesh could read the whole
+// Consul catalog; a workload's certificate is now refused.
 func TestClientCertificateRequired(t *testing.T) {
 	dir := t.TempDir()
 	ca, err := harness.NewCA(dir, "mcp")
 	require.NoError(t, err)
 	cert, key, err := ca.Issue("consul-mcp", []string{"consul-mcp"}, nil)
 	require.NoError(t, err)
-	cliCert, cliKey, err := ca.Issue("istiod", []string{"istiod"}, nil)
+	cliCert, cliKey, err := ca.IssueFor("istiod", []string{"istiod"}, nil, []string{"spiffe://cluster.local/ns/istio-system/sa/istiod"})
+	require.NoError(t, err)
+	wlCert, wlKey, err := ca.IssueFor("web", nil, nil, []string{"spiffe://cluster.local/ns/shop/sa/web"})
 	require.NoError(t, err)
 	m, err := harness.StartMCP(t, consul.URL(), "--tlsCert="+cert, "--tlsKey="+key, "--tlsClientCA="+ca.CertFile)
 	require.NoError(t, err)
@@ -100,9 +105,12 @@ func TestClientCertificateRequired(t *testing.T) {
 		return nil
 	}
 	assert.Error(t, fetch(nil), "no client certificate")
+	workload, err := tls.LoadX509KeyPair(wlCert, wlKey)
+	require.NoError(t, err)
+	assert.Error(t, fetch([]tls.Certificate{workload}), "a workload of the mesh, signed by the same CA")
 	pair, err := tls.LoadX509KeyPair(cliCert, cliKey)
 	require.NoError(t, err)
-	assert.NoError(t, fetch([]tls.Certificate{pair}))
+	assert.NoError(t, fetch([]tls.Certificate{pair}), "istiod's identity")
 }
 
 // Beyond loopback without --tlsClientCA the server refuses to start, and
