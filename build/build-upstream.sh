@@ -28,7 +28,7 @@ stamp="$(go version) upstream $ISTIO $(git -C "$up" rev-parse 'HEAD^{tree}') $(h
 compile() {
 	local pkgver=istio.io/istio/pkg/version
 	log "compiling upstream pilot-discovery $ISTIO (cold: a few minutes; shares most packages with the patched build)"
-	(cd "$up" && GOWORK=off CGO_ENABLED=0 go build -o "$1" \
+	(cd "$up" && GOWORK=off CGO_ENABLED=0 go build -trimpath -o "$1" \
 		-ldflags "-s -w -X $pkgver.buildVersion=$ISTIO -X $pkgver.buildGitRevision=$commit -X $pkgver.buildTag=$ISTIO -X $pkgver.buildStatus=Clean" \
 		./pilot/cmd/pilot-discovery)
 }

@@ -55,11 +55,13 @@ link_outputs() {
 
 # pilot-agent comes from the same tree: the proxy image of proxyless gRPC
 # pods runs it without Envoy (build/docker.sh); so does consul-mcp. One go
-# build shares the compile.
+# build shares the compile. -trimpath, here and in build-upstream.sh: the
+# package paths, not the trees' directories, key the build cache, so the
+# release's unpatched packages compile once for both istiods.
 compile() {
 	local pkgver=istio.io/istio/pkg/version
 	log "compiling pilot-discovery, pilot-agent and consul-mcp $version (cold: a few minutes)"
-	(cd "$tree" && CGO_ENABLED=0 go build -o "$1" \
+	(cd "$tree" && CGO_ENABLED=0 go build -trimpath -o "$1" \
 		-ldflags "-s -w -X $pkgver.buildVersion=$version -X $pkgver.buildGitRevision=$commit -X $pkgver.buildTag=$ISTIO -X $pkgver.buildStatus=Clean" \
 		./pilot/cmd/pilot-discovery ./pilot/cmd/pilot-agent ./cmd/consul-mcp)
 }
