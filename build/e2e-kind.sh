@@ -63,7 +63,8 @@ if ! docker info >/dev/null 2>&1; then
 	dockerd_pid=${PILOT_CONSUL_DOCKERD_PID:-}
 fi
 
-"$root/build/tools.sh" kind consul helm
+# CONSUL_BIN: the user's own Consul instead of our build (as in the local tiers).
+if [[ -n ${CONSUL_BIN:-} ]]; then "$root/build/tools.sh" kind helm; else "$root/build/tools.sh" kind consul helm; fi
 # A killed run's node containers come back with the daemon's data root (in
 # the cache), and kind refuses to create a cluster whose nodes exist.
 if "$root/bin/kind" get clusters 2>/dev/null | grep -qx "$cluster"; then
@@ -86,9 +87,16 @@ if [[ -z "$node_image" ]]; then
 fi
 
 ctx=$(mktemp -d)
-# Consul from our Consul build, cached by that build (its path names the version).
-consul_bin=$(readlink -f "$root/bin/consul")
-consul_image="pilot-consul/consul:$(basename "$(dirname "$consul_bin")")"
+# Consul from our Consul build, cached by that build (its path names the
+# version), or CONSUL_BIN, named by its checksum.
+if [[ -n ${CONSUL_BIN:-} ]]; then
+	consul_bin=$(readlink -f "$CONSUL_BIN")
+	consul_image="pilot-consul/consul:user-$(sha256sum <"$consul_bin" | cut -c1-12)"
+else
+	consul_bin=$(readlink -f "$root/bin/consul")
+	consul_image="pilot-consul/consul:$(basename "$(dirname "$consul_bin")")"
+fi
+log "Consul for the kind tier: $("$consul_bin" version | head -1) ($consul_bin)"
 if ! docker image inspect "$consul_image" >/dev/null 2>&1; then
 	mkdir -p "$ctx/consul/tmp" && chmod 1777 "$ctx/consul/tmp"
 	cp "$consul_bin" "$ctx/consul/consul"

@@ -16,6 +16,9 @@ summary() {
 		total=$((total + times[i]))
 	done
 	printf '  %-18s %6ss\n' "total" "$total"
+	local consul=${CONSUL_BIN:-bin/consul}
+	[[ -x $consul ]] && echo "  against $("$consul" version | head -1) ($consul)"
+	return 0
 }
 
 status=0
