@@ -2,8 +2,8 @@ package consul
 
 // nodes.go owns the node detector: one blocking query for the node list.
 // A write to a node (its address, its meta) moves neither the services
-// index nor the checks index, so neither other watch wakes: Consul 1.22
-// (catalogInsertNode) moves only the nodes index and the own index of each
+// index nor the checks index, so neither other watch wakes: Consul (1.16 to 1.22,
+// catalogInsertNode) moves only the nodes index and the own index of each
 // service on the node. Instances that take their node's address, and
 // localities from node meta, would keep stale values until their service
 // changed for another reason (consul-esm re-registering an external node
