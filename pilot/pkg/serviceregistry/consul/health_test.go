@@ -77,8 +77,7 @@ func TestNodeCheckSeenByOneReadStillMarksItsNeighbours(t *testing.T) {
 func TestFlipAnsweredByAFollowerBehindItIsNotStored(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		sc := newScriptedConsul()
-		sc.register("n1", api.AgentService{ID: "web-1", Service: "web", Address: "127.0.0.11", Port: 80}, api.HealthPassing)
-		sc.register("n1", api.AgentService{ID: "web-2", Service: "web", Address: "127.0.0.12", Port: 80}, api.HealthPassing)
+		registerWeb(sc)
 		reg, side := startScripted(t, sc, nil)
 		settle(time.Minute)
 		require.Equal(t, sc.truth(), istiodView(side))

@@ -175,9 +175,7 @@ func TestRetryAfterIsHonoured(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		sc := newScriptedConsul()
 		registerMany(sc, 20)
-		reg, side := startScripted(t, sc, func(a *Args) { a.SyncTimeout = time.Hour })
-		settle(10 * time.Second)
-		require.True(t, reg.HasSynced())
+		_, side := startSynced(t, sc, func(a *Args) { a.SyncTimeout = time.Hour })
 
 		var mu sync.Mutex
 		var overloadedAt time.Time
@@ -217,9 +215,7 @@ func TestASlowReadIsNotAnOutage(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		sc := newScriptedConsul()
 		registerMany(sc, 20)
-		reg, side := startScripted(t, sc, func(a *Args) { a.SyncTimeout = time.Hour })
-		settle(10 * time.Second)
-		require.True(t, reg.HasSynced())
+		reg, side := startSynced(t, sc, func(a *Args) { a.SyncTimeout = time.Hour })
 
 		// s-0001's reads are never answered: each times out after
 		// RequestTimeout (10 s).

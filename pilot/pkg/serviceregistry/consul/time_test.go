@@ -47,6 +47,22 @@ func startScripted(t *testing.T, sc *scriptedConsul, edit func(*Args), before ..
 	return reg, side
 }
 
+// startSynced is startScripted, then ten simulated seconds in which the
+// registry must have synced.
+func startSynced(t *testing.T, sc *scriptedConsul, edit func(*Args)) (*Controller, *istiodSide) {
+	t.Helper()
+	reg, side := startScripted(t, sc, edit)
+	settle(10 * time.Second)
+	require.True(t, reg.HasSynced(), "synced")
+	return reg, side
+}
+
+// registerWeb adds web-1 and web-2, passing, on node n1.
+func registerWeb(sc *scriptedConsul) {
+	sc.register("n1", api.AgentService{ID: "web-1", Service: "web", Address: "127.0.0.11", Port: 80}, api.HealthPassing)
+	sc.register("n1", api.AgentService{ID: "web-2", Service: "web", Address: "127.0.0.12", Port: 80}, api.HealthPassing)
+}
+
 // istiodView is what istiod holds from the registry: "addr:port" of every
 // healthy endpoint, by Consul service name (services with none are absent).
 func istiodView(side *istiodSide) map[string][]string {
@@ -94,8 +110,7 @@ func settle(d time.Duration) {
 func TestQuietHourKeepsServing(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		sc := newScriptedConsul()
-		sc.register("n1", api.AgentService{ID: "web-1", Service: "web", Address: "127.0.0.11", Port: 80}, api.HealthPassing)
-		sc.register("n1", api.AgentService{ID: "web-2", Service: "web", Address: "127.0.0.12", Port: 80}, api.HealthPassing)
+		registerWeb(sc)
 		reg, side := startScripted(t, sc, nil)
 		settle(time.Minute)
 		require.True(t, reg.HasSynced())
