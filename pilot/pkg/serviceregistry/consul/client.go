@@ -180,15 +180,16 @@ func (r *consulClient) get(ctx context.Context, req request, call func(*api.Quer
 	return meta, err
 }
 
-// alive asks Consul whether it answers at all (its leader's address, a
-// few bytes), to tell a slow read from an outage when no other request was
-// answered while it waited.
+// alive asks Consul whether it answers and has a leader (its leader's
+// address, a few bytes), to tell a slow read from an outage when no other
+// request was answered while it waited. A server or agent without a leader
+// answers "": reads then fail or hang until it has one, which is an outage.
 func (r *consulClient) alive(ctx context.Context) bool {
 	pctx, cancel := context.WithTimeout(ctx, min(r.timeout, 2*time.Second))
 	defer cancel()
 	q := r.base
-	_, err := r.Status().LeaderWithQueryOptions(q.WithContext(pctx))
-	return err == nil
+	leader, err := r.Status().LeaderWithQueryOptions(q.WithContext(pctx))
+	return err == nil && leader != ""
 }
 
 // statusCode is the HTTP status of a Consul error answer, 0 for any other error.
