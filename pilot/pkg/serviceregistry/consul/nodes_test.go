@@ -43,7 +43,9 @@ func TestNodeAddressAndMetaChangesReachIstiod(t *testing.T) {
 		}
 		return ""
 	}
-	assert.Equal(t, "dc1/z1", locality())
+	// The store is updated just before the push: wait for istiod to hold it.
+	require.Eventually(t, func() bool { return locality() == "dc1/z1" }, 10*time.Second, 10*time.Millisecond,
+		"istiod holds db's endpoint with its node's zone")
 
 	start := time.Now()
 	node("127.0.5.2", "z2") // the node alone: no service or check write
