@@ -15,7 +15,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -45,7 +44,7 @@ func newClient(a Args, m *registryMetrics) (*consulClient, error) {
 	cfg.Datacenter = a.Datacenter
 	cfg.Token = "" // set per request by transport, so a rotated token file is honoured
 	cfg.TokenFile = ""
-	tlsFiles, err := newTLSFiles(a.Auth)
+	material, err := newTLSFiles(a.Auth)
 	if err != nil {
 		return nil, err
 	}
@@ -62,10 +61,10 @@ func newClient(a Args, m *registryMetrics) (*consulClient, error) {
 		DialContext: dial,
 		// Every new HTTPS connection takes the TLS files as they are now
 		// (tlsfiles.go): rotated certificates need no restart.
-		DialTLSContext: tlsFiles.dialTLS(dial, 10*time.Second),
+		DialTLSContext: material.dialTLS(dial, 10*time.Second),
 		// Through an HTTP proxy (CONNECT), net/http does the TLS itself:
 		// the material as loaded at start.
-		TLSClientConfig:     tlsFiles.cfg,
+		TLSClientConfig:     material.cfg,
 		TLSHandshakeTimeout: 10 * time.Second,
 		MaxConnsPerHost:     maxConns,
 		MaxIdleConnsPerHost: maxConns,
@@ -79,14 +78,16 @@ func newClient(a Args, m *registryMetrics) (*consulClient, error) {
 	case "consistent":
 		q.RequireConsistent = true
 	}
-	t := &transport{base: base, token: newTokenSource(string(a.Auth.Token), a.Auth.TokenFile), maxStale: maxStale, requests: m.requests}
+	g := newGate(a.MaxConcurrentRequests)
+	t := &transport{base: base, token: newTokenSource(string(a.Auth.Token), a.Auth.TokenFile), maxStale: maxStale,
+		requests: m.requests, gate: g}
 	cfg.HttpClient = &http.Client{Transport: t}
 	cfg.Scheme = "" // taken from Address
 	client, err := api.NewClient(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("consul client for %s: %w", a.ServerURL, err)
 	}
-	return &consulClient{Client: client, transport: t, base: q, gate: newGate(a.MaxConcurrentRequests),
+	return &consulClient{Client: client, transport: t, base: q, gate: g,
 		timeout: a.RequestTimeout, wait: a.WaitTime, maxStale: maxStale}, nil
 }
 
@@ -173,9 +174,6 @@ func (r *consulClient) get(ctx context.Context, req request, call func(*api.Quer
 		// 400, 404, 405... It is retried on its own back-off, never at once.
 		release(answered)
 		err = &refusedError{err: err}
-	}
-	if after := r.transport.retryAfter(); !after.IsZero() {
-		r.gate.holdUntil(after)
 	}
 	return meta, err
 }
@@ -308,26 +306,17 @@ type transport struct {
 	token    *tokenSource
 	maxStale time.Duration
 	requests monitoring.Metric
-	// after is the latest Retry-After an overloaded answer (429, 503)
-	// asked for, as Unix nanoseconds; taken by retryAfter.
-	after atomic.Int64
+	// gate is held for as long as an overloaded answer's Retry-After
+	// asks: only the transport sees the answer's headers.
+	gate *gate
 }
 
 // maxRetryAfter bounds how long a Retry-After may hold every read: a proxy
 // asking for an hour must not freeze the registry that long.
 const maxRetryAfter = 30 * time.Second
 
-// retryAfter returns, once, the time before which an overloaded Consul
-// asked not to be sent requests (zero when none did).
-func (t *transport) retryAfter() time.Time {
-	if ns := t.after.Swap(0); ns > 0 {
-		return time.Unix(0, ns)
-	}
-	return time.Time{}
-}
-
-// noteRetryAfter records an overloaded answer's Retry-After (seconds, or
-// an HTTP date).
+// noteRetryAfter holds the gate for an overloaded answer's Retry-After
+// (seconds, or an HTTP date).
 func (t *transport) noteRetryAfter(resp *http.Response) {
 	if resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode != http.StatusServiceUnavailable {
 		return
@@ -345,9 +334,7 @@ func (t *transport) noteRetryAfter(resp *http.Response) {
 	if d <= 0 {
 		return
 	}
-	at := time.Now().Add(min(d, maxRetryAfter)).UnixNano()
-	for old := t.after.Load(); at > old && !t.after.CompareAndSwap(old, at); old = t.after.Load() {
-	}
+	t.gate.holdUntil(time.Now().Add(min(d, maxRetryAfter)))
 }
 
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
