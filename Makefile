@@ -4,7 +4,7 @@ SHELL := /usr/bin/env bash -o pipefail
 .DEFAULT_GOAL := help
 
 include VERSION
-# The Istio release to build and test: make build ISTIO=1.29.6.
+# The Istio release to build and test: make build ISTIO=1.30.3.
 ISTIO ?= $(ISTIO_DEFAULT)
 export ISTIO
 HUB ?= localhost:5000/pilot-consul

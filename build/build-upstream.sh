@@ -19,6 +19,12 @@ fi
 # Only the substitutions, on upstream's go.mod and go.sum.
 git -C "$up" checkout -q -- go.mod go.sum
 tree=$up substitute_deps
+# A substitute may require more than upstream's pins (1.31's client-go
+# v1.31.0 needs a later istio.io/api): settle the requirements as the
+# patched build's go get does, and say what moved.
+cp "$up/go.mod" "$work/upstream.go.mod.before"
+(cd "$up" && GOFLAGS=-mod=mod go list -deps ./pilot/cmd/pilot-discovery >/dev/null)
+requirement_changes "$work/upstream.go.mod.before" "$up/go.mod"
 
 uout="$root/out/$ISTIO-upstream"
 commit=$(pin COMMIT)

@@ -36,6 +36,9 @@ fi
 # substitutes where the module proxy lacks them; the Consul client; the
 # workspace our tests run in.
 overlay
+# From the queue's go.mod and go.sum every time: the last run's Consul client
+# may have raised a pin substitute_deps checks for (1.31's istio.io/api).
+git -C "$tree" checkout -q HEAD -- go.mod go.sum
 substitute_deps
 add_consul_client
 write_workspace

@@ -23,6 +23,16 @@ func istioDir(t *testing.T) string {
 	return strings.TrimSpace(string(out))
 }
 
+// versionValue is VERSION's value of key (ISTIO_DEFAULT, ISTIO_PREVIOUS).
+func versionValue(t *testing.T, key string) string {
+	t.Helper()
+	out, err := exec.Command("bash", "-c", "source ../VERSION && echo \"${"+key+"}\"").Output()
+	require.NoError(t, err)
+	v := strings.TrimSpace(string(out))
+	require.NotEmpty(t, v, "VERSION has no %s", key)
+	return v
+}
+
 // patchedFiles are the files of the patches these tests apply (TestSkipFile
 // skips 0002–0005), plus go.mod: enough of an Istio tree to apply them to.
 var patchedFiles = []string{"go.mod", "pilot/pkg/serviceregistry/provider/providers.go",
@@ -132,7 +142,7 @@ func TestWrongSourceIsRefused(t *testing.T) {
 func TestVerifyPatchesPasses(t *testing.T) {
 	out, err := exec.Command("./verify-patches.sh").CombinedOutput()
 	require.NoError(t, err, "%s", out)
-	for _, v := range []string{"Istio 1.30.3", "Istio 1.29.6",
+	for _, v := range []string{"Istio " + versionValue(t, "ISTIO_DEFAULT"), "Istio " + versionValue(t, "ISTIO_PREVIOUS"),
 		"istio.io/istio@v0.0.0-20260826214018-9739e10eb9d7", "istio.io/istio@v0.0.0-20260827124520-eed52ebb66ad"} {
 		assert.Contains(t, string(out), "queue applies to "+v)
 	}
@@ -163,7 +173,7 @@ func TestVerifyPatchesNamesVersionAndFiles(t *testing.T) {
 	cmd.Env = append(os.Environ(), "PILOT_CONSUL_CACHE="+cache)
 	out, err := cmd.CombinedOutput()
 	require.Error(t, err, "verify-patches must fail:\n%s", out)
-	assert.Contains(t, string(out), "queue applies to Istio 1.30.3")
+	assert.Contains(t, string(out), "queue applies to Istio "+versionValue(t, "ISTIO_DEFAULT"))
 	assert.Contains(t, string(out), "0002-consul-run-the-Consul-registry-when-registries-lists.patch does not apply to Istio 9.9.9; "+
 		"conflicting files: pilot/pkg/bootstrap/servicecontroller.go")
 }
@@ -268,11 +278,15 @@ func TestSkipFile(t *testing.T) {
 	}
 
 	// 9.9.9 moved the code 0002 edits; 0003, 0004 and 0005 build on 0002.
+	// It is the default release otherwise, and skips what that skips.
 	var skip strings.Builder
 	for _, p := range []string{"0002", "0003", "0004", "0005"} {
 		matches, _ := filepath.Glob(filepath.Join(root, "patches", p+"-*.patch"))
 		require.Len(t, matches, 1)
 		skip.WriteString(filepath.Base(matches[0]) + "  the bootstrap moved in this release\n")
+	}
+	if def, err := os.ReadFile(filepath.Join("istio", versionValue(t, "ISTIO_DEFAULT")+".skip")); err == nil {
+		skip.Write(def)
 	}
 	require.NoError(t, os.WriteFile(filepath.Join(root, "build/istio/9.9.9.skip"), []byte(skip.String()), 0o644))
 	out, err := verify()

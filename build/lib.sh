@@ -18,7 +18,7 @@ export GOWORK=off
 log() { echo ">> $*" >&2; }
 die() { echo "error: $*" >&2; exit 1; }
 
-# The Istio release to build: ISTIO=<tag> (make build ISTIO=1.29.6), else
+# The Istio release to build: ISTIO=<tag> (make build ISTIO=1.30.3), else
 # VERSION's default. Each release has its own work tree and outputs.
 ISTIO=${ISTIO:-$ISTIO_DEFAULT}
 [[ $ISTIO =~ ^[0-9A-Za-z][0-9A-Za-z._-]*$ ]] || die "ISTIO=$ISTIO is not an Istio release tag"
@@ -390,7 +390,13 @@ add_consul_client() {
 	cp "$tree/go.mod" "$work/go.mod.before-consul"
 	(cd "$tree" && GOFLAGS=-mod=mod go get "github.com/hashicorp/consul/api@$v" 2>&1 >/dev/null | grep -v '^go: \(added\|upgraded\|downloading\)' >&2 || true)
 	grep -q "github.com/hashicorp/consul/api $v" "$tree/go.mod" || die "go get github.com/hashicorp/consul/api@$v failed in $tree"
-	LC_ALL=C join -a2 <(go_requires "$work/go.mod.before-consul") <(go_requires "$tree/go.mod") |
+	requirement_changes "$work/go.mod.before-consul" "$tree/go.mod"
+}
+
+# requirement_changes BEFORE AFTER prints the requirements AFTER (a go.mod)
+# added or raised over BEFORE.
+requirement_changes() {
+	LC_ALL=C join -a2 <(go_requires "$1") <(go_requires "$2") |
 		awk 'NF == 2 { print "   added " $1 " " $2 } NF == 3 && $2 != $3 { print "   raised " $1 " " $2 " -> " $3 }' >&2
 }
 

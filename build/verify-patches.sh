@@ -87,8 +87,12 @@ if [[ $errors -eq 0 ]]; then
 	for v in "$ISTIO_DEFAULT" "$ISTIO_PREVIOUS"; do
 		ISTIO=$v apply_check "$(ISTIO=$v ISTIO_SRC='' istio_source)" "Istio $v"
 	done
+	# An entry VERSION@RELEASE is checked without the patches RELEASE skips
+	# (a release branch's newer source); a bare VERSION as the default.
 	for v in $ISTIO_VERIFY_MODULES; do
-		ISTIO=$ISTIO_DEFAULT apply_check "$(istio_module_dir "$v")" "istio.io/istio@$v"
+		rel=$ISTIO_DEFAULT
+		if [[ $v == *@* ]]; then rel=${v#*@} v=${v%@*}; fi
+		ISTIO=$rel apply_check "$(istio_module_dir "$v")" "istio.io/istio@$v"
 	done
 fi
 if [[ $errors -gt 0 ]]; then

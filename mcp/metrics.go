@@ -11,7 +11,8 @@ import (
 var log = istiolog.RegisterScope("mcp", "MCP-over-xDS server")
 
 var (
-	typeLabel = monitoring.CreateLabel("type")
+	typeLabel   = monitoring.CreateLabel("type")
+	reasonLabel = monitoring.CreateLabel("reason")
 
 	clientsGauge = monitoring.NewGauge("consul_mcp_clients",
 		"istiod streams connected.")
@@ -25,6 +26,10 @@ var (
 		"Resource bytes sent, by type URL.")
 	nacksTotal = monitoring.NewSum("consul_mcp_nacks_total",
 		"Responses an istiod rejected, by type URL; /debug/mcpz shows the last ones.")
+	refusedTotal = monitoring.NewSum("consul_mcp_refused_streams_total",
+		"Streams refused, by reason (streams_per_peer: --maxStreamsPerPeer were open from that address).")
+	resendsDeferred = monitoring.NewSum("consul_mcp_deferred_resends_total",
+		"Re-subscriptions answered later, by type URL: a stream asked for a type again within the resend spacing.")
 	snapshotSeconds = monitoring.NewGauge("consul_mcp_snapshot_build_seconds",
 		"How long the last snapshot took to build.")
 )

@@ -7,6 +7,7 @@ package mcp
 import (
 	"istio.io/istio/pilot/pkg/model"
 	"istio.io/istio/pkg/cluster"
+	"istio.io/istio/pkg/util/sets"
 )
 
 // NoPushes is the model.XDSUpdater of a registry outside istiod.
@@ -20,3 +21,6 @@ func (NoPushes) SvcUpdate(model.ShardKey, string, string, model.Event)          
 func (NoPushes) ConfigUpdate(*model.PushRequest)                                       {}
 func (NoPushes) ProxyUpdate(cluster.ID, string)                                        {}
 func (NoPushes) RemoveShard(model.ShardKey)                                            {}
+
+// PruneShard is XDSUpdater's from Istio 1.31 on; older releases do not call it.
+func (NoPushes) PruneShard(model.ShardKey, map[string]sets.String) {}

@@ -37,6 +37,7 @@ type Server struct {
 	discovery.UnimplementedAggregatedDiscoveryServiceServer
 
 	debounce Debounce
+	limits   Limits
 	ready    func() bool
 	changed  chan struct{}
 
@@ -51,9 +52,10 @@ type Server struct {
 // NewServer serves the collections given to Add once ready reports true
 // (every registry synced: before that a response would delete, in istiod,
 // whatever has not been read yet).
-func NewServer(ready func() bool, debounce Debounce) *Server {
+func NewServer(ready func() bool, debounce Debounce, limits Limits) *Server {
 	return &Server{
 		debounce: debounce,
+		limits:   limits,
 		ready:    ready,
 		changed:  make(chan struct{}, 1),
 		builder:  newBuilder(),
@@ -148,9 +150,15 @@ func (s *Server) Ready() bool { return s.current.Load() != nil }
 func (s *Server) StreamAggregatedResources(stream discovery.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
 	c := &client{id: s.nextID.Add(1), wakeup: make(chan struct{}, 1), types: map[string]*typeState{}, connected: time.Now()}
 	if p, ok := peer.FromContext(stream.Context()); ok {
-		c.peer = p.Addr.String()
+		c.peer, c.host = p.Addr.String(), peerHost(p.Addr.String())
 	}
 	s.mu.Lock()
+	if open := s.streamsFrom(c.host); open >= s.limits.StreamsPerPeer {
+		s.mu.Unlock()
+		refusedTotal.With(reasonLabel.Value("streams_per_peer")).Increment()
+		return status.Errorf(codes.ResourceExhausted, "%d streams from %s are open already, the most one peer may hold (--maxStreamsPerPeer)",
+			open, c.host)
+	}
 	s.clients[c.id] = c
 	clientsGauge.Record(float64(len(s.clients)))
 	s.mu.Unlock()
@@ -198,6 +206,17 @@ func (s *Server) StreamAggregatedResources(stream discovery.AggregatedDiscoveryS
 	}
 }
 
+// streamsFrom counts the streams open from host; s.mu is held.
+func (s *Server) streamsFrom(host string) int {
+	n := 0
+	for _, c := range s.clients {
+		if c.host == host {
+			n++
+		}
+	}
+	return n
+}
+
 // handle applies one request: a subscription, an ACK or a NACK
 // of the last response of its type, or a stale one (ignored).
 func (s *Server) handle(stream discovery.AggregatedDiscoveryService_StreamAggregatedResourcesServer, c *client, r *discovery.DiscoveryRequest) error {
@@ -207,6 +226,12 @@ func (s *Server) handle(stream discovery.AggregatedDiscoveryService_StreamAggreg
 	}
 	st := c.types[r.TypeUrl]
 	c.mu.Unlock()
+	if st == nil && !isPilotType(r.TypeUrl) {
+		// Never answered, and not kept: a client naming types by the
+		// thousand must not grow the stream's state.
+		log.Debugf("mcp: %s asked for %s, a type this server does not serve", c.describe(), r.TypeUrl)
+		return nil
+	}
 	switch {
 	// A request for a type not yet answered on this stream subscribes to
 	// it, whatever its nonce: istiod's client (adsc) puts the time in the
@@ -217,12 +242,16 @@ func (s *Server) handle(stream discovery.AggregatedDiscoveryService_StreamAggreg
 			st = &typeState{}
 			c.types[r.TypeUrl] = st
 		}
+		resubscribed := st.nonce != ""
 		// A new request for a type asks for its state again (istiod
 		// reconnecting on the same stream never happens; a re-subscription
 		// after a NACK might).
 		st.subscribed, st.sentVersion = true, ""
 		we := c.types[WorkloadEntryType]
 		c.mu.Unlock()
+		if resubscribed {
+			return s.resend(stream, c, r.TypeUrl, st)
+		}
 		if r.TypeUrl == ServiceEntryType && (we == nil || we.sentVersion == "") {
 			// WorkloadEntries go first (see pushChanged); istiod asks for
 			// them right after, so wait for that request, a moment at most.
@@ -238,7 +267,7 @@ func (s *Server) handle(stream discovery.AggregatedDiscoveryService_StreamAggreg
 	case r.ErrorDetail != nil:
 		nacksTotal.With(typeLabel.Value(r.TypeUrl)).Increment()
 		n := nackView{At: time.Now().UTC(), Client: c.describe(), Type: r.TypeUrl, Version: st.sentVersion,
-			Nonce: r.ResponseNonce, Message: r.ErrorDetail.GetMessage()}
+			Nonce: truncate(r.ResponseNonce, 64), Message: truncate(r.ErrorDetail.GetMessage(), maxNackMessage)}
 		log.Warnf("mcp: %s rejected %s version %s: %s", n.Client, r.TypeUrl, st.sentVersion, n.Message)
 		c.mu.Lock()
 		st.nacked, st.lastNack = st.nacked+1, n.Message
@@ -258,6 +287,28 @@ func (s *Server) handle(stream discovery.AggregatedDiscoveryService_StreamAggreg
 }
 
 const maxNacksKept = 20
+
+// resend answers a re-subscription: at once if the stream's last resend of
+// the type is ResendEvery old, else once that time has passed (a change
+// published meanwhile brings it sooner). However many re-subscriptions
+// come, a type is resent at most once per ResendEvery.
+func (s *Server) resend(stream discovery.AggregatedDiscoveryService_StreamAggregatedResourcesServer, c *client, typeURL string, st *typeState) error {
+	c.mu.Lock()
+	wait := s.limits.ResendEvery - time.Since(st.resentAt)
+	if wait > 0 {
+		pending := st.resendPending
+		st.resendPending = true
+		c.mu.Unlock()
+		resendsDeferred.With(typeLabel.Value(typeURL)).Increment()
+		if !pending {
+			time.AfterFunc(wait, c.wake)
+		}
+		return nil
+	}
+	st.resentAt, st.resendPending = time.Now(), false
+	c.mu.Unlock()
+	return s.send(stream, c, typeURL, st)
+}
 
 // pushChanged sends every subscribed type whose version moved,
 // WorkloadEntries before ServiceEntries. Upstream istiod recomputes every
@@ -326,6 +377,9 @@ func (s *Server) send(stream discovery.AggregatedDiscoveryService_StreamAggregat
 	}
 	c.mu.Lock()
 	st.sentVersion, st.nonce, st.sent = coll.version, nonce, st.sent+1
+	if st.resendPending {
+		st.resentAt, st.resendPending = time.Now(), false
+	}
 	c.mu.Unlock()
 	pushesTotal.With(typeLabel.Value(typeURL)).Increment()
 	pushBytesTotal.With(typeLabel.Value(typeURL)).RecordInt(int64(coll.bytes))
@@ -336,6 +390,7 @@ func (s *Server) send(stream discovery.AggregatedDiscoveryService_StreamAggregat
 type client struct {
 	id        uint64
 	peer      string
+	host      string // peer's, as streams are counted
 	connected time.Time
 	wakeup    chan struct{}
 
@@ -350,6 +405,8 @@ type typeState struct {
 	sentVersion, nonce, ackedVersion string
 	sent, nacked                     int
 	lastNack                         string
+	resentAt                         time.Time // last resend a re-subscription asked for
+	resendPending                    bool      // one is waiting for ResendEvery to pass
 }
 
 func (c *client) wake() {

@@ -15,7 +15,6 @@ import (
 	"github.com/stretchr/testify/require"
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	networkingclient "istio.io/client-go/pkg/apis/networking/v1"
 
 	"istio.io/istio/pkg/kube/krt"
@@ -30,7 +29,7 @@ func TestChangesAreCoalesced(t *testing.T) {
 		defer close(stop)
 		ses := krt.NewStaticCollection[*networkingclient.ServiceEntry](alwaysSynced{}, nil, krt.WithStop(stop))
 		wes := krt.NewStaticCollection[*networkingclient.WorkloadEntry](alwaysSynced{}, nil, krt.WithStop(stop))
-		s := NewServer(func() bool { return true }, Debounce{Quiet: 100 * time.Millisecond, Max: time.Second})
+		s := NewServer(func() bool { return true }, Debounce{Quiet: 100 * time.Millisecond, Max: time.Second}, DefaultLimits)
 		s.Add(ses, wes)
 		ctx, cancel := context.WithCancel(t.Context())
 		defer cancel()
@@ -173,15 +172,20 @@ type served struct {
 
 func serve(t *testing.T) *served {
 	t.Helper()
+	return serveWith(t, DefaultLimits)
+}
+
+func serveWith(t *testing.T, limits Limits) *served {
+	t.Helper()
 	ses := krt.NewStaticCollection[*networkingclient.ServiceEntry](alwaysSynced{}, nil)
 	wes := krt.NewStaticCollection[*networkingclient.WorkloadEntry](alwaysSynced{}, nil)
 	ses.UpdateObject(serviceEntry("a", "a.service.consul"))
-	s := NewServer(func() bool { return true }, Debounce{Quiet: 10 * time.Millisecond, Max: 100 * time.Millisecond})
+	s := NewServer(func() bool { return true }, Debounce{Quiet: 10 * time.Millisecond, Max: 100 * time.Millisecond}, limits)
 	s.Add(ses, wes)
 	go s.Run(t.Context())
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(GRPCOptions()...)
 	discovery.RegisterAggregatedDiscoveryServiceServer(gs, s)
 	go func() { _ = gs.Serve(lis) }()
 	t.Cleanup(gs.Stop)
@@ -191,13 +195,5 @@ func serve(t *testing.T) *served {
 
 func (v *served) open(t *testing.T, reqs ...*discovery.DiscoveryRequest) discovery.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
 	t.Helper()
-	cc, err := grpc.NewClient(v.lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = cc.Close() })
-	st, err := discovery.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(t.Context())
-	require.NoError(t, err)
-	for _, r := range reqs {
-		require.NoError(t, st.Send(r))
-	}
-	return st
+	return v.openCtx(t, t.Context(), reqs...)
 }

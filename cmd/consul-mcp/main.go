@@ -23,7 +23,6 @@ import (
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/keepalive"
 
 	istiolog "istio.io/istio/pkg/log"
 	"istio.io/istio/pkg/monitoring"
@@ -39,6 +38,7 @@ type flags struct {
 	tlsClientIdentities           []string
 	trustDomain                   string
 	debounce                      mcp.Debounce
+	limits                        mcp.Limits
 }
 
 func main() {
@@ -59,6 +59,9 @@ func main() {
 	fs.StringVar(&f.trustDomain, "trustDomain", "cluster.local", "The mesh's trust domain, for instance identities")
 	fs.DurationVar(&f.debounce.Quiet, "debounce", 100*time.Millisecond, "Push once Consul has been quiet this long...")
 	fs.DurationVar(&f.debounce.Max, "debounceMax", time.Second, "...or this long after the first change, whichever comes first")
+	f.limits = mcp.DefaultLimits
+	fs.IntVar(&f.limits.StreamsPerPeer, "maxStreamsPerPeer", f.limits.StreamsPerPeer,
+		"ADS streams one address may hold open; more are refused (RESOURCE_EXHAUSTED). An istiod holds one, two while it reconnects")
 	logOpts := istiolog.DefaultOptions()
 	logOpts.AttachFlags(fs.StringArrayVar, fs.StringVar, fs.IntVar, fs.BoolVar)
 	_ = fs.Parse(os.Args[1:])
@@ -77,6 +80,9 @@ func main() {
 func run(ctx context.Context, args consul.Args, f flags) error {
 	if err := args.Complete(nil); err != nil {
 		return fmt.Errorf("consul flags: %w", err)
+	}
+	if f.limits.StreamsPerPeer < 1 {
+		return fmt.Errorf("--maxStreamsPerPeer %d: an istiod needs at least 1", f.limits.StreamsPerPeer)
 	}
 	creds, err := serverCredentials(f)
 	if err != nil {
@@ -100,7 +106,7 @@ func run(ctx context.Context, args consul.Args, f flags) error {
 			}
 		}
 		return true
-	}, f.debounce)
+	}, f.debounce, f.limits)
 	for _, c := range controllers {
 		srv.Add(c.AmbientInputs())
 	}
@@ -113,12 +119,7 @@ func run(ctx context.Context, args consul.Args, f flags) error {
 	if err != nil {
 		return err
 	}
-	opts := []grpc.ServerOption{
-		// istiod's MCP client pings every 30 s (its keepalive defaults);
-		// gRPC's default policy would answer that with GOAWAY.
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-	}
+	opts := mcp.GRPCOptions()
 	if creds != nil {
 		opts = append(opts, grpc.Creds(creds))
 	}

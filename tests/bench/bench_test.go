@@ -279,3 +279,26 @@ func TestProfileNames(t *testing.T) {
 	assert.Equal(t, 29, profileSeconds(30*time.Second))
 	assert.Equal(t, 1, profileSeconds(time.Second))
 }
+
+// A run over two releases reports each release's routes apart and every
+// figure of the first release as a ratio to the second, route by route.
+func TestReportComparesReleases(t *testing.T) {
+	res := func(route, rel string, sync, p99 float64) Result {
+		return Result{Route: route, Release: rel, Services: 1000, PerSvc: 10, Synced: true, Settled: true,
+			SyncSeconds: sync, SettleSeconds: 0.2, Latency: Stats{Count: 10, P50: p99 / 2, P99: p99}, CPUSyncSec: 1, CPUChurnSec: 1, PeakRSSBytes: 1 << 28}
+	}
+	rep := &Report{Results: []Result{
+		res(RouteA, "1.31.0-rc.0", 3, 120), res(RouteK, "1.31.0-rc.0", 2, 100),
+		res(RouteA, "1.30.3", 2, 100), res(RouteK, "1.30.3", 2, 110),
+	}}
+	md := rep.Markdown()
+	assert.Contains(t, md, "| 1000×10, Istio 1.31.0-rc.0 | initial sync | 3.00 s | 2.00 s | 1.50 |")
+	assert.Contains(t, md, "| 1000×10, Istio 1.30.3 | initial sync | 2.00 s | 2.00 s | 1.00 |")
+	assert.Contains(t, md, "| scale | route | metric | 1.31.0-rc.0/1.30.3 |")
+	assert.Contains(t, md, "| 1000×10 | "+RouteA+" | initial sync | 1.50 |")
+	assert.Contains(t, md, "| 1000×10 | "+RouteA+" | change→client p99 | 1.20 |")
+	assert.Contains(t, md, "| 1000×10 | "+RouteK+" | change→client p99 | 0.91 |")
+
+	one := &Report{Results: []Result{res(RouteA, "", 3, 120)}}
+	assert.NotContains(t, one.Markdown(), "Across releases", "one release: no comparison")
+}

@@ -105,10 +105,81 @@ func (r *Report) Markdown() string {
 		if sc.istiods > 1 {
 			label += fmt.Sprintf(", %d istiods", sc.istiods)
 		}
+		if sc.release != "" {
+			label += ", Istio " + sc.release
+		}
 		t := table{b: &b, scale: label, cols: cols, others: others, at: sc.routes}
 		t.writeRows()
 	}
+	writeAcrossReleases(&b, r.Results)
 	return b.String()
+}
+
+// releaseRatios are the figures compared across releases: below 1 the
+// first release measured is faster or uses less.
+var releaseRatios = []struct {
+	metric string
+	value  func(Result) (float64, bool)
+}{
+	{"initial sync", func(r Result) (float64, bool) { return r.SyncSeconds, r.Synced }},
+	{"settled after sync", func(r Result) (float64, bool) { return r.SettleSeconds, r.Settled }},
+	{"change→client p50", func(r Result) (float64, bool) { return r.Latency.P50, r.Synced }},
+	{"change→client p99", func(r Result) (float64, bool) { return r.Latency.P99, r.Synced }},
+	{"istiod CPU, sync", func(r Result) (float64, bool) { return r.CPUSyncSec, r.Synced }},
+	{"istiod CPU, churn", func(r Result) (float64, bool) { return r.CPUChurnSec, r.Synced }},
+	{"istiod peak RSS", func(r Result) (float64, bool) { return float64(r.PeakRSSBytes), r.PeakRSSBytes > 0 }},
+}
+
+// writeAcrossReleases adds, for a run over several Istio releases, each
+// route's figures on the first release as a ratio to the same route on
+// each later one, scale by scale: a regression across an upgrade shows as
+// a ratio, as A/K does across routes.
+func writeAcrossReleases(b *strings.Builder, rs []Result) {
+	var releases []string
+	for _, r := range rs {
+		if r.Release != "" && !slices.Contains(releases, r.Release) {
+			releases = append(releases, r.Release)
+		}
+	}
+	if len(releases) < 2 {
+		return
+	}
+	type key struct {
+		services, perSvc int
+		route, release   string
+	}
+	at := map[key]Result{}
+	var order []key // scale and route, first release
+	for _, r := range rs {
+		k := key{r.Services, r.PerSvc, r.Route, r.Release}
+		at[k] = r
+		if r.Release == releases[0] {
+			order = append(order, k)
+		}
+	}
+	fmt.Fprintf(b, "\nAcross releases: Istio %s over each later one, same route and scale (below 1: %s is faster or uses less).\n\n", releases[0], releases[0])
+	b.WriteString("| scale | route | metric |")
+	for _, rel := range releases[1:] {
+		fmt.Fprintf(b, " %s/%s |", releases[0], rel)
+	}
+	b.WriteString("\n|---|---|---|" + strings.Repeat("---:|", len(releases)-1) + "\n")
+	for _, k := range order {
+		first := at[k]
+		for _, m := range releaseRatios {
+			fmt.Fprintf(b, "| %d×%d | %s | %s |", k.services, k.perSvc, k.route, m.metric)
+			v0, ok0 := m.value(first)
+			for _, rel := range releases[1:] {
+				other, ok := at[key{k.services, k.perSvc, k.route, rel}]
+				v1, ok1 := m.value(other)
+				if !ok || !ok0 || !ok1 || v1 == 0 {
+					b.WriteString(" – |")
+					continue
+				}
+				fmt.Fprintf(b, " %.2f |", v0/v1)
+			}
+			b.WriteString("\n")
+		}
+	}
 }
 
 // routeTitles head the table's columns.
@@ -131,6 +202,7 @@ func measured(rs []Result) []string {
 // scale is one dataset size's results, by route.
 type scale struct {
 	services, perSvc, istiods int
+	release                   string // "" unless the run measured several
 	routes                    map[string]Result
 }
 
@@ -138,9 +210,9 @@ type scale struct {
 func byScale(rs []Result) []scale {
 	var out []scale
 	for _, r := range rs {
-		if n := len(out); n == 0 || out[n-1].services != r.Services || out[n-1].perSvc != r.PerSvc ||
+		if n := len(out); n == 0 || out[n-1].services != r.Services || out[n-1].perSvc != r.PerSvc || out[n-1].release != r.Release ||
 			(r.Route == RouteA && out[n-1].istiods != max(r.Istiods, 1)) || hasRoute(out[n-1], r.Route) {
-			out = append(out, scale{services: r.Services, perSvc: r.PerSvc, istiods: max(r.Istiods, 1), routes: map[string]Result{}})
+			out = append(out, scale{services: r.Services, perSvc: r.PerSvc, istiods: max(r.Istiods, 1), release: r.Release, routes: map[string]Result{}})
 		}
 		out[len(out)-1].routes[r.Route] = r
 	}

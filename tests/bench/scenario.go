@@ -38,6 +38,12 @@ type Config struct {
 	// Istiods is how many istiod replicas Route A runs on the one Consul
 	// (0 or 1: one), each with Watchers watchers.
 	Istiods int
+	// ConsulHTTPS runs Route A over HTTPS (consul_tls.go).
+	ConsulHTTPS bool
+	// ConsulMaxConns raises Route A's Consul limits.http_max_conns_per_client
+	// (0: Consul's default, 200): a watch per service over plain HTTP needs
+	// a connection each (with --consulMaxConnections in ConsulArgs).
+	ConsulMaxConns int
 	// ConsulArgs are added to Route A's istiod flags (registry tuning:
 	// --consulMaxConcurrentRequests and the like).
 	ConsulArgs []string
@@ -115,7 +121,7 @@ type Result struct {
 	ProxylessLat  Stats   `json:"change_to_proxyless_ms"` // odd watcher ids
 	WDSLat        Stats   `json:"change_to_wds_ms"`       // the WDS watcher (Config.Ambient)
 	Unseen        int     `json:"unseen_change_watcher_pairs"`
-	FullPushes    float64 `json:"full_pushes_during_churn"` // push contexts istiod built
+	FullPushes    float64 `json:"full_pushes_during_churn"` // pushes istiod was asked for, for other changes than endpoints
 	CDSPushes     float64 `json:"cds_pushes_during_churn"`  // CDS pushes per watcher
 	EDSPushes     float64 `json:"eds_pushes_during_churn"`  // EDS pushes per watcher
 	ConsulReqs    int64   `json:"consul_requests_during_churn,omitempty"`
@@ -132,7 +138,10 @@ type Result struct {
 	// Istiods is the number of replicas (Route A, Config.Istiods); RSS is
 	// then the largest replica's, CPU and pushes all replicas' together,
 	// and ReplicaP99 each replica's watchers' p99 (ms).
-	Istiods    int       `json:"istiods,omitempty"`
+	Istiods int `json:"istiods,omitempty"`
+	// Release is the Istio release of the istiod measured, when a run
+	// measures more than one (bench -releases).
+	Release    string    `json:"istio_release,omitempty"`
 	ReplicaP99 []float64 `json:"replica_p99_ms,omitempty"`
 	// Route C's MCP server, beside istiod.
 	MCPCPUSyncSec   float64   `json:"mcp_cpu_sync_seconds,omitempty"`
@@ -156,7 +165,16 @@ func RunScale(parent *harness.ProcessEnv, data Dataset, cfg Config) ([]Result, e
 	step := cfg.Step
 
 	step("%d×%d: starting Consul and kube-apiserver", data.N, data.M)
-	consul, kube, err := startBackends(env)
+	configure := []func(*harness.ConsulConfig){func(c *harness.ConsulConfig) { c.MaxConnsPerClient = cfg.ConsulMaxConns }}
+	var https *consulTLS
+	if cfg.ConsulHTTPS {
+		t, withTLS, err := newConsulTLS(env)
+		if err != nil {
+			return nil, err
+		}
+		https, configure = t, append(configure, withTLS)
+	}
+	consul, kube, err := startBackends(env, configure...)
 	if err != nil {
 		return nil, err
 	}
@@ -166,7 +184,7 @@ func RunScale(parent *harness.ProcessEnv, data Dataset, cfg Config) ([]Result, e
 
 	var out []Result
 	if cfg.wants(RouteA) {
-		a, err := measureA(env, consul, kube, data, cfg)
+		a, err := measureA(env, consul, kube, https, data, cfg)
 		if err != nil {
 			return out, fmt.Errorf("route A: %w", err)
 		}
@@ -209,15 +227,25 @@ func RunScale(parent *harness.ProcessEnv, data Dataset, cfg Config) ([]Result, e
 }
 
 // measureA loads the dataset into Consul and measures our registry reading
-// it through a proxy that counts requests and connections.
-func measureA(env *harness.ProcessEnv, consul *harness.Consul, kube *harness.Kube, data Dataset, cfg Config) (Result, error) {
-	proxy, err := harness.StartFaultProxy(env, consul.URL()) // injects nothing
+// it through a proxy that counts requests and connections (over HTTPS, if
+// https is set).
+func measureA(env *harness.ProcessEnv, consul *harness.Consul, kube *harness.Kube, https *consulTLS, data Dataset, cfg Config) (Result, error) {
+	var proxy *harness.FaultProxy
+	var err error
+	args := []string{}
+	if https != nil {
+		proxy, err = https.proxy(env)
+		args = https.args()
+	} else {
+		proxy, err = harness.StartFaultProxy(env, consul.URL()) // injects nothing
+	}
 	if err != nil {
 		return Result{}, err
 	}
+	args = append(append(args, "--consulServerURL", proxy.URL), cfg.ConsulArgs...)
 	src := &ConsulSource{Client: consul.Client, Data: data}
 	return measure(env, kube, data, cfg, RouteA, src, fmt.Sprintf("loaded %d instances into Consul", data.N*data.M),
-		launch{consul: proxy, backend: consul, args: append([]string{"--consulServerURL", proxy.URL}, cfg.ConsulArgs...)})
+		launch{consul: proxy, backend: consul, args: args})
 }
 
 // measureC loads the dataset into a Consul of its own (Route A's churn has
@@ -561,8 +589,17 @@ func runRoute(env *harness.ProcessEnv, kube *harness.Kube, data Dataset, cfg Con
 		r.MCPBytesPerChg = (mcpBytes1 - mcpBytes0) / float64(max(n, 1))
 	}
 	k := float64(xdsWatchers)
-	// Every full push builds a new push context; endpoint-only pushes do not.
-	r.FullPushes = sumMetric(after, "pilot_pushcontext_init_seconds_count") - sumMetric(before, "pilot_pushcontext_init_seconds_count")
+	// A full push is one for a change other than endpoints or ambient
+	// addresses (the WDS workloads and services ztunnel gets): it rebuilds
+	// what depends on services. Counted by its trigger, the same on every
+	// release (Istio 1.31 removed PushRequest.Full and builds a push
+	// context for every push, endpoint-only ones too). The ambient reason
+	// also covers authorization policies, which no bench run changes.
+	nonEndpoint := func(m [][]byte) float64 {
+		return sumMetric(m, "pilot_push_triggers") - sumMetric(m, "pilot_push_triggers", `type="endpoint"`) -
+			sumMetric(m, "pilot_push_triggers", `type="ambient"`)
+	}
+	r.FullPushes = nonEndpoint(after) - nonEndpoint(before)
 	r.CDSPushes = (sumMetric(after, "pilot_xds_pushes", `type="cds"`) - sumMetric(before, "pilot_xds_pushes", `type="cds"`)) / k
 	r.EDSPushes = (sumMetric(after, "pilot_xds_pushes", `type="eds"`) - sumMetric(before, "pilot_xds_pushes", `type="eds"`)) / k
 	if proxy != nil {

@@ -106,8 +106,8 @@ func WatchAll(ctx context.Context, xdsAddr string, first, n int, data Dataset, t
 }
 
 // startBackends starts the real Consul and kube-apiserver a run measures against.
-func startBackends(env harness.Env) (*harness.Consul, *harness.Kube, error) {
-	consul, err := startConsul(env)
+func startBackends(env harness.Env, configure ...func(*harness.ConsulConfig)) (*harness.Consul, *harness.Kube, error) {
+	consul, err := startConsul(env, configure...)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -1,13 +1,19 @@
 package harness
 
 import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
 	"io"
 	stdlog "log"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -27,8 +33,30 @@ type FaultProxy struct {
 	srv      *http.Server
 }
 
+// errInjectedReset resets the connection of an answer a reset fault met.
+var errInjectedReset = errors.New("injected reset")
+
+// ProxyTLS makes a FaultProxy speak HTTPS (HTTP/2 where the client
+// offers it) with CertFile and KeyFile, and verify its https:// backend
+// with CAFile as ServerName.
+type ProxyTLS struct {
+	CertFile, KeyFile, CAFile, ServerName string
+}
+
 // StartFaultProxy proxies to backend (an http:// URL) until cleanup.
 func StartFaultProxy(env Env, backend string) (*FaultProxy, error) {
+	return startFaultProxy(env, backend, nil)
+}
+
+// StartFaultProxyTLS proxies to backend (an https:// URL) over HTTPS, as a
+// TLS-terminating load balancer in front of Consul does; requests to the
+// backend share HTTP/2 connections. Faults that cut connections need
+// HTTP/1.1 (StartFaultProxy).
+func StartFaultProxyTLS(env Env, backend string, t ProxyTLS) (*FaultProxy, error) {
+	return startFaultProxy(env, backend, &t)
+}
+
+func startFaultProxy(env Env, backend string, t *ProxyTLS) (*FaultProxy, error) {
 	u, err := url.Parse(backend)
 	if err != nil {
 		return nil, err
@@ -40,15 +68,60 @@ func StartFaultProxy(env Env, backend string) (*FaultProxy, error) {
 	p := &FaultProxy{URL: "http://" + l.Addr().String()}
 	p.mode.Store("")
 	rp := httputil.NewSingleHostReverseProxy(u)
+	var serve *tls.Config
+	if t != nil {
+		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("fault proxy certificate: %w", err)
+		}
+		pem, err := os.ReadFile(t.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("fault proxy backend CA: %w", err)
+		}
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("fault proxy backend CA %s: no certificate", t.CAFile)
+		}
+		serve = &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}}
+		rp.Transport = &http.Transport{
+			TLSClientConfig:   &tls.Config{RootCAs: roots, ServerName: t.ServerName},
+			ForceAttemptHTTP2: true,
+			IdleConnTimeout:   90 * time.Second,
+		}
+		p.URL = "https://" + l.Addr().String()
+	}
 	// A client that gives up (a blocking query cancelled at shutdown) is
 	// not news: every such request would print "proxy error".
 	rp.ErrorLog = stdlog.New(io.Discard, "", 0)
 	rp.ModifyResponse = func(resp *http.Response) error {
+		// A fault set while the request was forwarded (a blocking query
+		// Consul holds) meets its answer: a Consul or proxy that starts
+		// failing fails what it holds too.
+		switch m := p.mode.Load().(string); m {
+		case "", "delay":
+		case "hang":
+			<-resp.Request.Context().Done()
+			return resp.Request.Context().Err()
+		case "reset", "reset-after-data":
+			return errInjectedReset
+		default:
+			code, _ := strconv.Atoi(m)
+			resp.Body.Close()
+			resp.StatusCode, resp.Status = code, strconv.Itoa(code)+" injected fault"
+			resp.Header = http.Header{"Content-Type": {"text/plain"}}
+			resp.Body, resp.ContentLength = io.NopCloser(strings.NewReader("injected fault")), int64(len("injected fault"))
+		}
 		if f := p.answer.Load(); f != nil {
 			(*f)(resp)
 		}
 		resp.Body = CountBody(resp.Body, &p.bytes)
 		return nil
+	}
+	rp.ErrorHandler = func(w http.ResponseWriter, r *http.Request, err error) {
+		if errors.Is(err, errInjectedReset) && resetConn(w) {
+			return
+		}
+		w.WriteHeader(http.StatusBadGateway)
 	}
 	p.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -65,14 +138,8 @@ func StartFaultProxy(env Env, backend string) (*FaultProxy, error) {
 					return
 				}
 			case "reset":
-				if hj, ok := w.(http.Hijacker); ok {
-					if c, _, err := hj.Hijack(); err == nil {
-						if tc, ok := c.(*net.TCPConn); ok {
-							_ = tc.SetLinger(0) // RST, not FIN
-						}
-						c.Close()
-						return
-					}
+				if resetConn(w) {
+					return
 				}
 			case "hang":
 				// Accepted and never answered, as through a connection a NAT
@@ -111,12 +178,19 @@ func StartFaultProxy(env Env, backend string) (*FaultProxy, error) {
 			}
 		},
 	}
-	go func() { _ = p.srv.Serve(l) }()
+	if serve != nil {
+		p.srv.TLSConfig = serve
+		go func() { _ = p.srv.ServeTLS(l, "", "") }()
+	} else {
+		go func() { _ = p.srv.Serve(l) }()
+	}
 	env.Cleanup(func() { _ = p.srv.Close() })
 	return p, nil
 }
 
-// Set switches the fault for requests that arrive from now on: "" (none),
+// Set switches the fault for requests that arrive from now on, and for
+// the answers of those forwarded before that have not been passed on yet
+// (all but "delay"): "" (none),
 // "delay" (3 s), "reset" (RST before any answer), "reset-after-data" (the
 // start of an answer, then RST), "hang" (never answered), or an HTTP
 // status code ("429", "503").
@@ -154,3 +228,22 @@ func (p *FaultProxy) Rewrite(f func(*http.Request)) { p.rewrite.Store(&f) }
 
 // PeakConnections is the most connections ever open at once.
 func (p *FaultProxy) PeakConnections() int64 { return p.conns.Max() }
+
+// resetConn ends the connection under w with a reset (RST, not FIN), as a
+// crashed server's or a dropped NAT entry's; false if w cannot be taken
+// over.
+func resetConn(w http.ResponseWriter) bool {
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		return false
+	}
+	c, _, err := hj.Hijack()
+	if err != nil {
+		return false
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	_ = c.Close()
+	return true
+}

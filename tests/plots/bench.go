@@ -35,6 +35,7 @@ type result struct {
 	PeakRSSBytes int64   `json:"istiod_peak_rss_bytes"`
 	Changes      int     `json:"changes"`
 	Istiods      int     `json:"istiods"`
+	Release      string  `json:"istio_release"` // set when a run measured several
 	ConsulPerChg float64 `json:"consul_requests_per_change"`
 	ConsulBytes  float64 `json:"consul_bytes_per_change"`
 	ConsulRSS    int64   `json:"consul_peak_rss_bytes"`
@@ -140,6 +141,13 @@ func latencyCDF(r *report) (*plot.Plot, error) {
 		if x.Istiods > 1 {
 			replicas = fmt.Sprintf(", %d istiods", x.Istiods)
 			l.Dashes = []vg.Length{vg.Points(1), vg.Points(float64(x.Istiods))}
+		}
+		if x.Release != "" && x.Release != r.Results[0].Release {
+			// Releases after the first dotted, as replicas are.
+			l.Dashes = []vg.Length{vg.Points(4), vg.Points(2)}
+		}
+		if x.Release != "" {
+			replicas += ", Istio " + x.Release
 		}
 		p.Add(l)
 		p.Legend.Add(fmt.Sprintf("%s %d×%d%s  p99 %.0f ms", shortRoute(x.Route), x.Services, x.PerSvc, replicas, x.Latency.P99), l)

@@ -48,12 +48,18 @@ func TestPicturesMatchTheResults(t *testing.T) {
 }
 
 // TestFlameGraphsMatchTheProfiles: every profile committed in
-// results/profiles has its flame graph beside it, as drawn now.
+// results/profiles, or in a run's profiles/, has its flame graph beside
+// it, as drawn now.
 func TestFlameGraphsMatchTheProfiles(t *testing.T) {
 	profiles, err := filepath.Glob(filepath.Join(results, "profiles", "*.pprof"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	ofRuns, err := filepath.Glob(filepath.Join(results, "*", "profiles", "*.pprof"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	profiles = append(profiles, ofRuns...)
 	if len(profiles) == 0 {
 		t.Fatal("no profile committed")
 	}

@@ -34,9 +34,13 @@ func main() {
 	profile := flag.Bool("profile", false, "save pprof profiles into the output dir's profiles/ (make bench draws their flame graphs): istiod's CPU at start-up and in churn, its heap once synced, Consul's CPU in churn (Routes A, C)")
 	routes := flag.String("routes", "A,K,C,B", "routes to measure: A (Consul registry), K (Kubernetes Services), C (consul-mcp + istiod as shipped), B (ServiceEntry+WorkloadEntry), P (no istiod: one blocking query per service, as peers' watchers hold them)")
 	istiods := flag.String("istiods", "1", "comma-separated istiod replica counts for Route A on one Consul; each count is a run of its own (the other routes run with the first)")
+	consulHTTPS := flag.Bool("consul-https", false, "Route A reads Consul over HTTPS (through a TLS-terminating counting proxy): HTTP/2 carries its per-service watches")
+	consulMaxConns := flag.Int("consul-max-conns", 0, "Route A's Consul limits.http_max_conns_per_client (0: Consul's default, 200); with -consul-args=--consulMaxConnections=N, a watch per service over plain HTTP")
 	consulArgs := flag.String("consul-args", "", "space-separated flags added to Route A's istiod (e.g. --consulMaxConcurrentRequests=32)")
 	idle := flag.Duration("idle", 0, "quiet window after the warm-up in which Consul's idle load is measured (A, C, P)")
 	ambient := flag.Bool("ambient", false, "run istiod in ambient mode and add a WDS watcher subscribed as ztunnel")
+	releases := flag.String("releases", "", "comma-separated Istio releases to measure in turn, each with its own istiod build (out/<release>, built when missing); "+
+		"the report compares them route by route. Empty: the release make builds (ISTIO)")
 	out := flag.String("out", "results", "directory for bench.json and bench.md (make bench then draws the pictures with tests/plots)")
 	merge := flag.String("merge", "", "comma-separated bench.json files to combine into one report in -out (no run)")
 	flag.Parse()
@@ -76,26 +80,45 @@ func main() {
 		rep.Config.Kind = *kind
 	}
 	cfg := bench.Config{Watchers: *watchers, Rate: *rate, Churn: *churn, SyncTimeout: *syncTimeout, Kind: *kind,
-		ProfileDir: map[bool]string{true: filepath.Join(*out, "profiles")}[*profile], Routes: only, Ambient: *ambient, Idle: *idle, ConsulArgs: strings.Fields(*consulArgs),
+		ProfileDir: map[bool]string{true: filepath.Join(*out, "profiles")}[*profile], Routes: only, Ambient: *ambient, Idle: *idle, ConsulArgs: strings.Fields(*consulArgs), ConsulMaxConns: *consulMaxConns, ConsulHTTPS: *consulHTTPS,
 		Step: func(format string, args ...any) {
 			fmt.Printf("%s ==> %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
 		}}
-	for _, n := range ns {
-		for i, k := range ks {
-			c := cfg
-			c.Istiods = k
-			if i > 0 {
-				c.Routes = []string{"A"} // replicas are Route A's question
-			}
-			rs, err := bench.RunScale(env, bench.Dataset{N: n, M: *perSvc}, c)
-			rep.Results = append(rep.Results, rs...)
-			// Write after every run: a long run that dies late keeps what it measured.
-			if _, werr := rep.Write(*out); werr != nil {
-				fail(werr)
-			}
-			if err != nil {
-				env.Close()
-				fail(fmt.Errorf("%d×%d, %d istiod(s): %w", n, *perSvc, k, err))
+	rels := []string{""} // the release harness picks (ISTIO, else VERSION's default)
+	if *releases != "" {
+		rels = strings.Split(*releases, ",")
+		var versions []string
+		for _, rel := range rels {
+			// harness finds istiod by $ISTIO (out/<release>/), as make's targets do.
+			os.Setenv("ISTIO", rel)
+			versions = append(versions, istiodVersion())
+		}
+		rep.Istiod = strings.Join(versions, ", ")
+	}
+	for _, rel := range rels {
+		if rel != "" {
+			os.Setenv("ISTIO", rel)
+		}
+		for _, n := range ns {
+			for i, k := range ks {
+				c := cfg
+				c.Istiods = k
+				if i > 0 {
+					c.Routes = []string{"A"} // replicas are Route A's question
+				}
+				rs, err := bench.RunScale(env, bench.Dataset{N: n, M: *perSvc}, c)
+				for j := range rs {
+					rs[j].Release = rel
+				}
+				rep.Results = append(rep.Results, rs...)
+				// Write after every run: a long run that dies late keeps what it measured.
+				if _, werr := rep.Write(*out); werr != nil {
+					fail(werr)
+				}
+				if err != nil {
+					env.Close()
+					fail(fmt.Errorf("Istio %s, %d×%d, %d istiod(s): %w", rel, n, *perSvc, k, err))
+				}
 			}
 		}
 	}
@@ -117,7 +140,8 @@ func istiodVersion() string {
 	if err != nil {
 		return "unknown"
 	}
-	return strings.TrimSpace(string(b))
+	// pilot-discovery prints "client version: <version>".
+	return strings.TrimPrefix(strings.TrimSpace(string(b)), "client version: ")
 }
 
 // counts parses flag name's comma-separated positive numbers.

@@ -39,8 +39,17 @@ type Args struct {
 	MaxStale time.Duration
 	// MaxConcurrentRequests bounds in-flight per-service fetches.
 	MaxConcurrentRequests int
-	// WaitTime is the blocking-query wait.
-	WaitTime time.Duration
+	// MaxConnections bounds the TCP connections to Consul (its
+	// http_max_conns_per_client counts them per client IP, 200 by default).
+	MaxConnections int
+	// Watch is how changes are found: "services" (one blocking query per
+	// service, while they fit MaxConnections; else the catalog-wide watches)
+	// or "catalog" (the catalog-wide watches always).
+	Watch string
+	// WaitTime is the blocking-query wait of the catalog-wide watches;
+	// ServiceWaitTime that of each service's own (0: WaitTime over
+	// HTTP/1.1, 5 minutes over HTTP/2, servicewatch.go).
+	WaitTime, ServiceWaitTime time.Duration
 	// RequestTimeout bounds every request that does not block (and the
 	// time a blocking one may take beyond its wait).
 	RequestTimeout time.Duration
@@ -81,9 +90,19 @@ type Mapping struct {
 	DefaultProtocol string
 	// DefaultServiceAccount is the workload identity for instances that name none.
 	DefaultServiceAccount string
+	// DefaultServicePort is the service port of instances without meta
+	// "service-port" (each then reached there, on its own port); 0 makes
+	// each registered port a service port of its own.
+	DefaultServicePort int
 	// VIPRange is the CIDR service VIPs are allocated from.
 	VIPRange string
 }
+
+// The values of --consulWatch.
+const (
+	watchServices = "services"
+	watchCatalog  = "catalog"
+)
 
 // DefaultArgs are the documented defaults (docs/configuration.md).
 func DefaultArgs() Args {
@@ -95,6 +114,10 @@ func DefaultArgs() Args {
 		// 10 s on 2 cores (README, Performance), far below Consul's 200
 		// connections per client.
 		MaxConcurrentRequests: 32,
+		// Half of Consul's default http_max_conns_per_client (200): room
+		// for a second replica or other clients behind the same address.
+		MaxConnections: 100,
+		Watch:          watchServices,
 		// A blocking query held by a server that stopped answering (SIGSTOP,
 		// a wedged load balancer: TCP keepalives still pass) is noticed only
 		// when its wait ends; a minute bounds that for 2 requests a minute.
@@ -148,10 +171,19 @@ func AddFlags(fs *pflag.FlagSet, a *Args) {
 		"Port protocol of Consul services that name none (meta \"protocol\" or a protocol-prefixed service name)")
 	fs.StringVar(&a.Mapping.DefaultServiceAccount, "consulDefaultServiceAccount", "",
 		"Service account of Consul instances without meta \"service-account\"; empty means no identity")
+	fs.IntVar(&a.Mapping.DefaultServicePort, "consulDefaultServicePort", 0,
+		"Service port of Consul instances without meta \"service-port\": clients reach every instance there, each on its own registered port (Nomad's dynamic ports); 0: each registered port is a service port")
 	fs.StringVar(&a.Mapping.VIPRange, "consulVIPRange", a.Mapping.VIPRange, "CIDR that Consul service VIPs are allocated from")
 	fs.IntVar(&a.MaxConcurrentRequests, "consulMaxConcurrentRequests", a.MaxConcurrentRequests,
-		"Most concurrent per-service reads; the registry holds at most this + 4 connections to Consul (the catalog, nodes, critical-check and warning-check watches)")
-	fs.DurationVar(&a.WaitTime, "consulWaitTime", a.WaitTime, "Blocking-query wait time")
+		"Most concurrent per-service reads that do not block (the first sync, re-reads)")
+	fs.IntVar(&a.MaxConnections, "consulMaxConnections", a.MaxConnections,
+		"Most TCP connections to Consul; keep it below Consul's limits.http_max_conns_per_client (200 by default) divided by the istiods sharing one client address")
+	fs.StringVar(&a.Watch, "consulWatch", a.Watch,
+		"How changes are found: services (one blocking query per service: over HTTPS, HTTP/2 carries 250 per connection; "+
+			"over plain HTTP each needs a connection, so above --consulMaxConnections the catalog-wide watches are used, with a warning) or catalog")
+	fs.DurationVar(&a.WaitTime, "consulWaitTime", a.WaitTime, "Blocking-query wait time of the catalog-wide watches")
+	fs.DurationVar(&a.ServiceWaitTime, "consulServiceWaitTime", a.ServiceWaitTime,
+		"Blocking-query wait time of each service's watch; 0: --consulWaitTime over plain HTTP, 5m over HTTP/2 (Consul caps it at its max_query_time, 10 minutes by default)")
 	fs.DurationVar(&a.RequestTimeout, "consulRequestTimeout", a.RequestTimeout,
 		"Deadline of a Consul request that does not block; a blocking one gets its wait time plus this")
 	fs.DurationVar(&a.SyncTimeout, "consulSyncTimeout", a.SyncTimeout,
@@ -206,6 +238,9 @@ func (a *Args) Complete(getenv func(string) string) error {
 	default:
 		return fmt.Errorf("--consulConsistency=%q: want stale, default or consistent", a.Consistency)
 	}
+	if p := a.Mapping.DefaultServicePort; p < 0 || p > 65535 {
+		return fmt.Errorf("--consulDefaultServicePort=%d: want 1-65535, or 0 for each registered port", p)
+	}
 	if _, err := netip.ParsePrefix(a.Mapping.VIPRange); err != nil {
 		return fmt.Errorf("--consulVIPRange: %w", err)
 	}
@@ -217,6 +252,9 @@ func (a *Args) Complete(getenv func(string) string) error {
 			return fmt.Errorf("--%s=%v: want a positive duration", d.flag, d.v)
 		}
 	}
+	if a.ServiceWaitTime < 0 {
+		return fmt.Errorf("--consulServiceWaitTime=%v: want 0 (the default) or a positive duration", a.ServiceWaitTime)
+	}
 	if a.SyncTimeout < 0 {
 		return fmt.Errorf("--consulSyncTimeout=%v: want 0 (never give up) or a positive duration", a.SyncTimeout)
 	}
@@ -225,6 +263,15 @@ func (a *Args) Complete(getenv func(string) string) error {
 	}
 	if a.MaxConcurrentRequests < 1 {
 		return fmt.Errorf("--consulMaxConcurrentRequests=%d: want at least 1", a.MaxConcurrentRequests)
+	}
+	if a.MaxConnections < a.MaxConcurrentRequests+watches {
+		return fmt.Errorf("--consulMaxConnections=%d: want at least --consulMaxConcurrentRequests + %d (%d)",
+			a.MaxConnections, watches, a.MaxConcurrentRequests+watches)
+	}
+	switch a.Watch {
+	case watchServices, watchCatalog:
+	default:
+		return fmt.Errorf("--consulWatch=%q: want %s or %s", a.Watch, watchServices, watchCatalog)
 	}
 	if (a.Auth.CertFile == "") != (a.Auth.KeyFile == "") {
 		return fmt.Errorf("--consulClientCert and --consulClientKey must be set together")

@@ -1,10 +1,14 @@
 package consul
 
-// catalog.go owns the catalog listing detector: one blocking query for the
-// service list (names and tags). It marks services that are new, whose tags
-// changed, or that left; it tells the pinpoint detector when the catalog
-// index moved, since an instance may have come or gone in a service whose
-// name and tags stayed the same.
+// catalog.go owns the catalog listing: one blocking query for the service
+// list (names and tags), the only answer of Consul's that names new
+// services. It chooses the detector (servicewatch.go). With a watch per
+// service, it starts one for each new name and stops that of a service
+// that left; the listing, which Consul answers by walking every instance,
+// is then spaced by what it costs. Catalog-wide, it marks services that
+// are new, whose tags changed, or that left, and tells the pinpoint
+// detector when the catalog index moved, since an instance may have come
+// or gone in a service whose name and tags stayed the same.
 
 import (
 	"context"
@@ -12,6 +16,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 )
@@ -20,7 +25,21 @@ type catalogWatch struct {
 	mu      sync.RWMutex
 	listing map[string][]string // name -> sorted, de-duplicated tags; nil until the first read
 	index   uint64
+	// cost estimates how long Consul takes to answer a listing (an answer
+	// that did not wait); the next blocking listing waits listingSpacing
+	// times that, with per-service watches.
+	cost time.Duration
 }
+
+// listingSpacing and listingMaxGap space the listings, with per-service
+// watches, by their cost: at 100,000 instances each answer costs a Consul
+// server about 170 ms of CPU, for every registration. A quarter of the
+// time at most goes to listings; a new service is listed within a second
+// more (docs/performance.md).
+const (
+	listingSpacing = 3
+	listingMaxGap  = time.Second
+)
 
 // catalogDiff is what one listing changed.
 type catalogDiff struct {
@@ -34,7 +53,11 @@ type catalogDiff struct {
 
 // readCatalog is one blocking read of the service list.
 func (c *Controller) readCatalog(ctx context.Context, req request) (uint64, func(), error) {
+	if req.index > 0 && c.perService() && !sleep(ctx, c.catalog.gap()) {
+		return 0, nil, ctx.Err()
+	}
 	var listing map[string][]string
+	start := time.Now()
 	meta, err := c.consul.get(ctx, req, func(q *api.QueryOptions) (*api.QueryMeta, error) {
 		var m *api.QueryMeta
 		var err error
@@ -44,6 +67,7 @@ func (c *Controller) readCatalog(ctx context.Context, req request) (uint64, func
 	if err != nil {
 		return 0, nil, fmt.Errorf("list services: %w", err)
 	}
+	c.catalog.took(time.Since(start))
 	if c.aclHidden(meta, len(listing), true) {
 		return 0, nil, fmt.Errorf("list services: %w: the token (or anonymous, if none is set) needs read on service_prefix and node_prefix",
 			errACLFiltered)
@@ -52,6 +76,14 @@ func (c *Controller) readCatalog(ctx context.Context, req request) (uint64, func
 		d := c.catalog.apply(listing, meta.LastIndex)
 		if d.first {
 			c.sync.expect(d.names)
+		}
+		if c.chooseDetector(len(listing)) {
+			c.fallBack(d)
+			return
+		}
+		if c.perService() {
+			c.followListing(d)
+			return
 		}
 		if d.namesChanged {
 			// Every listed name holds its VIP, so a service's VIP depends on
@@ -65,6 +97,61 @@ func (c *Controller) readCatalog(ctx context.Context, req request) (uint64, func
 			c.pinpoint.catalogMoved(meta.LastIndex)
 		}
 	}, nil
+}
+
+// followListing has each listed service watched: the consumer reads a
+// new one first, and drops one that left. A service whose VIP moved
+// (names came or went) is read and pushed again.
+func (c *Controller) followListing(d catalogDiff) {
+	names := c.catalog.names()
+	if d.namesChanged {
+		// Before the new watches' first reads: those carry the VIPs.
+		mark := c.store.assignVIPs(c.hostnames(names))
+		for _, n := range d.changed {
+			if !c.catalog.listed(n) {
+				mark = append(mark, n) // its watch stops
+			}
+		}
+		c.dirty.mark(0, mark...)
+	}
+	c.services.follow(names)
+	c.metrics.serviceWatches.Record(float64(c.services.count()))
+}
+
+// fallBack starts the catalog-wide detectors in place of the per-service
+// watches, and reads every service once: what changed between the last
+// watch answers and the new detectors' first reads is found.
+func (c *Controller) fallBack(d catalogDiff) {
+	c.services.stopAll()
+	c.metrics.serviceWatches.Record(0)
+	close(c.fellBack)
+	names := c.catalog.names()
+	if d.first {
+		names = d.names
+	}
+	c.dirty.mark(0, c.store.assignVIPs(c.hostnames(names))...)
+	c.dirty.mark(0, names...)
+	c.pinpoint.catalogMoved(c.catalog.lastIndex())
+}
+
+// took records how long a listing took; one that waited for a change
+// (far above the estimate) says nothing of its cost.
+func (w *catalogWatch) took(d time.Duration) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch {
+	case w.cost == 0:
+		w.cost = d
+	case d < 3*w.cost:
+		w.cost = (3*w.cost + d) / 4
+	}
+}
+
+// gap is the pause before the next blocking listing.
+func (w *catalogWatch) gap() time.Duration {
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	return min(listingSpacing*w.cost, listingMaxGap)
 }
 
 // apply stores a listing and says what changed.

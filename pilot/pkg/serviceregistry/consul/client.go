@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/consul/api"
@@ -35,9 +36,10 @@ type consulClient struct {
 }
 
 // newClient builds the Consul API client. Connections are capped at
-// MaxConcurrentRequests + watches (the blocking watches), so the registry
-// stays far below Consul's http_max_conns_per_client (200) however large
-// the catalog.
+// MaxConnections, below Consul's http_max_conns_per_client (200) however
+// large the catalog: over HTTPS, HTTP/2 carries many requests on one
+// connection (the per-service watches need that at scale, servicewatch.go);
+// over plain HTTP, Consul speaks HTTP/1.1 only, a request per connection.
 func newClient(a Args, m *registryMetrics) (*consulClient, error) {
 	cfg := api.DefaultNonPooledConfig()
 	cfg.Address = a.ServerURL
@@ -48,7 +50,7 @@ func newClient(a Args, m *registryMetrics) (*consulClient, error) {
 	if err != nil {
 		return nil, err
 	}
-	maxConns := a.MaxConcurrentRequests + watches
+	maxConns := a.MaxConnections
 	dial := (&net.Dialer{
 		Timeout: 10 * time.Second,
 		// A peer that vanished without a reset (a lost node, a NAT or
@@ -69,6 +71,13 @@ func newClient(a Args, m *registryMetrics) (*consulClient, error) {
 		MaxConnsPerHost:     maxConns,
 		MaxIdleConnsPerHost: maxConns,
 		IdleConnTimeout:     90 * time.Second,
+		// With a dialer of its own, net/http speaks HTTP/2 only when asked
+		// (and the dialer offers h2 in ALPN, tlsfiles.go).
+		ForceAttemptHTTP2: true,
+		// An HTTP/2 connection that stops answering pings is closed, with
+		// every watch on it: a wedged server or proxy is found in 20 s,
+		// not at the end of each watch's wait.
+		HTTP2: &http.HTTP2Config{SendPingTimeout: 15 * time.Second, PingTimeout: 5 * time.Second},
 	}
 	var maxStale time.Duration
 	q := api.QueryOptions{Namespace: a.EnterpriseNamespace, Partition: a.Partition}
@@ -80,7 +89,8 @@ func newClient(a Args, m *registryMetrics) (*consulClient, error) {
 	}
 	g := newGate(a.MaxConcurrentRequests)
 	t := &transport{base: base, token: newTokenSource(string(a.Auth.Token), a.Auth.TokenFile), maxStale: maxStale,
-		requests: m.requests, gate: g}
+		requests: m.requests, gate: g,
+		explainTLS: func(ctx context.Context, addr string) error { return material.explain(ctx, dial, addr) }}
 	cfg.HttpClient = &http.Client{Transport: t}
 	cfg.Scheme = "" // taken from Address
 	client, err := api.NewClient(cfg)
@@ -108,6 +118,8 @@ type request struct {
 	slot bool
 	// timeout, if set, replaces the client's request timeout (a large read).
 	timeout time.Duration
+	// wait, if set, replaces the client's blocking-query wait.
+	wait time.Duration
 }
 
 // get sends one read: through the gate, with a deadline, and checks the
@@ -123,18 +135,32 @@ func (r *consulClient) get(ctx context.Context, req request, call func(*api.Quer
 		timeout = req.timeout
 	}
 	if req.index > 0 {
+		wait := r.wait
+		if req.wait > 0 {
+			wait = req.wait
+		}
 		// Consul holds a blocking query up to wait + wait/16 (its jitter).
-		q.WaitIndex, q.WaitTime = req.index, r.wait
-		timeout += r.wait + r.wait/16
+		q.WaitIndex, q.WaitTime = req.index, wait
+		timeout += wait + wait/16
 	}
 	if req.leader {
 		q.AllowStale = false
 	}
 	rctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	failing := r.gate.whileFailing()
+	if failing != nil && req.index == 0 {
+		defer context.AfterFunc(failing, cancel)()
+	}
 	start := time.Now()
 	meta, err := call(q.WithContext(rctx))
 	timedOut := rctx.Err() != nil && ctx.Err() == nil
+	if failing != nil && failing.Err() != nil && timedOut && err != nil {
+		// Sent while Consul failed, cut when it answered again: sent again
+		// at once, through the open gate.
+		release(abandoned)
+		return nil, fmt.Errorf("%w: %w", errCutOnRecovery, err)
+	}
 	switch {
 	case err != nil || meta == nil:
 	case meta.LastIndex == 0:
@@ -200,6 +226,9 @@ func statusCode(err error) int {
 }
 
 var (
+	// errCutOnRecovery: a read sent while Consul failed, cut once it
+	// answered again, to be sent again at once.
+	errCutOnRecovery = errors.New("sent while Consul failed, cut once it answered again")
 	// errStale: an answer older than the registry may accept.
 	errStale = errors.New("stale answer")
 	// errNoIndex: an answer without X-Consul-Index.
@@ -221,8 +250,13 @@ func consulFailed(err error) bool {
 
 // readService reads every registration of one service with its checks.
 func (r *consulClient) readService(ctx context.Context, name string, leader bool) ([]*api.ServiceEntry, *api.QueryMeta, error) {
+	return r.readServiceWith(ctx, name, request{slot: true, leader: leader})
+}
+
+// readServiceWith is readService sent as req says (a service's watch blocks).
+func (r *consulClient) readServiceWith(ctx context.Context, name string, req request) ([]*api.ServiceEntry, *api.QueryMeta, error) {
 	var answer []serviceAnswer
-	meta, err := r.get(ctx, request{slot: true, leader: leader}, func(q *api.QueryOptions) (*api.QueryMeta, error) {
+	meta, err := r.get(ctx, req, func(q *api.QueryOptions) (*api.QueryMeta, error) {
 		return r.Raw().Query("/v1/health/service/"+name, &answer, q)
 	})
 	if err != nil {
@@ -309,6 +343,36 @@ type transport struct {
 	// gate is held for as long as an overloaded answer's Retry-After
 	// asks: only the transport sees the answer's headers.
 	gate *gate
+	// http2 is set once Consul answered over HTTP/2: the per-service
+	// watches then share connections (servicewatch.go).
+	http2 atomic.Bool
+	// explainTLS finds the TLS alert HTTP/2 dropped (tlsfiles.go), at
+	// most once per explainEvery (explained: the last time).
+	explainTLS func(ctx context.Context, addr string) error
+	explained  atomic.Int64
+}
+
+// explainEvery bounds the extra connections explaining costs: thousands
+// of watches cut together by a server restart are one explanation.
+const explainEvery = time.Second
+
+// explain adds to the error of an HTTPS request whose connection was made
+// and then lost why the server dropped it, if a TLS alert says so:
+// net/http's HTTP/2 client reports that as "client conn could not be
+// established" or a broken pipe, and an operator needs "certificate required".
+func (t *transport) explain(req *http.Request, err error) error {
+	var op *net.OpError
+	if req.URL.Scheme != "https" || req.Context().Err() != nil || (errors.As(err, &op) && op.Op == "dial") {
+		return err
+	}
+	now, last := time.Now().UnixNano(), t.explained.Load()
+	if now-last < int64(explainEvery) || !t.explained.CompareAndSwap(last, now) {
+		return err
+	}
+	if why := t.explainTLS(req.Context(), req.URL.Host); why != nil {
+		return fmt.Errorf("%w (the server's TLS alert: %w)", err, why)
+	}
+	return err
 }
 
 // maxRetryAfter bounds how long a Retry-After may hold every read: a proxy
@@ -356,8 +420,14 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	t.requests.Increment()
 	resp, err := t.base.RoundTrip(req)
+	if err != nil {
+		err = t.explain(req, err)
+	}
 	if err == nil {
 		t.noteRetryAfter(resp)
+		if resp.ProtoMajor == 2 {
+			t.http2.Store(true)
+		}
 	}
 	return resp, err
 }

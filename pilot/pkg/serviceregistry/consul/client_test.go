@@ -103,7 +103,7 @@ func TestLaggingServerAnswerIsNotStored(t *testing.T) {
 	c, proxy := consulBehindProxy(t)
 	// Set before the registry's first request: it records every answer.
 	lagging := newLaggingServer(proxy, "/v1/health/service/web")
-	f := startRegistry(t, c, func(a *Args) { a.ServerURL = proxy.URL })
+	f := startRegistry(t, c, func(a *Args) { a.ServerURL, a.Watch = proxy.URL, watchCatalog })
 	f.register(api.AgentServiceRegistration{ID: "web-1", Name: "web", Address: "127.0.0.11", Port: 80})
 	f.register(api.AgentServiceRegistration{ID: "web-2", Name: "web", Address: "127.0.0.12", Port: 80})
 	f.waitSynced()
@@ -211,7 +211,7 @@ func TestDeregistrationAnsweredByALaggingServerIsNotStored(t *testing.T) {
 		t.Run(strings.Join(lagged, "+"), func(t *testing.T) {
 			c, proxy := consulBehindProxy(t)
 			lagging := newLaggingServer(proxy, lagged...)
-			f := startRegistry(t, c, func(a *Args) { a.ServerURL = proxy.URL })
+			f := startRegistry(t, c, func(a *Args) { a.ServerURL, a.Watch = proxy.URL, watchCatalog })
 			f.register(api.AgentServiceRegistration{ID: "web-1", Name: "web", Address: "127.0.0.11", Port: 80})
 			f.register(api.AgentServiceRegistration{ID: "web-2", Name: "web", Address: "127.0.0.12", Port: 80})
 			f.waitSynced()

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/hashicorp/consul/api"
@@ -30,6 +31,10 @@ const (
 	MetaSubzone        = "subzone"         // locality subzone; ServiceMeta, else NodeMeta
 	MetaServiceAccount = "service-account" // workload identity: a name or a spiffe:// URI
 	MetaTLSMode        = "tls-mode"        // "istio" when the instance runs an Istio sidecar
+	// MetaServicePort is the service port clients reach the instance on,
+	// which then serves it on its own registered port (Nomad's dynamic
+	// ports: every allocation on a port of its own, one service port).
+	MetaServicePort = "service-port"
 	// MetaWorkload names the workload an instance belongs to (a Nomad job,
 	// a VM group) in Istio's telemetry; the Consul service name by default.
 	MetaWorkload = "workload"
@@ -48,6 +53,7 @@ type converter struct {
 	sendUnhealthy   bool
 	defaultProtocol protocol.Instance
 	defaultSA       string
+	servicePort     int // --consulDefaultServicePort; 0: each registered port
 	trustDomain     func() string
 }
 
@@ -132,11 +138,14 @@ func (c *conversion) byDesign() bool {
 type instance struct {
 	id, node string
 	address  string
-	port     int
-	labels   labels.Instance
-	status   string // Consul's aggregated check status
-	weight   uint32
-	routed   bool // sent to istiod (healthy, or UNHEALTHY with --consulSendUnhealthy)
+	port     int // where it listens (its registration's port)
+	// servicePort is the service port it is an endpoint of: meta
+	// "service-port", else --consulDefaultServicePort, else port.
+	servicePort int
+	labels      labels.Instance
+	status      string // Consul's aggregated check status
+	weight      uint32
+	routed      bool // sent to istiod (healthy, or UNHEALTHY with --consulSendUnhealthy)
 }
 
 // hostname follows Consul DNS: <service>.service[.<ns>.ns][.<partition>.ap]
@@ -190,10 +199,10 @@ func (c *converter) convert(name string, entries []*api.ServiceEntry) conversion
 			continue
 		}
 		inst.labels = shareLabels(&labelSets, inst.labels)
-		if portProtocols[inst.port] == nil {
-			portProtocols[inst.port] = map[protocol.Instance]int{}
+		if portProtocols[inst.servicePort] == nil {
+			portProtocols[inst.servicePort] = map[protocol.Instance]int{}
 		}
-		portProtocols[inst.port][proto]++
+		portProtocols[inst.servicePort][proto]++
 		inst.status = e.Checks.AggregatedStatus()
 		cands = append(cands, candidate{entry: e, inst: inst, protocol: proto})
 	}
@@ -232,7 +241,7 @@ func (c *converter) convert(name string, entries []*api.ServiceEntry) conversion
 	sas := map[string]struct{}{}
 	for _, cd := range cands {
 		out.instances = append(out.instances, cd.inst)
-		ep := c.endpoint(name, cd.entry, cd.inst, portNames[cd.inst.port])
+		ep := c.endpoint(name, cd.entry, cd.inst, portNames[cd.inst.servicePort])
 		if ep == nil {
 			continue
 		}
@@ -277,10 +286,32 @@ func (c *converter) instanceOf(name string, e *api.ServiceEntry) (*instance, pro
 	case s.Port < 1 || s.Port > 65535:
 		skip.Reason, skip.kind = fmt.Sprintf("port %d is out of range 1-65535", s.Port), "port_out_of_range"
 	default:
-		return &instance{id: s.ID, node: e.Node.Node, address: ip.Unmap().String(), port: s.Port, labels: instanceLabels(s)},
-			c.protocolOf(name, s.Meta[MetaProtocol]), skipped{}
+		servicePort, err := c.servicePortOf(s)
+		if err != nil {
+			skip.Reason, skip.kind = err.Error(), "bad_service_port"
+			return nil, "", skip
+		}
+		return &instance{id: s.ID, node: e.Node.Node, address: ip.Unmap().String(), port: s.Port, servicePort: servicePort,
+			labels: instanceLabels(s)}, c.protocolOf(name, s.Meta[MetaProtocol]), skipped{}
 	}
 	return nil, "", skip
+}
+
+// servicePortOf is the service port a registration is an endpoint of: meta
+// "service-port", else --consulDefaultServicePort, else its own port.
+func (c *converter) servicePortOf(s *api.AgentService) (int, error) {
+	v, ok := s.Meta[MetaServicePort]
+	if !ok {
+		if c.servicePort > 0 {
+			return c.servicePort, nil
+		}
+		return s.Port, nil
+	}
+	p, err := strconv.Atoi(v)
+	if err != nil || p < 1 || p > 65535 {
+		return 0, fmt.Errorf("meta %q = %q is not a port 1-65535", MetaServicePort, v)
+	}
+	return p, nil
 }
 
 // protocolOf: ServiceMeta "protocol", else a protocol prefix of the service
@@ -326,7 +357,7 @@ func (c *converter) endpoint(name string, e *api.ServiceEntry, inst *instance, p
 		Addresses:              []string{inst.address},
 		EndpointPort:           uint32(inst.port),
 		ServicePortName:        portName,
-		LegacyClusterPortKey:   inst.port,
+		LegacyClusterPortKey:   inst.servicePort,
 		Labels:                 inst.labels,
 		ServiceAccount:         c.serviceAccount(e.Service.Meta[MetaServiceAccount]),
 		Locality:               model.Locality{Label: locality(e), ClusterID: c.clusterID},

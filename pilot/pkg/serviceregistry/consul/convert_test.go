@@ -73,6 +73,63 @@ func TestMapping(t *testing.T) {
 		assert.Equal(t, model.Port{Name: "http-8080", Port: 8080, Protocol: protocol.HTTP}, *out.service.Ports[0])
 		assert.Equal(t, model.Port{Name: "grpc-9090", Port: 9090, Protocol: protocol.GRPC}, *out.service.Ports[1])
 	})
+	t.Run("dynamic ports: meta service-port is the one service port, each endpoint on its own", func(t *testing.T) {
+		sp := map[string]string{"protocol": "grpc", "service-port": "8080"}
+		out := c.convert("web", []*api.ServiceEntry{
+			entry(reg{id: "alloc-1", addr: "10.0.0.1", port: 23101, meta: sp}),
+			entry(reg{id: "alloc-2", addr: "10.0.0.1", port: 23102, meta: sp}),
+			entry(reg{id: "alloc-3", addr: "10.0.0.2", port: 27450, meta: sp}),
+		})
+		require.Equal(t, model.PortList{{Name: "grpc-8080", Port: 8080, Protocol: protocol.GRPC}}, out.service.Ports)
+		require.Len(t, out.endpoints, 3)
+		for i, want := range []uint32{23101, 23102, 27450} {
+			ep := out.endpoints[i]
+			assert.Equal(t, want, ep.EndpointPort, "endpoint %d listens on its own port", i)
+			assert.Equal(t, "grpc-8080", ep.ServicePortName)
+			assert.Equal(t, 8080, ep.LegacyClusterPortKey, "the cluster outbound|8080||web.service.consul holds it")
+		}
+	})
+	t.Run("dynamic ports: several named ports per instance, a service-port each", func(t *testing.T) {
+		// Nomad port labels, or several registrations per instance: one
+		// registration per port, each naming its service port.
+		out := c.convert("web", []*api.ServiceEntry{
+			entry(reg{id: "a-http", addr: "10.0.0.1", port: 23101, meta: map[string]string{"protocol": "http", "service-port": "80"}}),
+			entry(reg{id: "a-admin", addr: "10.0.0.1", port: 23102, meta: map[string]string{"protocol": "http", "service-port": "9901"}}),
+			entry(reg{id: "b-http", addr: "10.0.0.2", port: 31544, meta: map[string]string{"protocol": "http", "service-port": "80"}}),
+			entry(reg{id: "b-admin", addr: "10.0.0.2", port: 31545, meta: map[string]string{"protocol": "http", "service-port": "9901"}}),
+		})
+		require.Equal(t, model.PortList{{Name: "http-80", Port: 80, Protocol: protocol.HTTP}, {Name: "http-9901", Port: 9901, Protocol: protocol.HTTP}},
+			out.service.Ports)
+		got := map[string][]uint32{}
+		for _, ep := range out.endpoints {
+			got[ep.ServicePortName] = append(got[ep.ServicePortName], ep.EndpointPort)
+		}
+		assert.Equal(t, map[string][]uint32{"http-80": {23101, 31544}, "http-9901": {23102, 31545}}, got)
+	})
+	t.Run("dynamic ports: --consulDefaultServicePort for instances without the meta", func(t *testing.T) {
+		c := testConverter()
+		c.servicePort = 8080
+		out := c.convert("web", []*api.ServiceEntry{
+			entry(reg{id: "a", addr: "10.0.0.1", port: 23101}),
+			entry(reg{id: "b", addr: "10.0.0.2", port: 23102}),
+			entry(reg{id: "c", addr: "10.0.0.3", port: 9000, meta: map[string]string{"service-port": "9000"}}),
+		})
+		require.Equal(t, model.PortList{{Name: "tcp-8080", Port: 8080, Protocol: protocol.TCP}, {Name: "tcp-9000", Port: 9000, Protocol: protocol.TCP}},
+			out.service.Ports)
+		assert.Equal(t, []uint32{23101, 23102, 9000}, []uint32{out.endpoints[0].EndpointPort, out.endpoints[1].EndpointPort, out.endpoints[2].EndpointPort})
+	})
+	t.Run("dynamic ports: a service-port that is no port skips the instance, with why", func(t *testing.T) {
+		out := c.convert("web", []*api.ServiceEntry{
+			entry(reg{id: "a", addr: "10.0.0.1", port: 23101, meta: map[string]string{"service-port": "8080"}}),
+			entry(reg{id: "b", addr: "10.0.0.2", port: 23102, meta: map[string]string{"service-port": "http"}}),
+			entry(reg{id: "c", addr: "10.0.0.3", port: 23103, meta: map[string]string{"service-port": "70000"}}),
+		})
+		require.Len(t, out.endpoints, 1)
+		require.Len(t, out.skipped, 2)
+		assert.Equal(t, `meta "service-port" = "http" is not a port 1-65535`, out.skipped[0].Reason)
+		assert.Equal(t, "bad_service_port", out.skipped[1].kind)
+		assert.Contains(t, out.warnings("web")[0], `instance "b" on node "n1" skipped: meta "service-port"`)
+	})
 	t.Run("protocol: meta, else name prefix, else default", func(t *testing.T) {
 		for _, tc := range []struct {
 			name, meta string

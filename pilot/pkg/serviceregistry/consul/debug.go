@@ -41,6 +41,13 @@ type consulView struct {
 	CatalogIndex       uint64     `json:"catalogIndex"`
 	// ChecksIndex is the index of the last read of every check (pinpoint.go).
 	ChecksIndex uint64 `json:"checksIndex"`
+	// Watch is how changes are found: "services" (a watch per service),
+	// "catalog" (the catalog-wide watches), "" before the first listing;
+	// ServiceWatches counts the per-service watches, HTTP2 whether Consul
+	// answers over HTTP/2.
+	Watch          string `json:"watch"`
+	ServiceWatches int    `json:"serviceWatches"`
+	HTTP2          bool   `json:"http2"`
 	// Panics the registry recovered from, and the last one's message.
 	Panics    int    `json:"panics"`
 	LastPanic string `json:"lastPanic,omitempty"`
@@ -78,14 +85,17 @@ type portView struct {
 }
 
 type instanceView struct {
-	ID      string            `json:"id"`
-	Node    string            `json:"node"`
-	Address string            `json:"address"`
-	Port    int               `json:"port"`
-	Status  string            `json:"status"` // Consul's aggregated check status
-	Routed  bool              `json:"routed"` // sent to istiod
-	Weight  uint32            `json:"weight"`
-	Labels  map[string]string `json:"labels,omitempty"`
+	ID      string `json:"id"`
+	Node    string `json:"node"`
+	Address string `json:"address"`
+	Port    int    `json:"port"`
+	// ServicePort is the service port it is reached on (meta "service-port"
+	// or --consulDefaultServicePort): Port's own when they are the same.
+	ServicePort int               `json:"servicePort"`
+	Status      string            `json:"status"` // Consul's aggregated check status
+	Routed      bool              `json:"routed"` // sent to istiod
+	Weight      uint32            `json:"weight"`
+	Labels      map[string]string `json:"labels,omitempty"`
 }
 
 type notServedView struct {
@@ -120,13 +130,16 @@ func (c *Controller) debugView(service string) registryView {
 	v := registryView{
 		Cluster: string(c.opts.ClusterID),
 		Consul: consulView{
-			Address:      c.args.ServerURL,
-			Datacenter:   c.args.Datacenter,
-			Reachable:    st.reachable,
-			CatalogIndex: c.catalog.lastIndex(),
-			ChecksIndex:  c.pinpoint.lastIndex(),
-			Panics:       st.panics,
-			LastPanic:    st.lastPanic,
+			Address:        c.args.ServerURL,
+			Datacenter:     c.args.Datacenter,
+			Reachable:      st.reachable,
+			CatalogIndex:   c.catalog.lastIndex(),
+			ChecksIndex:    c.pinpoint.lastIndex(),
+			Watch:          c.detectorName(),
+			ServiceWatches: c.services.count(),
+			HTTP2:          c.consul.transport.http2.Load(),
+			Panics:         st.panics,
+			LastPanic:      st.lastPanic,
 		},
 		Synced:             c.HasSynced(),
 		Services:           []serviceView{},
@@ -165,7 +178,7 @@ func (c *Controller) debugView(service string) registryView {
 		}
 		for _, i := range s.instances {
 			sv.Instances = append(sv.Instances, instanceView{ID: i.id, Node: i.node, Address: i.address, Port: i.port,
-				Status: i.status, Routed: i.routed, Weight: i.weight, Labels: i.labels})
+				ServicePort: i.servicePort, Status: i.status, Routed: i.routed, Weight: i.weight, Labels: i.labels})
 		}
 		rec := records[s.name]
 		sv.Skipped, sv.ProtocolConflicts, sv.ReadIndex, sv.ReadAt = rec.skipped, rec.conflicts, rec.index, rec.at

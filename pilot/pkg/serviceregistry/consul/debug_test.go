@@ -90,7 +90,7 @@ func TestDebugView(t *testing.T) {
 	for _, i := range web.Instances {
 		byID[i.ID] = i
 	}
-	assert.Equal(t, instanceView{ID: "web-1", Node: byID["web-1"].Node, Address: "127.0.0.11", Port: 8080, Status: "passing",
+	assert.Equal(t, instanceView{ID: "web-1", Node: byID["web-1"].Node, Address: "127.0.0.11", Port: 8080, ServicePort: 8080, Status: "passing",
 		Routed: true, Weight: 1, Labels: map[string]string{"version": "v1", "protocol": "http"}}, byID["web-1"])
 	assert.Equal(t, "critical", byID["web-3"].Status)
 	assert.False(t, byID["web-3"].Routed, "critical instances are not routed")

@@ -41,7 +41,7 @@ func (c *Controller) GetProxyServiceTargets(p *model.Proxy) []model.ServiceTarge
 					continue
 				}
 				for _, port := range s.service.Ports {
-					if port.Port == inst.port {
+					if port.Port == inst.servicePort {
 						out = append(out, model.ServiceTarget{
 							Service: s.service,
 							Port:    model.ServiceInstancePort{ServicePort: port, TargetPort: uint32(inst.port)},

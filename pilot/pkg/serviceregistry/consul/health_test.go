@@ -27,7 +27,7 @@ func TestNodeCheckSeenByOneReadStillMarksItsNeighbours(t *testing.T) {
 			sc.register("n2", api.AgentService{ID: name + "-2", Service: name, Address: "127.0.0.12", Port: 80}, api.HealthPassing)
 		}
 		sc.setNodeHealth("n1", api.HealthPassing)
-		reg, side := startScripted(t, sc, nil)
+		reg, side := startScripted(t, sc, catalogWide)
 		settle(time.Minute)
 		require.True(t, reg.HasSynced())
 		require.Equal(t, sc.truth(), istiodView(side))
@@ -78,7 +78,7 @@ func TestFlipAnsweredByAFollowerBehindItIsNotStored(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		sc := newScriptedConsul()
 		registerWeb(sc)
-		reg, side := startScripted(t, sc, nil)
+		reg, side := startScripted(t, sc, catalogWide)
 		settle(time.Minute)
 		require.Equal(t, sc.truth(), istiodView(side))
 

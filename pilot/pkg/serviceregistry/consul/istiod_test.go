@@ -7,6 +7,7 @@ import (
 
 	"istio.io/istio/pilot/pkg/model"
 	"istio.io/istio/pkg/cluster"
+	"istio.io/istio/pkg/util/sets"
 )
 
 // istiodSide stands where istiod's DiscoveryServer stands: it applies
@@ -88,6 +89,10 @@ func (s *istiodSide) SvcUpdate(shard model.ShardKey, hostname, ns string, event 
 func (s *istiodSide) ConfigUpdate(*model.PushRequest)  {}
 func (s *istiodSide) ProxyUpdate(cluster.ID, string)   {}
 func (s *istiodSide) RemoveShard(shard model.ShardKey) { s.index.DeleteShard(shard) }
+
+// PruneShard is XDSUpdater's from Istio 1.31 on; the registry never calls
+// it (it deletes what left, service by service).
+func (s *istiodSide) PruneShard(model.ShardKey, map[string]sets.String) {}
 func (s *istiodSide) handler(prev, curr *model.Service, event model.Event) {
 	s.record("handler "+event.String(), string(curr.Hostname))
 }

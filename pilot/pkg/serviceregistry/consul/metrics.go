@@ -23,7 +23,7 @@ var (
 	consulEndpoints = monitoring.NewGauge("pilot_consul_endpoints",
 		"Consul endpoints (routable instance ports) served to istiod.")
 	consulSkipped = monitoring.NewGauge("pilot_consul_skipped_instances",
-		"Consul registrations left out of the services read, by reason (hostname_address, scoped_address, no_address, port_out_of_range, not_a_workload, no_data); /debug/consulz names each one.")
+		"Consul registrations left out of the services read, by reason (hostname_address, scoped_address, no_address, port_out_of_range, bad_service_port, not_a_workload, no_data); /debug/consulz names each one.")
 	consulVIPs = monitoring.NewGauge("pilot_consul_vips",
 		"Service VIPs allocated from --consulVIPRange.")
 	consulVIPCapacity = monitoring.NewGauge("pilot_consul_vip_capacity",
@@ -50,6 +50,10 @@ var (
 		"First syncs given up after --consulSyncTimeout without a successful Consul read (istiod went ready without the catalog).")
 	consulPanics = monitoring.NewSum("pilot_consul_panics_total",
 		"Panics the registry recovered from (logged with their stack); the loop or service that panicked is retried.")
+	consulFallback = monitoring.NewGauge("pilot_consul_catalog_fallback",
+		"1 while the catalog-wide watches run because a watch per service would not fit --consulMaxConnections (registrations then take seconds at scale; docs/production-consul.md), else 0.")
+	consulServiceWatches = monitoring.NewGauge("pilot_consul_service_watches",
+		"Per-service blocking queries held open.")
 	consulPushLatency = monitoring.NewDistribution("pilot_consul_change_to_push_seconds",
 		"Time from a Consul change being observed to its push to istiod.",
 		[]float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10})
@@ -58,6 +62,7 @@ var (
 // registryMetrics are one registry's series.
 type registryMetrics struct {
 	services, endpoints, vips, vipCapacity, lastSync, lastError, synced, syncSeconds, reachable monitoring.Metric
+	fallback, serviceWatches                                                                    monitoring.Metric
 	requests, fullReads, lagging, syncTimeouts, panics                                          monitoring.Metric
 	pushLatency                                                                                 monitoring.Metric
 	cluster                                                                                     monitoring.LabelValue
@@ -66,7 +71,7 @@ type registryMetrics struct {
 // Readers (the watch label) and kinds of skip reason (the reason label).
 var (
 	readers     = []string{"catalog", "health", "nodes", "checks", "service"}
-	skipReasons = []string{"no_data", "not_a_workload", "no_address", "hostname_address", "scoped_address", "port_out_of_range"}
+	skipReasons = []string{"no_data", "not_a_workload", "no_address", "hostname_address", "scoped_address", "port_out_of_range", "bad_service_port"}
 )
 
 // newRegistryMetrics binds the metrics to registry id and exports every
@@ -82,8 +87,11 @@ func newRegistryMetrics(id cluster.ID) *registryMetrics {
 		requests: consulRequests.With(l), fullReads: consulFullReads.With(l), lagging: consulLaggingAnswers.With(l),
 		syncTimeouts: consulSyncTimeouts.With(l), panics: consulPanics.With(l),
 		pushLatency: consulPushLatency.With(l),
-		cluster:     l,
+		fallback:    consulFallback.With(l), serviceWatches: consulServiceWatches.With(l),
+		cluster: l,
 	}
+	m.fallback.Record(0)
+	m.serviceWatches.Record(0)
 	for _, c := range []monitoring.Metric{m.requests, m.fullReads, m.lagging, m.syncTimeouts, m.panics} {
 		c.Record(0) // adds nothing to a sum
 	}

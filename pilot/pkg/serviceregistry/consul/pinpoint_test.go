@@ -25,7 +25,7 @@ func TestRestoreForgetsVanishedCheckRanges(t *testing.T) {
 		sc.register("n1", api.AgentService{ID: "web-1", Service: "web", Address: "127.0.0.11", Port: 80}, api.HealthPassing)
 		sc.register("n1", api.AgentService{ID: "web-2", Service: "web", Address: "127.0.0.12", Port: 80}, api.HealthPassing)
 		sc.register("n1", api.AgentService{ID: "api-1", Service: "api", Address: "127.0.0.13", Port: 80}, api.HealthPassing)
-		reg, side := startScripted(t, sc, nil)
+		reg, side := startScripted(t, sc, catalogWide)
 		settle(time.Minute)
 		require.True(t, reg.HasSynced())
 		baseline := sc.checksIndex // the pinpoint detector's first read, after the sync
@@ -68,7 +68,7 @@ func TestPinpointReadsAreSpacedUnderChurn(t *testing.T) {
 			}
 			return nil, nil
 		})
-		reg, side := startScripted(t, sc, nil)
+		reg, side := startScripted(t, sc, catalogWide)
 		settle(time.Minute)
 		require.True(t, reg.HasSynced())
 		before := full.Load()
@@ -102,7 +102,7 @@ func TestAFailedPinpointReadDoesNotDelayTheNext(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		sc := newScriptedConsul()
 		sc.register("n1", api.AgentService{ID: "web-1", Service: "web", Address: "127.0.0.11", Port: 80}, api.HealthPassing)
-		reg, side := startScripted(t, sc, nil)
+		reg, side := startScripted(t, sc, catalogWide)
 		settle(time.Minute)
 		require.True(t, reg.HasSynced())
 		// The next read of every check hangs until its deadline.

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"istio.io/istio/pilot/pkg/model"
@@ -63,6 +64,10 @@ type Controller struct {
 	handlers model.ControllerHandlers
 
 	catalog  *catalogWatch
+	services *serviceWatches
+	detector atomic.Int32  // detectorUndecided, detectorServices or detectorCatalog
+	decided  chan struct{} // closed when the first listing chose the detector
+	fellBack chan struct{} // closed when the catalog-wide detectors start
 	health   *healthWatch
 	pinpoint *pinpointer
 	dirty    *dirtySet
@@ -108,10 +113,14 @@ func New(args Args, opts Options) (*Controller, error) {
 			sendUnhealthy:   args.Mapping.SendUnhealthy,
 			defaultProtocol: protocol.Parse(args.Mapping.DefaultProtocol),
 			defaultSA:       args.Mapping.DefaultServiceAccount,
+			servicePort:     args.Mapping.DefaultServicePort,
 			trustDomain:     opts.TrustDomain,
 			remoteDC:        remoteDC,
 		},
 		catalog:  &catalogWatch{},
+		services: newServiceWatches(),
+		decided:  make(chan struct{}),
+		fellBack: make(chan struct{}),
 		health:   newHealthWatch(),
 		pinpoint: newPinpointer(),
 		dirty:    newDirtySet("consul-" + string(opts.ClusterID)),
@@ -137,21 +146,18 @@ func (c *Controller) Run(stop <-chan struct{}) {
 	c.sync.started = time.Now()
 	c.metrics.synced.Record(0)
 	c.metrics.syncSeconds.Record(0)
-	log.Infof("consul registry %s: watching %s (consistency %s, at most %d connections)",
-		c.opts.ClusterID, c.args.ServerURL, c.args.Consistency, c.args.MaxConcurrentRequests+watches)
+	log.Infof("consul registry %s: watching %s (consistency %s, %s watches, at most %d connections)",
+		c.opts.ClusterID, c.args.ServerURL, c.args.Consistency, c.args.Watch, c.args.MaxConnections)
 
 	var wg sync.WaitGroup
 	for range c.args.MaxConcurrentRequests {
 		wg.Go(func() { c.work(ctx) })
 	}
 	wg.Go(func() { c.keep(ctx, "catalog watch", func() { c.blockingWatch(ctx, "catalog", c.readCatalog) }) })
-	for _, state := range watchedStates {
-		wg.Go(func() {
-			c.keep(ctx, state+" health watch", func() { c.blockingWatch(ctx, "health", c.readHealth(state)) })
-		})
-	}
-	wg.Go(func() { c.keep(ctx, "nodes watch", func() { c.blockingWatch(ctx, "nodes", c.readNodes) }) })
-	wg.Go(func() { c.keep(ctx, "pinpoint", func() { c.runPinpoint(ctx) }) })
+	c.services.begin(ctx, c.watchService, func(names []string) uint64 { return c.dirty.markWith(mark{fresh: true}, names...) })
+	wg.Go(func() { <-ctx.Done(); c.services.end() })
+	wg.Go(func() { c.runCatalogWide(ctx) })
+	wg.Go(func() { c.runSentinel(ctx) })
 	wg.Go(func() { c.awaitSync(ctx) })
 
 	<-stop
@@ -216,13 +222,39 @@ func (c *Controller) awaitSync(ctx context.Context) {
 	}
 }
 
+// runCatalogWide runs the catalog-wide detectors once the listing chose
+// them (servicewatch.go), until ctx ends.
+func (c *Controller) runCatalogWide(ctx context.Context) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-c.fellBack:
+	}
+	var wg sync.WaitGroup
+	for _, state := range watchedStates {
+		wg.Go(func() {
+			c.keep(ctx, state+" health watch", func() { c.blockingWatch(ctx, "health", c.readHealth(state)) })
+		})
+	}
+	wg.Go(func() { c.keep(ctx, "nodes watch", func() { c.blockingWatch(ctx, "nodes", c.readNodes) }) })
+	wg.Go(func() { c.keep(ctx, "pinpoint", func() { c.runPinpoint(ctx) }) })
+	wg.Wait()
+}
+
 // idle says whether the registry has caught up with everything it has
-// seen: the first read of every check (the pinpoint baseline) is done, and
-// no read of checks or services is requested, running or queued, nor a
-// pinpoint verdict waiting. A refused service waiting out its own retry
-// delay does not count.
+// seen: the catalog is listed, and every service's watch has answered or,
+// catalog-wide, the first read of every check (the pinpoint baseline) is
+// done and no read of checks is requested or running, nor a pinpoint
+// verdict waiting; no read of a service is queued or running. A refused
+// service waiting out its own retry delay does not count.
 func (c *Controller) idle() bool {
-	return c.pinpoint.lastIndex() > 0 && !c.pinpoint.busy() && !c.dirty.busy()
+	switch c.detector.Load() {
+	case detectorServices:
+		return c.services.caughtUp() && !c.dirty.busy()
+	case detectorCatalog:
+		return c.pinpoint.lastIndex() > 0 && !c.pinpoint.busy() && !c.dirty.busy()
+	}
+	return false
 }
 
 // syncCompleted exports the end of the first sync.

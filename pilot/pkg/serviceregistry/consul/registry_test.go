@@ -47,8 +47,9 @@ func startRegistry(t *testing.T, c *harness.Consul, edit func(*Args)) *fixture {
 	return startRegistryWith(t, c, newIstiodSide(), edit)
 }
 
-// startRegistryWith is startRegistry with istiod's side given (hooks set).
-func startRegistryWith(t *testing.T, c *harness.Consul, side *istiodSide, edit func(*Args)) *fixture {
+// startRegistryWith is startRegistry with istiod's side given (hooks set),
+// and before run on the registry before it starts.
+func startRegistryWith(t *testing.T, c *harness.Consul, side *istiodSide, edit func(*Args), before ...func(*Controller)) *fixture {
 	t.Helper()
 	args := DefaultArgs()
 	args.ServerURL = c.URL()
@@ -62,6 +63,9 @@ func startRegistryWith(t *testing.T, c *harness.Consul, side *istiodSide, edit f
 	require.NoError(t, err)
 	reg.AppendServiceHandler(bootstrapHandler(t, xds))
 	reg.AppendServiceHandler(side.handler)
+	for _, f := range before {
+		f(reg)
+	}
 	stop, done := make(chan struct{}), make(chan struct{})
 	go func() { reg.Run(stop); close(done) }()
 	t.Cleanup(func() {
@@ -72,19 +76,24 @@ func startRegistryWith(t *testing.T, c *harness.Consul, side *istiodSide, edit f
 }
 
 // bootstrapHandler does what istiod's bootstrap service handler does
-// (pilot/pkg/bootstrap/server.go initRegistryEventHandlers): a full push
-// scoped to the changed service. It reads curr, as istiod does, so a handler
+// (pilot/pkg/bootstrap/server.go initRegistryEventHandlers): a push of the
+// changed service's ServiceEntry, which rebuilds what depends on it (a full
+// push, before Istio 1.31 removed PushRequest.Full; xdsfake records it as
+// servicePush without the field). It reads curr, as istiod does, so a handler
 // call with a nil curr fails the test instead of crashing istiod in production.
 func bootstrapHandler(t *testing.T, xds model.XDSUpdater) model.ServiceHandler {
 	return func(prev, curr *model.Service, event model.Event) {
 		require.NotNil(t, curr, "service handler called with nil curr (%v)", event)
 		xds.ConfigUpdate(&model.PushRequest{
-			Full:           true,
 			ConfigsUpdated: sets.New(model.ConfigKey{Kind: kind.ServiceEntry, Name: string(curr.Hostname), Namespace: curr.Attributes.Namespace}),
 			Reason:         model.NewReasonStats(model.ServiceUpdate),
 		})
 	}
 }
+
+// servicePush is how xdsfake records bootstrapHandler's push; the registry
+// itself pushes endpoints only ("eds" events).
+const servicePush = "xds"
 
 func (f *fixture) register(r api.AgentServiceRegistration) {
 	f.t.Helper()
@@ -190,7 +199,7 @@ func TestHealthFlipIsAnEDSOnlyPush(t *testing.T) {
 	flip(api.HealthWarning, 1, "warning is not routed by default")
 	flip(api.HealthPassing, 2, "the last flip's events end here")
 	for _, e := range events {
-		assert.NotEqual(t, "xds full", e.Type, "a flip is no full push: %v", e)
+		assert.NotEqual(t, servicePush, e.Type, "a flip is no full push: %v", e)
 	}
 }
 
@@ -214,13 +223,13 @@ func TestServiceLifecycle(t *testing.T) {
 
 	// A new service: a push scoped to that service.
 	f.register(api.AgentServiceRegistration{ID: "b-1", Name: "beta", Address: "127.0.0.32", Port: 80})
-	f.waitEvent("xds full", "beta.service.consul")
+	f.waitEvent(servicePush, "beta.service.consul")
 	require.NotNil(t, f.reg.GetService("beta.service.consul"))
 
 	// A second registration on a new port adds a port.
 	f.register(api.AgentServiceRegistration{ID: "b-2", Name: "beta", Address: "127.0.0.32", Port: 9090,
 		Meta: map[string]string{"protocol": "grpc"}})
-	f.waitEvent("xds full", "beta.service.consul")
+	f.waitEvent(servicePush, "beta.service.consul")
 	ports := f.reg.GetService("beta.service.consul").Ports
 	require.Len(t, ports, 2)
 	assert.Equal(t, "grpc-9090", ports[1].Name)
@@ -228,7 +237,7 @@ func TestServiceLifecycle(t *testing.T) {
 	// Deregistering every instance deletes the service.
 	require.NoError(t, f.consul.Client.Agent().ServiceDeregister("b-1"))
 	require.NoError(t, f.consul.Client.Agent().ServiceDeregister("b-2"))
-	f.waitEvent("xds full", "beta.service.consul")
+	f.waitEvent(servicePush, "beta.service.consul")
 	assert.Eventually(t, func() bool { return f.reg.GetService("beta.service.consul") == nil }, 10*time.Second, 10*time.Millisecond)
 	assert.NotNil(t, f.reg.GetService("alpha.service.consul"), "other services untouched")
 }
@@ -260,7 +269,7 @@ func TestServicesWithoutWorkloadsAreNotServed(t *testing.T) {
 	assert.Equal(t, []string{"consul.service.consul", "web.service.consul"}, hosts, "Consul itself and web; no sidecar proxy, no all-bad service")
 
 	f.register(api.AgentServiceRegistration{ID: "good-1", Name: "onlybad", Address: "127.0.0.52", Port: 80})
-	f.waitEvent("xds full", "onlybad.service.consul")
+	f.waitEvent(servicePush, "onlybad.service.consul")
 	require.NotNil(t, f.reg.GetService("onlybad.service.consul"))
 	f.eventuallyEndpoints("onlybad", "127.0.0.52:80")
 }
@@ -374,9 +383,17 @@ func reachable(reg *Controller) bool { return reg.debugView("").Consul.Reachable
 
 // An idle catalog costs only the watches: a blocking query that times out
 // (same index, same content) is no change and must not re-read services.
-// Counted per event: every request the registry sends is counted by path
-// until each watch has timed out three times.
+// Catalog-wide, the four watches; with a watch per service, each service's
+// watch, the listing and the restore sentinel. Counted per event: every
+// request the registry sends is counted by path until each watch has timed
+// out three times.
 func TestIdleCatalogCostsOnlyTheWatches(t *testing.T) {
+	for _, watch := range []string{watchCatalog, watchServices} {
+		t.Run(watch, func(t *testing.T) { testIdleCatalogCostsOnlyTheWatches(t, watch) })
+	}
+}
+
+func testIdleCatalogCostsOnlyTheWatches(t *testing.T, watch string) {
 	c, err := harness.StartConsul(t)
 	require.NoError(t, err)
 	counter, err := harness.StartFaultProxy(t, c.URL())
@@ -386,29 +403,45 @@ func TestIdleCatalogCostsOnlyTheWatches(t *testing.T) {
 	counter.Rewrite(func(r *http.Request) {
 		mu.Lock()
 		defer mu.Unlock()
-		byPath[r.URL.Path]++
+		key := r.URL.Path
+		if r.URL.Query().Has("node-meta") {
+			key += " (restore sentinel)"
+		}
+		byPath[key]++
 	})
 	counts := func() map[string]int {
 		mu.Lock()
 		defer mu.Unlock()
 		return maps.Clone(byPath)
 	}
-	f := startRegistry(t, c, func(a *Args) { a.ServerURL, a.WaitTime = counter.URL, time.Second })
+	f := startRegistry(t, c, func(a *Args) {
+		a.ServerURL, a.WaitTime, a.ServiceWaitTime, a.Watch = counter.URL, time.Second, time.Second, watch
+	})
+	watched := watchPaths
+	if watch == watchServices {
+		watched = []string{"/v1/catalog/services", "/v1/catalog/services (restore sentinel)", "/v1/health/service/consul"}
+	}
 	for i := range 20 {
 		f.register(api.AgentServiceRegistration{ID: fmt.Sprintf("idle-%d", i), Name: fmt.Sprintf("idle-%d", i),
 			Address: "127.0.0.50", Port: 80})
+		if watch == watchServices {
+			watched = append(watched, fmt.Sprintf("/v1/health/service/idle-%d", i))
+		}
 	}
 	f.waitSynced()
 	require.Eventually(t, func() bool { return len(f.reg.Services()) == 21 }, 10*time.Second, 10*time.Millisecond)
 	settled(t, f.reg)
+	require.Equal(t, watch, f.reg.detectorName())
+	if watch == watchCatalog {
+		require.Len(t, watchPaths, watches)
+	}
 
-	require.Len(t, watchPaths, watches)
 	before := counts()
 	since := func(now map[string]int, path string) int { return now[path] - before[path] }
 	var after map[string]int
 	require.Eventually(t, func() bool {
 		after = counts()
-		for _, p := range watchPaths {
+		for _, p := range watched {
 			if since(after, p) < 3 {
 				return false
 			}
@@ -417,11 +450,11 @@ func TestIdleCatalogCostsOnlyTheWatches(t *testing.T) {
 	}, 30*time.Second, 10*time.Millisecond, "every watch times out three times")
 	t.Logf("requests while idle, by path: %v (before: %v)", after, before)
 	least, most := math.MaxInt, 0
-	for _, p := range watchPaths {
+	for _, p := range watched {
 		least, most = min(least, since(after, p)), max(most, since(after, p))
 	}
 	for p := range after {
-		if !slices.Contains(watchPaths, p) {
+		if !slices.Contains(watched, p) {
 			assert.Zero(t, since(after, p), "%s: only watch timeouts, no other reads while idle", p)
 		}
 	}

@@ -68,10 +68,47 @@ type gate struct {
 	hold     time.Time // no request before this at all: an overloaded Consul's Retry-After
 	answer   time.Time // when Consul last answered a request
 	changed  chan struct{}
+	// working ends when Consul starts failing, and stays ended until it
+	// answers again: a service's watch sends a blocking query only under
+	// it. One sent before is cut (a wedged connection or proxy would hold
+	// it until its wait runs out, minutes); one sent on an index a
+	// restarted or restored Consul has not reached would wait as long.
+	working context.Context
+	failed  context.CancelFunc
+	// failing is working's opposite: it ends when Consul answers again.
+	// A read sent while Consul fails is cut then: one that reached a
+	// Consul agent still starting up can stay unanswered for many seconds
+	// after the agent answers new ones (docs/architecture.md), and is
+	// better sent again at once.
+	failing   context.Context
+	recovered context.CancelFunc
 }
 
 func newGate(slots int) *gate {
-	return &gate{max: slots, limit: slots, changed: make(chan struct{})}
+	g := &gate{max: slots, limit: slots, changed: make(chan struct{})}
+	g.working, g.failed = context.WithCancel(context.Background())
+	g.failing, g.recovered = context.WithCancel(context.Background())
+	g.recovered()
+	return g
+}
+
+// whileFailing is the context that ends when Consul answers again; nil
+// while it works.
+func (g *gate) whileFailing() context.Context {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.failing.Err() != nil {
+		return nil
+	}
+	return g.failing
+}
+
+// whileWorking is the context that ends when Consul next starts failing
+// (at once, while it fails).
+func (g *gate) whileWorking() context.Context {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.working
 }
 
 // enter waits until a request may go. A request with slot holds one of the
@@ -126,6 +163,10 @@ func (g *gate) done(slot bool, start time.Time, o outcome) {
 	switch o {
 	case answered:
 		g.answer = time.Now()
+		if g.working.Err() != nil {
+			g.working, g.failed = context.WithCancel(context.Background())
+			g.recovered()
+		}
 		if g.failures > 0 || g.limit < g.max {
 			g.failures = 0
 			g.limit = min(g.max, 2*g.limit)
@@ -135,6 +176,10 @@ func (g *gate) done(slot bool, start time.Time, o outcome) {
 		// one sent since counts, or one outage would escalate per request.
 		if g.failures > 0 && start.Before(g.resumeAt) {
 			break
+		}
+		if g.working.Err() == nil {
+			g.failed()
+			g.failing, g.recovered = context.WithCancel(context.Background())
 		}
 		g.resumeAt = time.Now().Add(retryDelay(g.failures))
 		g.failures++

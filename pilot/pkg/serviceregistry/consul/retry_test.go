@@ -212,10 +212,22 @@ func TestRetryAfterIsHonoured(t *testing.T) {
 // others, a slow read is retried alone and a flip elsewhere is served at
 // once.
 func TestASlowReadIsNotAnOutage(t *testing.T) {
+	for _, watch := range []string{watchServices, watchCatalog} {
+		t.Run(watch, func(t *testing.T) { testASlowReadIsNotAnOutage(t, watch) })
+	}
+}
+
+func testASlowReadIsNotAnOutage(t *testing.T, watch string) {
 	synctest.Test(t, func(t *testing.T) {
 		sc := newScriptedConsul()
 		registerMany(sc, 20)
-		reg, side := startSynced(t, sc, func(a *Args) { a.SyncTimeout = time.Hour })
+		reg, side := startSynced(t, sc, func(a *Args) { a.SyncTimeout, a.Watch = time.Hour, watch })
+		// Past one timeout of s-0001's read: RequestTimeout (10 s), plus
+		// the wait of the service's own watch, which is held too.
+		past := 15 * time.Second
+		if watch == watchServices {
+			past += reg.serviceWait() * 17 / 16
+		}
 
 		// s-0001's reads are never answered: each times out after
 		// RequestTimeout (10 s).
@@ -239,7 +251,7 @@ func TestASlowReadIsNotAnOutage(t *testing.T) {
 			}
 		}()
 		sc.setHealth("n1", "s-0001", api.HealthCritical)
-		settle(15 * time.Second) // past one timeout of s-0001's read
+		settle(past)
 		sc.setHealth("n1", "s-0007", api.HealthCritical)
 		settle(time.Second)
 		assert.NotContains(t, istiodView(side), "s-0007", "a flip elsewhere is served within a second")

@@ -1,10 +1,15 @@
 package consul
 
 import (
+	"context"
 	"fmt"
+	"maps"
+	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -42,9 +47,12 @@ func loadCatalog(t *testing.T, c *api.Client, n int) {
 	}
 }
 
-// TestTenThousandServicesWithinConnectionLimit: 10,000 services sync with at
-// most MaxConcurrentRequests+watches (= 36, far under Consul's 200)
-// connections, and a health flip afterwards costs at most three requests:
+// TestTenThousandServicesWithinConnectionLimit: over plain HTTP, a watch per
+// service for 10,000 services would need 10,000 connections (Consul's
+// HTTP/1.1), so the registry falls back to the catalog-wide watches and
+// says so. 10,000 services sync within --consulMaxConnections (about
+// MaxConcurrentRequests + twice the watches: each watch's first read may be
+// hedged), under Consul's 200, and a health flip afterwards costs at most three requests:
 // the answer of the watch of the status the check entered, one read of the
 // flipped service and, while no check has the other status, that watch's
 // empty answer (Consul's status index cannot watch an empty subtree, so
@@ -72,7 +80,14 @@ func TestTenThousandServicesWithinConnectionLimit(t *testing.T) {
 	t.Logf("synced %d services in %v with %d requests, peak %d connections", services, took,
 		counter.Requests(), counter.PeakConnections())
 	assert.Equal(t, n+1, services, "every service (plus consul itself)")
-	assert.LessOrEqual(t, counter.PeakConnections(), int64(DefaultArgs().MaxConcurrentRequests+watches))
+	// The reads that do not block, the watches and their hedges (a hedge
+	// replaces a request that waits, and the proxy counts a connection
+	// until it has closed): about MaxConcurrentRequests + 2 × watches,
+	// and never beyond --consulMaxConnections.
+	assert.LessOrEqual(t, counter.PeakConnections(), int64(DefaultArgs().MaxConnections))
+	view := f.reg.debugView("").Consul
+	assert.Equal(t, watchCatalog, view.Watch, "fell back to the catalog-wide watches")
+	assert.Zero(t, view.ServiceWatches, "no watch per service is left running")
 
 	// Quiet is an event: the registry is idle, and every watch waits on a
 	// blocking query it sent after its latest answer. (Consul answers every
@@ -151,4 +166,162 @@ func (w *parkedWatches) all() bool {
 		}
 	}
 	return true
+}
+
+// TestTenThousandServicesOverHTTP2: over HTTPS, Consul speaks HTTP/2 and
+// one connection carries 250 requests, so each of 10,000 services has a
+// watch of its own within about 41 connections. A change then costs what it
+// changes: a health flip, or an instance registered into a service that
+// exists, is the answer to that service's watch and the query sent after
+// it, and nothing else reads a service. (The listing, the only answer of
+// Consul's that names new services, wakes on every registration too: it
+// is counted apart, docs/performance.md.)
+func TestTenThousandServicesOverHTTP2(t *testing.T) {
+	if testing.Short() {
+		t.Skip("loads 10,000 services; skipped with -short")
+	}
+	const n = 10000
+	dir := t.TempDir()
+	ca, err := harness.NewCA(dir, "consul")
+	require.NoError(t, err)
+	srvCert, srvKey, err := ca.Issue("server", []string{"server.dc1.consul"}, nil)
+	require.NoError(t, err)
+	ports, err := harness.FreePorts(1)
+	require.NoError(t, err)
+	c, err := harness.StartConsul(t, func(c *harness.ConsulConfig) {
+		c.TLS = &harness.ConsulTLS{Port: ports[0], CAFile: ca.CertFile, CertFile: srvCert, KeyFile: srvKey}
+	})
+	require.NoError(t, err)
+	loadCatalog(t, c.Client, n)
+
+	conns := &connCounter{}
+	sent := &pathCounter{counts: map[string]int{}}
+	f := startRegistryWith(t, c, newIstiodSide(), func(a *Args) {
+		a.ServerURL = "https://127.0.0.1:" + strconv.Itoa(ports[0])
+		a.Auth.CAFile, a.Auth.TLSServerName = ca.CertFile, "server.dc1.consul"
+		a.WaitTime = DefaultArgs().WaitTime
+	}, func(reg *Controller) {
+		base := reg.consul.transport.base.(*http.Transport)
+		material, err := newTLSFiles(reg.args.Auth)
+		require.NoError(t, err)
+		base.DialTLSContext = material.dialTLS(conns.wrap((&net.Dialer{}).DialContext), 10*time.Second)
+		sent.base = base
+		reg.consul.transport.base = sent
+	})
+	start := time.Now()
+	require.Eventually(t, f.reg.HasSynced, 120*time.Second, 10*time.Millisecond)
+	t.Logf("synced %d services in %v: %d connections opened, at most %d at once", len(f.reg.Services()), time.Since(start),
+		conns.dialed.Load(), conns.most.Load())
+	assert.Equal(t, n+1, len(f.reg.Services()), "every service (plus consul itself)")
+	view := f.reg.debugView("").Consul
+	assert.Equal(t, watchServices, view.Watch, "a watch per service")
+	assert.True(t, view.HTTP2, "/debug/consulz says Consul answers over HTTP/2")
+	assert.Equal(t, n+1, view.ServiceWatches)
+	// While the watches start, net/http dials for requests that find every
+	// connection full, and closes the dials it finds it did not need: the
+	// peak stays inside the budget (MaxConnsPerHost); at rest, HTTP/2
+	// carries the watches 250 to a connection.
+	assert.LessOrEqual(t, conns.most.Load(), int64(DefaultArgs().MaxConnections), "--consulMaxConnections holds")
+	settled(t, f.reg)
+	streams := (n + 1 + 2 + http2Streams - 1) / http2Streams
+	require.Eventually(t, func() bool { return conns.open.Load() <= int64(streams+1) }, 30*time.Second, 10*time.Millisecond,
+		"at rest, HTTP/2 carries the watches %d to a connection: %d connections held", http2Streams, conns.open.Load())
+	t.Logf("at rest: %d connections held", conns.open.Load())
+
+	// One change, then wait until the registry is idle and the service's
+	// watch has sent its next query: the count is then complete.
+	change := func(what, svc string, write func()) {
+		t.Helper()
+		settled(t, f.reg)
+		path := "/v1/health/service/" + svc
+		before := sent.snapshot()
+		write()
+		require.Eventually(t, func() bool { return sent.snapshot()[path] > before[path] }, 30*time.Second, 10*time.Millisecond,
+			"%s: the watch of %s asks again", what, svc)
+		settled(t, f.reg)
+		after := sent.snapshot()
+		other := 0
+		for p, k := range after {
+			if p != path && p != "/v1/catalog/services" && strings.HasPrefix(p, "/v1/") {
+				other += k - before[p]
+			}
+		}
+		t.Logf("%s: %d request(s) for %s after its watch's answer, %d listing(s), %d other", what, after[path]-before[path], svc,
+			after["/v1/catalog/services"]-before["/v1/catalog/services"], other)
+		assert.Equal(t, 1, after[path]-before[path], "%s: the watch's next query, and no read of %s", what, svc)
+		assert.Zero(t, other, "%s: no other service is read", what)
+	}
+	setCheck := func(svc, status string) func() {
+		return func() {
+			_, _, _, err := c.Client.Txn().Txn(api.TxnOps{{Check: &api.CheckTxnOp{Verb: api.CheckSet, Check: api.HealthCheck{
+				Node: "bulk", CheckID: "chk-" + svc, Name: "chk", Status: status, ServiceID: svc}}}}, nil)
+			require.NoError(t, err)
+		}
+	}
+	change("a flip", "svc-04242", setCheck("svc-04242", api.HealthCritical))
+	f.eventuallyEndpoints("svc-04242")
+	change("a flip back", "svc-04242", setCheck("svc-04242", api.HealthPassing))
+	f.eventuallyEndpoints("svc-04242", "127.1.16.243:8242")
+	change("a registration", "svc-04243", func() {
+		_, _, _, err := c.Client.Txn().Txn(api.TxnOps{{Service: &api.ServiceTxnOp{Verb: api.ServiceSet, Node: "bulk",
+			Service: api.AgentService{ID: "svc-04243-b", Service: "svc-04243", Port: 9999, Address: "127.2.0.1"}}}}, nil)
+		require.NoError(t, err)
+	})
+	f.eventuallyEndpoints("svc-04243", "127.1.16.244:8243", "127.2.0.1:9999")
+	// A new service is listed, watched and served.
+	_, _, _, err = c.Client.Txn().Txn(api.TxnOps{{Service: &api.ServiceTxnOp{Verb: api.ServiceSet, Node: "bulk",
+		Service: api.AgentService{ID: "brand-new", Service: "brand-new", Port: 7000, Address: "127.2.0.2"}}}}, nil)
+	require.NoError(t, err)
+	f.eventuallyEndpoints("brand-new", "127.2.0.2:7000")
+	assert.Equal(t, n+2, f.reg.services.count())
+}
+
+// connCounter counts the TCP connections a dialer opened and still holds,
+// and the most held at once. It wraps the dialer under TLS: net/http speaks
+// HTTP/2 only on the *tls.Conn the registry's TLS dialer returns.
+type connCounter struct{ open, most, dialed atomic.Int64 }
+
+func (c *connCounter) wrap(dial func(ctx context.Context, network, addr string) (net.Conn, error)) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		c.dialed.Add(1)
+		now := c.open.Add(1)
+		for m := c.most.Load(); now > m && !c.most.CompareAndSwap(m, now); m = c.most.Load() {
+		}
+		return &countedConn{Conn: conn, c: c}, nil
+	}
+}
+
+type countedConn struct {
+	net.Conn
+	c    *connCounter
+	once sync.Once
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(func() { c.c.open.Add(-1) })
+	return c.Conn.Close()
+}
+
+// pathCounter counts the requests sent, by path.
+type pathCounter struct {
+	base   http.RoundTripper
+	mu     sync.Mutex
+	counts map[string]int
+}
+
+func (p *pathCounter) RoundTrip(r *http.Request) (*http.Response, error) {
+	p.mu.Lock()
+	p.counts[r.URL.Path]++
+	p.mu.Unlock()
+	return p.base.RoundTrip(r)
+}
+
+func (p *pathCounter) snapshot() map[string]int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return maps.Clone(p.counts)
 }

@@ -37,6 +37,14 @@ import (
 //   - blocking queries return when their index passes WaitIndex, or after
 //     WaitTime with the same answer.
 //
+// With enterprise set it also answers as Consul Enterprise does with
+// namespaces (?ns=): services and their checks live in their namespace,
+// node checks in "default"; a service's answer carries its nodes' checks
+// whatever their namespace (parseCheckServiceNodes reads them with a
+// wildcard namespace) and its index moves with them
+// (updateAllServiceIndexesOfNode, wildcard too); /v1/health/state/<status>
+// lists the checks of the namespace asked for only.
+//
 // Everything else (ACLs, filters other than the health watch's, peering) is
 // out of scope: the real-Consul tests cover behaviour, this covers time.
 type scriptedConsul struct {
@@ -59,6 +67,8 @@ type scriptedConsul struct {
 	fault func(*http.Request) (*http.Response, error)
 	// hold, if set, runs before an answer is returned; it may block.
 	hold func(*http.Request)
+	// enterprise answers ?ns= as Consul Enterprise does (see above).
+	enterprise bool
 }
 
 func newScriptedConsul() *scriptedConsul {
@@ -151,7 +161,7 @@ func (s *scriptedConsul) register(node string, svc api.AgentService, status stri
 			create = old.CreateIndex
 		}
 		s.checks[k] = &api.HealthCheck{Node: node, CheckID: k.id, Name: "ttl", Status: status,
-			ServiceID: svc.ID, ServiceName: svc.Service, CreateIndex: create, ModifyIndex: idx}
+			ServiceID: svc.ID, ServiceName: svc.Service, Namespace: svc.Namespace, CreateIndex: create, ModifyIndex: idx}
 		s.checksIndex = idx
 	})
 }
@@ -192,6 +202,9 @@ func (s *scriptedConsul) setNodeHealth(node, status string) {
 		c := s.checks[k]
 		if c == nil {
 			c = &api.HealthCheck{Node: node, CheckID: k.id, Name: "Serf Health Status", CreateIndex: idx}
+			if s.enterprise {
+				c.Namespace = "default"
+			}
 			s.checks[k] = c
 		}
 		c.Status, c.ModifyIndex = status, idx
@@ -242,14 +255,39 @@ func (s *scriptedConsul) requestCount(prefix string) int {
 	return n
 }
 
-func (s *scriptedConsul) namesLocked() []string {
+func (s *scriptedConsul) namesLocked() []string { return s.namesInLocked("") }
+
+// namesInLocked lists the services of namespace ns ("": every one).
+func (s *scriptedConsul) namesInLocked(ns string) []string {
 	names := map[string]bool{}
 	for _, insts := range s.instances {
 		for _, svc := range insts {
-			names[svc.Service] = true
+			if ns == "" || s.namespaceOf(svc.Namespace) == ns {
+				names[svc.Service] = true
+			}
 		}
 	}
 	return sortedKeys(names)
+}
+
+// namespaceOf is where an object of namespace ns lives: Enterprise puts
+// one that names none in "default".
+func (s *scriptedConsul) namespaceOf(ns string) string {
+	if ns == "" && s.enterprise {
+		return "default"
+	}
+	return ns
+}
+
+// askedNamespace is the namespace a request reads ("": OSS, all of them).
+func (s *scriptedConsul) askedNamespace(q map[string][]string) string {
+	if !s.enterprise {
+		return ""
+	}
+	if ns := q["ns"]; len(ns) > 0 && ns[0] != "" {
+		return ns[0]
+	}
+	return "default"
 }
 
 func (s *scriptedConsul) serviceEntriesLocked(name string) []*api.ServiceEntry {
@@ -335,13 +373,16 @@ func (s *scriptedConsul) answerLocked(path string, q map[string][]string) ([]byt
 	var index uint64
 	switch {
 	case path == "/v1/catalog/services":
+		ns := s.askedNamespace(q)
 		listing := map[string][]string{}
-		for _, name := range s.namesLocked() {
+		for _, name := range s.namesInLocked(ns) {
 			listing[name] = []string{}
 		}
 		for _, insts := range s.instances {
 			for _, svc := range insts {
-				listing[svc.Service] = append(listing[svc.Service], svc.Tags...)
+				if ns == "" || s.namespaceOf(svc.Namespace) == ns {
+					listing[svc.Service] = append(listing[svc.Service], svc.Tags...)
+				}
 			}
 		}
 		v, index = listing, s.servicesIndex
@@ -365,6 +406,9 @@ func (s *scriptedConsul) answerLocked(path string, q map[string][]string) ([]byt
 			if state != api.HealthAny && c.Status != state {
 				continue
 			}
+			if ns := s.askedNamespace(q); ns != "" && s.namespaceOf(c.Namespace) != ns {
+				continue
+			}
 			checks = append(checks, c)
 		}
 		v, index = checks, s.checksIndex
@@ -379,6 +423,9 @@ func (s *scriptedConsul) answerLocked(path string, q map[string][]string) ([]byt
 	case strings.HasPrefix(path, "/v1/health/service/"):
 		name := strings.TrimPrefix(path, "/v1/health/service/")
 		entries := s.serviceEntriesLocked(name)
+		if ns := s.askedNamespace(q); ns != "" {
+			entries = slices.DeleteFunc(entries, func(e *api.ServiceEntry) bool { return s.namespaceOf(e.Service.Namespace) != ns })
+		}
 		if entries == nil {
 			entries = []*api.ServiceEntry{}
 		}

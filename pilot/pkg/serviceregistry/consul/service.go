@@ -33,6 +33,7 @@ type dirtySet struct {
 	// the queue before it takes its mark.
 	inWork  int
 	delayed map[string]bool
+	takes   uint64 // marks taken so far
 }
 
 // mark is why a service waits: since when, and the index its read must
@@ -45,6 +46,21 @@ type mark struct {
 	// answer that still shows one in it is as old as need says too, but
 	// the write that moved it is not known (it vanished from a list).
 	left map[checkKey]string
+	// answer is the service as its own watch last read it (at need), so
+	// the worker need not read it again; nil when something else marked it.
+	answer *serviceRead
+	// fresh asks for a read from Consul: the watch's answers so far are
+	// not to be trusted (it failed, or Consul's index went backwards).
+	fresh bool
+	// taken numbers the take that handed the mark to a worker: a read
+	// is newer than a mark when its number is above what the mark returned.
+	taken uint64
+}
+
+// serviceRead is one answer of /v1/health/service/<name>.
+type serviceRead struct {
+	entries []*api.ServiceEntry
+	meta    *api.QueryMeta
 }
 
 func newDirtySet(name string) *dirtySet {
@@ -62,20 +78,30 @@ func (d *dirtySet) mark(need uint64, names ...string) {
 }
 
 // markWith is mark with what the read must show (m.left); m.since is now.
-func (d *dirtySet) markWith(m mark, names ...string) {
+// It returns the number of marks taken before: the read of these services
+// that follows has a higher one (mark.taken).
+func (d *dirtySet) markWith(m mark, names ...string) (takes uint64) {
 	m.since = time.Now()
-	d.merge(m, names...)
+	takes = d.merge(m, names...)
 	for _, n := range names {
 		d.queue.Add(n)
 	}
+	return takes
 }
 
-func (d *dirtySet) merge(m mark, names ...string) {
+func (d *dirtySet) merge(m mark, names ...string) (takes uint64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	takes = d.takes
 	for _, n := range names {
 		old, ok := d.marks[n]
-		merged := mark{since: m.since, need: max(old.need, m.need), left: old.left}
+		merged := mark{since: m.since, need: max(old.need, m.need), left: old.left, answer: old.answer, fresh: old.fresh || m.fresh}
+		switch {
+		case m.fresh:
+			merged.answer = nil
+		case m.answer != nil && (merged.answer == nil || m.answer.meta.LastIndex >= merged.answer.meta.LastIndex):
+			merged.answer = m.answer
+		}
 		if ok && old.since.Before(m.since) {
 			merged.since = old.since
 		}
@@ -87,6 +113,13 @@ func (d *dirtySet) merge(m mark, names ...string) {
 		}
 		d.marks[n] = merged
 	}
+	return takes
+}
+
+// deliver hands over a service's own watch answer: the service's read is
+// that answer.
+func (d *dirtySet) deliver(name string, a *serviceRead) {
+	d.markWith(mark{need: a.meta.LastIndex, answer: a}, name)
 }
 
 // take blocks for the next service; quit once shut down.
@@ -100,6 +133,8 @@ func (d *dirtySet) take() (name string, m mark, quit bool) {
 	delete(d.marks, name)
 	delete(d.delayed, name)
 	d.inWork++
+	d.takes++
+	m.taken = d.takes
 	d.mu.Unlock()
 	return name, m, false
 }
@@ -173,7 +208,7 @@ func (c *Controller) work(ctx context.Context) {
 		}
 		err := c.syncServiceSafely(ctx, name, m)
 		switch {
-		case err == nil || ctx.Err() != nil:
+		case err == nil || ctx.Err() != nil || errors.Is(err, errCutOnRecovery):
 		case isRefused(err):
 			c.status.serviceRefused(name, err)
 		default:
@@ -209,7 +244,14 @@ func (c *Controller) syncService(ctx context.Context, name string, m mark) error
 	// server answers too, and its answer would stand until the next change.
 	served, _ := c.store.readIndex(name)
 	need := max(m.need, served)
-	entries, meta, err := c.consul.readService(ctx, name, false)
+	var entries []*api.ServiceEntry
+	var meta *api.QueryMeta
+	var err error
+	if a := m.answer; a != nil && a.meta.LastIndex >= need {
+		entries, meta = a.entries, a.meta // the service's watch read it
+	} else {
+		entries, meta, err = c.consul.readService(ctx, name, false)
+	}
 	if err == nil && !c.aclHidden(meta, len(entries), false) && c.behind(entries, meta.LastIndex, need, m.left) {
 		c.metrics.lagging.Increment()
 		log.Debugf("consul service %s: answer at index %d is behind %d (catalog %d); asking the leader",
@@ -221,6 +263,7 @@ func (c *Controller) syncService(ctx context.Context, name string, m mark) error
 		// service Consul refuses (400, 404...) does not hold readiness,
 		// like one ACLs hide; a slow one is expected to answer.
 		c.store.failed(name, err)
+		c.services.noteRefused(name)
 		if !refused.slow {
 			c.sync.read(name)
 		}
@@ -232,6 +275,7 @@ func (c *Controller) syncService(ctx context.Context, name string, m mark) error
 	if c.aclHidden(meta, len(entries), false) {
 		err := &refusedError{err: fmt.Errorf("read service %q: %w: the token needs read on its nodes (node_prefix)", name, errACLFiltered)}
 		c.store.failed(name, err)
+		c.services.noteRefused(name)
 		c.sync.read(name) // read as far as it can be: it does not hold readiness
 		return err
 	}
@@ -254,6 +298,7 @@ func (c *Controller) syncService(ctx context.Context, name string, m mark) error
 		notServed: conv.notServed, conflicts: conv.conflicts})
 	log.Debugf("consul service %s read at index %d: %d endpoints (service changed: %v, endpoints changed: %v)",
 		name, index, len(conv.endpoints), ch.serviceChanged, ch.endpointsChanged)
+	c.services.noteRead(name, index, m.taken)
 	if c.push(ch) {
 		c.publish(name, ch.next)
 		if !m.since.IsZero() {

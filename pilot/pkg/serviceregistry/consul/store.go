@@ -317,6 +317,17 @@ func (s *store) forgetReadIndexes() {
 	}
 }
 
+// forgetReadIndex is forgetReadIndexes for one service, whose own watch
+// saw Consul's index go backwards.
+func (s *store) forgetReadIndex(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if r, ok := s.reads[name]; ok {
+		r.index = 0
+		s.reads[name] = r
+	}
+}
+
 // reads returns the read records, by Consul name.
 func (s *store) records() map[string]readRecord {
 	s.mu.RLock()

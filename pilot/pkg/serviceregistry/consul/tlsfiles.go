@@ -69,6 +69,9 @@ func (t *tlsFiles) config() (*tls.Config, error) {
 		log.Infof("consul TLS files changed (%s, %s, %s); new connections use them", t.settings.CAFile,
 			t.settings.CertFile, t.settings.KeyFile)
 	}
+	// HTTP/2 where Consul offers it (its HTTPS listener does), which
+	// net/http then uses on the connection (ForceAttemptHTTP2).
+	cfg.NextProtos = []string{"h2", "http/1.1"}
 	t.cfg, t.stamp, t.lastErr = cfg, stamp, ""
 	return cfg, nil
 }
@@ -118,4 +121,41 @@ func (t *tlsFiles) dialTLS(dial func(ctx context.Context, network, addr string) 
 		}
 		return tc, nil
 	}
+}
+
+// explain says why HTTP/2 could not use a new connection. Under TLS 1.3 a
+// server that refuses the client's certificate (none, or one it does not
+// trust) says so after the handshake, in an alert that net/http's HTTP/2
+// client drops ("client conn could not be established"). One more
+// connection, over HTTP/1.1, reads it; nil if the server says nothing.
+func (t *tlsFiles) explain(ctx context.Context, dial func(ctx context.Context, network, addr string) (net.Conn, error), addr string) error {
+	cfg, err := t.config()
+	if err != nil {
+		return err
+	}
+	cfg = cfg.Clone()
+	cfg.NextProtos = []string{"http/1.1"}
+	if cfg.ServerName == "" {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			host = addr
+		}
+		cfg.ServerName = host
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	conn, err := dial(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	tc := tls.Client(conn, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return err
+	}
+	_ = tc.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := tc.Read(make([]byte, 1)); err != nil && !os.IsTimeout(err) {
+		return err
+	}
+	return nil
 }

@@ -1,7 +1,7 @@
 package consul
 
-// watch.go owns the blocking-query loop every watch (catalog.go, health.go,
-// nodes.go) runs: wait on Consul's index, back off on errors, hedge reads
+// watch.go owns the blocking-query loop every catalog-wide watch (catalog.go,
+// health.go, nodes.go) runs: wait on Consul's index, back off on errors, hedge reads
 // after a failure, ignore answers older than the last one applied (a
 // lagging server), and start over when Consul's index really went
 // backwards, which the leader confirms.
@@ -32,6 +32,7 @@ func (c *Controller) blockingWatch(ctx context.Context, what string, read watchR
 	var index uint64
 	var bo backoff
 	var last time.Time
+	probe := false // read without blocking next (a restore may have abandoned the query)
 	for ctx.Err() == nil {
 		if !sleep(ctx, minWatchGap-time.Since(last)) {
 			return
@@ -40,7 +41,8 @@ func (c *Controller) blockingWatch(ctx context.Context, what string, read watchR
 		var next uint64
 		var apply func()
 		var err error
-		if bo.failures > 0 || index == 0 {
+		blocking := bo.failures == 0 && index > 0 && !probe
+		if !blocking {
 			// After a failure, read without blocking: the Consul that answers
 			// may be a rebuilt one whose index is below ours, and a blocking
 			// query on our index would hang there until the wait time runs out.
@@ -59,6 +61,7 @@ func (c *Controller) blockingWatch(ctx context.Context, what string, read watchR
 			}
 			continue
 		}
+		probe = blocking && next == index && cutShort(last, c.consul.wait)
 		log.Debugf("consul %s read: index %d -> %d", what, index, next)
 		bo.reset()
 		c.status.readSucceeded()
@@ -89,6 +92,17 @@ func (c *Controller) blockingWatch(ctx context.Context, what string, read watchR
 		apply()
 		index = next
 	}
+}
+
+// cutShort says whether a blocking query sent at sent that answered with
+// the index it waited on may have been cut short by a snapshot restore.
+// Consul answers such a query at once with what it read before (its
+// abandoned state store), and the next one, on the restored store, waits
+// the whole wait although the index went backwards. An answer without news
+// before half the wait is that, or a server whose max_query_time is
+// shorter: a read that does not block tells.
+func cutShort(sent time.Time, wait time.Duration) bool {
+	return time.Since(sent) < wait/2
 }
 
 // hedgeAfter is how long a non-blocking read may stay unanswered before a
@@ -169,12 +183,17 @@ func hedgedRead(ctx context.Context, read watchRead) (uint64, func(), error) {
 // indexReset handles a Consul whose indexes went backwards (snapshot
 // restore, a rebuilt cluster): the indexes of earlier reads mean nothing
 // any more, so they are dropped, with what the pinpoint detector derived
-// from them, and every service is re-read.
+// from them, and every service is re-read (with a watch per service,
+// every watch starts over from that read, servicewatch.go).
 func (c *Controller) indexReset() {
 	c.store.forgetReadIndexes()
 	c.health.forgetIndexes()
 	c.pinpoint.reset()
-	c.dirty.mark(0, c.catalog.names()...)
+	if c.perService() {
+		c.services.restart()
+	} else {
+		c.dirty.mark(0, c.catalog.names()...)
+	}
 }
 
 // sleep waits d (nothing when d <= 0); false if ctx ended first.
