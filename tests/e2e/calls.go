@@ -73,3 +73,27 @@ func WaitUntilGone(t *testing.T, c Caller, gone string, since time.Time) time.Du
 	t.Fatalf("calls still reach %s after 30s", gone)
 	return 0
 }
+
+// WaitUntilServedBy measures how long after since every call lands on the
+// wanted servers: the time of the first call of a streak of 50 that did.
+func WaitUntilServedBy(t *testing.T, c Caller, since time.Time, want ...string) time.Duration {
+	t.Helper()
+	streak, streakStart := 0, time.Now()
+	var last string
+	for time.Since(since) < 30*time.Second {
+		callAt := time.Now()
+		who, err := c.Call(5 * time.Second)
+		if err != nil || !slices.Contains(want, who) {
+			streak, last = 0, who
+			continue
+		}
+		if streak == 0 {
+			streakStart = callAt
+		}
+		if streak++; streak == 50 {
+			return streakStart.Sub(since)
+		}
+	}
+	t.Fatalf("calls are not all served by %v 30s after; the last one that was not: %q", want, last)
+	return 0
+}

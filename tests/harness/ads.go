@@ -34,6 +34,12 @@ type Dump struct {
 // ADSDump opens one ADS stream to istiod as a sidecar in namespace ns and
 // returns CDS and LDS, plus EDS for edsClusters.
 func ADSDump(xdsAddr, ns string, edsClusters ...string) (*Dump, error) {
+	return ADSDumpIn(xdsAddr, ns, "", edsClusters...)
+}
+
+// ADSDumpIn is ADSDump for a sidecar in locality region (istiod orders
+// endpoints by their locality relative to it); "" is none.
+func ADSDumpIn(xdsAddr, ns, region string, edsClusters ...string) (*Dump, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cc, err := grpc.NewClient(xdsAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -49,6 +55,9 @@ func ADSDump(xdsAddr, ns string, edsClusters ...string) (*Dump, error) {
 		"NAMESPACE": ns, "CLUSTER_ID": "Kubernetes", "ISTIO_VERSION": IstioRelease(), "LABELS": map[string]any{"app": "dump"},
 	})
 	node := &core.Node{Id: "sidecar~127.0.0.251~dump." + ns + "~" + ns + ".svc.cluster.local", Metadata: meta}
+	if region != "" {
+		node.Locality = &core.Locality{Region: region}
+	}
 	fetch := func(typeURL string, names []string) ([]*discovery.DiscoveryResponse, error) {
 		if err := stream.Send(&discovery.DiscoveryRequest{Node: node, TypeUrl: typeURL, ResourceNames: names}); err != nil {
 			return nil, err

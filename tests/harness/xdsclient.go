@@ -22,18 +22,29 @@ type XDSClient struct {
 
 // NewXDSClient builds a client whose xDS server is istiod at xdsAddr.
 func NewXDSClient(xdsAddr, namespace string) (*XDSClient, error) {
+	return NewXDSClientIn(xdsAddr, namespace, "")
+}
+
+// NewXDSClientIn is NewXDSClient for a client in locality region (its
+// bootstrap's node locality, which istiod's locality load balancing
+// orders endpoints by); "" is none.
+func NewXDSClientIn(xdsAddr, namespace, region string) (*XDSClient, error) {
+	node := map[string]any{
+		"id": "sidecar~127.0.0.250~client." + namespace + "~" + namespace + ".svc.cluster.local",
+		"metadata": map[string]any{
+			"GENERATOR": "grpc", "NAMESPACE": namespace, "CLUSTER_ID": "Kubernetes",
+		},
+	}
+	if region != "" {
+		node["locality"] = map[string]any{"region": region}
+	}
 	bootstrap := map[string]any{
 		"xds_servers": []any{map[string]any{
 			"server_uri":      xdsAddr,
 			"channel_creds":   []any{map[string]any{"type": "insecure"}},
 			"server_features": []any{"xds_v3"},
 		}},
-		"node": map[string]any{
-			"id": "sidecar~127.0.0.250~client." + namespace + "~" + namespace + ".svc.cluster.local",
-			"metadata": map[string]any{
-				"GENERATOR": "grpc", "NAMESPACE": namespace, "CLUSTER_ID": "Kubernetes",
-			},
-		},
+		"node": node,
 	}
 	data, err := json.Marshal(bootstrap)
 	if err != nil {

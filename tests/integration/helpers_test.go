@@ -23,9 +23,13 @@ type consulzView struct {
 			LastError string `json:"lastError"`
 		} `json:"consul"`
 		Services []struct {
-			Name      string `json:"name"`
-			Hostname  string `json:"hostname"`
-			VIP       string `json:"vip"`
+			Name     string `json:"name"`
+			Hostname string `json:"hostname"`
+			VIP      string `json:"vip"`
+			Shared   *struct {
+				Hostname string `json:"hostname"`
+				VIP      string `json:"vip"`
+			} `json:"shared"`
 			Instances []struct {
 				ID      string `json:"id"`
 				Address string `json:"address"`

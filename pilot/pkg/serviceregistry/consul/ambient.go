@@ -77,6 +77,14 @@ func (c *Controller) publish(name string, s *serviceState) {
 	defer f.mu.Unlock()
 	seName := c.objectName(name)
 	seKey := c.args.Mapping.Namespace + "/" + seName
+	// The shared hostname's ServiceEntry selects the same WorkloadEntries;
+	// ambient joins them with the other datacenters' under one service.
+	sharedName := sharedObjectPrefix + seName
+	if s != nil && s.shared != nil && !c.opts.KubernetesHas(s.shared.Hostname) {
+		f.services.ConditionalUpdateObject(c.serviceEntry(sharedName, seName, s.shared, s.endpoints))
+	} else {
+		f.services.DeleteObject(c.args.Mapping.Namespace + "/" + sharedName)
+	}
 	if s == nil {
 		f.services.DeleteObject(seKey)
 		for _, k := range f.published[name] {
@@ -85,7 +93,7 @@ func (c *Controller) publish(name string, s *serviceState) {
 		delete(f.published, name)
 		return
 	}
-	f.services.ConditionalUpdateObject(c.serviceEntry(seName, s))
+	f.services.ConditionalUpdateObject(c.serviceEntry(seName, seName, s.service, s.endpoints))
 	var keys []string
 	live := map[string]bool{}
 	for _, we := range c.workloadEntries(seName, s) {
@@ -113,30 +121,37 @@ func (c *Controller) objectName(name string) string {
 	return id + "-" + name
 }
 
-func (c *Controller) serviceEntry(seName string, s *serviceState) *networkingclient.ServiceEntry {
+// sharedObjectPrefix names the ServiceEntry of a service's shared
+// hostname (--consulDatacenterFailover): a dot, which no Consul name that
+// is served holds, keeps it apart from every other object name.
+const sharedObjectPrefix = "failover."
+
+// serviceEntry is svc as the ServiceEntry named seName, selecting the
+// WorkloadEntries of the Consul service whose own ServiceEntry is selector.
+func (c *Controller) serviceEntry(seName, selector string, svc *model.Service, endpoints []*model.IstioEndpoint) *networkingclient.ServiceEntry {
 	se := &networkingclient.ServiceEntry{
 		ObjectMeta: metav1.ObjectMeta{
 			Name: seName, Namespace: c.args.Mapping.Namespace,
 			Labels:            map[string]string{LabelRegistry: string(c.opts.ClusterID)},
-			CreationTimestamp: metav1.NewTime(s.service.CreationTime),
+			CreationTimestamp: metav1.NewTime(svc.CreationTime),
 		},
 	}
 	// A waypoint binds a service through its ServiceEntry's labels; Consul
 	// says so in the instances' tags (meta keys cannot hold "/").
 	for _, k := range []string{label.IoIstioUseWaypoint.Name, label.IoIstioUseWaypointNamespace.Name} {
-		if v := mostCommonLabel(s.endpoints, k); v != "" {
+		if v := mostCommonLabel(endpoints, k); v != "" {
 			se.Labels[k] = v
 		}
 	}
 	spec := &se.Spec
-	spec.Hosts = []string{string(s.service.Hostname)}
+	spec.Hosts = []string{string(svc.Hostname)}
 	spec.Location = networking.ServiceEntry_MESH_INTERNAL
 	spec.Resolution = networking.ServiceEntry_STATIC
-	spec.WorkloadSelector = &networking.WorkloadSelector{Labels: map[string]string{LabelService: seName}}
-	if s.service.DefaultAddress != "" {
-		spec.Addresses = []string{s.service.DefaultAddress}
+	spec.WorkloadSelector = &networking.WorkloadSelector{Labels: map[string]string{LabelService: selector}}
+	if svc.DefaultAddress != "" {
+		spec.Addresses = []string{svc.DefaultAddress}
 	}
-	for _, p := range s.service.Ports {
+	for _, p := range svc.Ports {
 		spec.Ports = append(spec.Ports, &networking.ServicePort{Number: uint32(p.Port), Protocol: string(p.Protocol), Name: p.Name})
 	}
 	return se

@@ -30,6 +30,10 @@ type Args struct {
 	// Datacenter to read, or a comma-separated list; the first is the local
 	// one (short hostnames). Empty means the agent's own.
 	Datacenter string
+	// DatacenterFailover also serves every other datacenter's instances
+	// under the first one's hostnames, each with its datacenter as
+	// locality region, so locality load balancing fails over between them.
+	DatacenterFailover bool
 	// EnterpriseNamespace and Partition scope every request (Consul Enterprise).
 	EnterpriseNamespace, Partition string
 	// Consistency is "stale" (default), "default" or "consistent".
@@ -155,6 +159,9 @@ func AddFlags(fs *pflag.FlagSet, a *Args) {
 	fs.StringVar(&a.Datacenter, "consulDatacenter", "",
 		"Consul datacenter(s) to read, comma-separated; the first keeps short hostnames, others get "+
 			"<service>.service.<dc>.<domain>. Default: the agent's own")
+	fs.BoolVar(&a.DatacenterFailover, "consulDatacenterFailover", false,
+		"Also serve the instances of every other --consulDatacenter under the first one's hostnames (<service>.service.<domain>), "+
+			"each with its datacenter as locality region: a DestinationRule's localityLbSetting then fails over between datacenters")
 	fs.StringVar(&a.EnterpriseNamespace, "consulEnterpriseNamespace", "",
 		"Consul Enterprise namespace to read (env CONSUL_NAMESPACE)")
 	fs.StringVar(&a.Partition, "consulPartition", "", "Consul Enterprise admin partition to read (env CONSUL_PARTITION)")
@@ -273,10 +280,24 @@ func (a *Args) Complete(getenv func(string) string) error {
 	default:
 		return fmt.Errorf("--consulWatch=%q: want %s or %s", a.Watch, watchServices, watchCatalog)
 	}
+	if a.DatacenterFailover && len(a.datacenters()) < 2 {
+		return fmt.Errorf("--consulDatacenterFailover needs two or more datacenters in --consulDatacenter (%q)", a.Datacenter)
+	}
 	if (a.Auth.CertFile == "") != (a.Auth.KeyFile == "") {
 		return fmt.Errorf("--consulClientCert and --consulClientKey must be set together")
 	}
 	return nil
+}
+
+// datacenters are the --consulDatacenter entries, the local one first.
+func (a *Args) datacenters() []string {
+	var dcs []string
+	for _, dc := range strings.Split(a.Datacenter, ",") {
+		if dc = strings.TrimSpace(dc); dc != "" {
+			dcs = append(dcs, dc)
+		}
+	}
+	return dcs
 }
 
 // serverURL is one --consulServerURL entry: [name=]url.
@@ -343,14 +364,9 @@ type target struct {
 // --consulDatacenter entry. IDs: "consul" for the first endpoint, its name
 // ("name=url") or "consul-<n>" for others; "-<dc>" for non-local datacenters.
 func (a *Args) targets() []target {
-	dcs := []string{""}
-	if a.Datacenter != "" {
-		dcs = dcs[:0]
-		for _, dc := range strings.Split(a.Datacenter, ",") {
-			if dc = strings.TrimSpace(dc); dc != "" {
-				dcs = append(dcs, dc)
-			}
-		}
+	dcs := a.datacenters()
+	if len(dcs) == 0 {
+		dcs = []string{""}
 	}
 	servers, _ := serverURLs(a.ServerURL, "http") // validated by Complete
 	var out []target

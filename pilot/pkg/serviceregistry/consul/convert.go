@@ -43,8 +43,11 @@ const (
 // converter maps one Consul service's registrations to Istio's model. It is
 // pure: same input, same output, so the mapping table in docs/mapping.md is testable.
 type converter struct {
-	domain          string
-	remoteDC        string // set for a non-local datacenter: part of hostnames
+	domain   string
+	remoteDC string // set for a non-local datacenter: part of hostnames
+	// failover also serves a non-local datacenter's services under the
+	// hostnames of the local one (--consulDatacenterFailover).
+	failover        bool
 	entNamespace    string
 	partition       string
 	namespace       string
@@ -61,6 +64,9 @@ type converter struct {
 type conversion struct {
 	// service is nil when the service is not served (see notServed).
 	service *model.Service
+	// shared is service under the hostname every datacenter serves
+	// (converter.failover); nil otherwise.
+	shared *model.Service
 	// endpoints are the instances that get traffic (or UNHEALTHY ones if asked).
 	endpoints []*model.IstioEndpoint
 	// routed is the instance of each endpoint, at the same index.
@@ -151,7 +157,13 @@ type instance struct {
 // hostname follows Consul DNS: <service>.service[.<ns>.ns][.<partition>.ap]
 // [.<dc>[.dc]].<domain>; the datacenter only for non-local datacenters, with
 // the ".dc" label when a namespace or partition is present (as Consul does).
-func (c *converter) hostname(name string) host.Name {
+func (c *converter) hostname(name string) host.Name { return c.hostnameIn(name, c.remoteDC) }
+
+// sharedHostname is name's hostname in the local datacenter, the one a
+// non-local datacenter's instances are served under with failover.
+func (c *converter) sharedHostname(name string) host.Name { return c.hostnameIn(name, "") }
+
+func (c *converter) hostnameIn(name, remoteDC string) host.Name {
 	h := name + ".service"
 	if c.entNamespace != "" {
 		h += "." + c.entNamespace + ".ns"
@@ -159,8 +171,8 @@ func (c *converter) hostname(name string) host.Name {
 	if c.partition != "" {
 		h += "." + c.partition + ".ap"
 	}
-	if c.remoteDC != "" {
-		h += "." + c.remoteDC
+	if remoteDC != "" {
+		h += "." + remoteDC
 		if c.entNamespace != "" || c.partition != "" {
 			h += ".dc"
 		}
@@ -256,6 +268,10 @@ func (c *converter) convert(name string, entries []*api.ServiceEntry) conversion
 	}
 	sort.Strings(svc.ServiceAccounts)
 	out.service = svc
+	if c.failover {
+		out.shared = svc.DeepCopy()
+		out.shared.Hostname = c.sharedHostname(name)
+	}
 	return out
 }
 

@@ -62,10 +62,18 @@ type countsView struct {
 	PendingReads int    `json:"pendingReads"`
 }
 
+type sharedView struct {
+	Hostname string `json:"hostname"`
+	VIP      string `json:"vip"`
+}
+
 type serviceView struct {
-	Name               string             `json:"name"`
-	Hostname           string             `json:"hostname"`
-	VIP                string             `json:"vip"`
+	Name     string `json:"name"`
+	Hostname string `json:"hostname"`
+	VIP      string `json:"vip"`
+	// Shared is the service under the hostname every datacenter serves
+	// (--consulDatacenterFailover).
+	Shared             *sharedView        `json:"shared,omitempty"`
 	HiddenByKubernetes bool               `json:"hiddenByKubernetes,omitempty"`
 	Ports              []portView         `json:"ports"`
 	Instances          []instanceView     `json:"instances"`
@@ -154,12 +162,13 @@ func (c *Controller) debugView(service string) registryView {
 		v.Consul.LastError = st.lastErr.Error()
 	}
 	v.Counts.Services, v.Counts.Endpoints, v.Counts.VIPsUsed = c.store.counts()
-	v.Counts.VIPRange, v.Counts.VIPCapacity = c.args.Mapping.VIPRange, c.store.vips.capacity()
+	v.Counts.VIPRange, v.Counts.VIPCapacity = c.args.Mapping.VIPRange, c.opts.vips.capacity()
 	v.Counts.PendingReads = c.dirty.len()
 
 	records := c.store.records()
 	for _, s := range c.store.list() {
-		if service != "" && service != s.name && service != string(s.service.Hostname) {
+		if service != "" && service != s.name && service != string(s.service.Hostname) &&
+			(s.shared == nil || service != string(s.shared.Hostname)) {
 			continue
 		}
 		sv := serviceView{
@@ -169,6 +178,9 @@ func (c *Controller) debugView(service string) registryView {
 			HiddenByKubernetes: c.opts.KubernetesHas(s.service.Hostname),
 			Ports:              []portView{},
 			Instances:          []instanceView{},
+		}
+		if s.shared != nil {
+			sv.Shared = &sharedView{Hostname: string(s.shared.Hostname), VIP: s.shared.DefaultAddress}
 		}
 		if sv.HiddenByKubernetes {
 			v.HiddenByKubernetes = append(v.HiddenByKubernetes, sv.Hostname)

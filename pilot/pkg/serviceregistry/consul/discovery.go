@@ -14,8 +14,10 @@ func (c *Controller) Services() []*model.Service {
 	all := c.store.list()
 	out := make([]*model.Service, 0, len(all))
 	for _, s := range all {
-		if !c.opts.KubernetesHas(s.service.Hostname) {
-			out = append(out, s.service)
+		for _, svc := range s.hosted() {
+			if !c.opts.KubernetesHas(svc.Hostname) {
+				out = append(out, svc)
+			}
 		}
 	}
 	return out
@@ -26,6 +28,9 @@ func (c *Controller) GetService(h host.Name) *model.Service {
 	s := c.store.byHostname(h)
 	if s == nil || c.opts.KubernetesHas(h) {
 		return nil
+	}
+	if s.shared != nil && s.shared.Hostname == h {
+		return s.shared
 	}
 	return s.service
 }
@@ -40,12 +45,14 @@ func (c *Controller) GetProxyServiceTargets(p *model.Proxy) []model.ServiceTarge
 				if inst.address != ip {
 					continue
 				}
-				for _, port := range s.service.Ports {
-					if port.Port == inst.servicePort {
-						out = append(out, model.ServiceTarget{
-							Service: s.service,
-							Port:    model.ServiceInstancePort{ServicePort: port, TargetPort: uint32(inst.port)},
-						})
+				for _, svc := range s.hosted() {
+					for _, port := range svc.Ports {
+						if port.Port == inst.servicePort {
+							out = append(out, model.ServiceTarget{
+								Service: svc,
+								Port:    model.ServiceInstancePort{ServicePort: port, TargetPort: uint32(inst.port)},
+							})
+						}
 					}
 				}
 			}

@@ -1,10 +1,13 @@
 package consul
 
 import (
+	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -238,16 +241,7 @@ func endpointsOf(r *Controller, h host.Name) []*model.IstioEndpoint {
 // Two real Consul servers, WAN-joined: dc1 keeps short hostnames, dc2's
 // services are <svc>.service.dc2.consul, and the locality region is the DC.
 func TestDatacenters(t *testing.T) {
-	dc1, err := harness.StartConsul(t)
-	require.NoError(t, err)
-	dc2, err := harness.StartConsul(t, func(c *harness.ConsulConfig) { c.Datacenter = "dc2" })
-	require.NoError(t, err)
-	err = dc1.Client.Agent().Join(dc2.SerfWANAddr, true)
-	require.NoError(t, err)
-	require.Eventually(t, func() bool {
-		dcs, err := dc1.Client.Catalog().Datacenters()
-		return err == nil && len(dcs) == 2
-	}, 30*time.Second, 100*time.Millisecond, "WAN join")
+	dc1, dc2 := wanJoined(t)
 	require.NoError(t, dc1.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "w1", Name: "web", Address: "127.0.0.21", Port: 80}))
 	require.NoError(t, dc2.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "w2", Name: "web", Address: "127.0.0.22", Port: 80}))
 
@@ -265,6 +259,113 @@ func TestDatacenters(t *testing.T) {
 		assert.Equal(t, tc.addr, ep.Addresses[0])
 		assert.Equal(t, tc.dc, ep.Locality.Label)
 	}
+}
+
+// --consulDatacenterFailover: dc2's registry also serves its instances as
+// web.service.consul (dc1's hostname), with dc2 as their locality and the
+// VIP dc1's registry gives that hostname; a service only dc2 has gets the
+// short hostname too; dc2's own hostnames stay.
+func TestDatacenterFailover(t *testing.T) {
+	dc1, dc2 := wanJoined(t)
+	require.NoError(t, dc1.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "w1", Name: "web", Address: "127.0.0.21", Port: 80}))
+	require.NoError(t, dc2.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "w2", Name: "web", Address: "127.0.0.22", Port: 80}))
+	require.NoError(t, dc2.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "a2", Name: "api", Address: "127.0.0.23", Port: 81}))
+
+	regs := newRegistries(t, func(a *Args) {
+		a.ServerURL, a.Datacenter, a.DatacenterFailover = dc1.URL(), "dc1,dc2", true
+	})
+	local, remote := regs[0], regs[1]
+	served := func(r *Controller, h host.Name) []string {
+		var out []string
+		for _, ep := range endpointsOf(r, h) {
+			out = append(out, ep.Addresses[0]+"@"+ep.Locality.Label)
+		}
+		return out
+	}
+	require.Eventually(t, func() bool {
+		return len(served(remote, "api.service.consul")) == 1 && len(served(local, "web.service.consul")) == 1 &&
+			len(served(remote, "web.service.consul")) == 1
+	}, 20*time.Second, 20*time.Millisecond)
+	assert.Equal(t, []string{"127.0.0.21@dc1"}, served(local, "web.service.consul"))
+	assert.Equal(t, []string{"127.0.0.22@dc2"}, served(remote, "web.service.consul"), "dc2's instances under dc1's hostname")
+	assert.Equal(t, []string{"127.0.0.22@dc2"}, served(remote, "web.service.dc2.consul"), "a client can still pin dc2")
+	assert.Equal(t, []string{"127.0.0.23@dc2"}, served(remote, "api.service.consul"), "only dc2 has it")
+
+	hosts := map[string]string{}
+	for _, s := range remote.Services() {
+		hosts[string(s.Hostname)] = s.DefaultAddress
+	}
+	assert.ElementsMatch(t, []string{"web.service.consul", "web.service.dc2.consul", "api.service.consul", "api.service.dc2.consul",
+		"consul.service.consul", "consul.service.dc2.consul"}, slices.Collect(maps.Keys(hosts)))
+	shared := remote.GetService("web.service.consul")
+	require.NotNil(t, shared)
+	assert.Equal(t, host.Name("web.service.consul"), shared.Hostname)
+	assert.Equal(t, local.GetService("web.service.consul").DefaultAddress, shared.DefaultAddress, "one VIP for one hostname")
+	assert.NotEqual(t, hosts["web.service.dc2.consul"], shared.DefaultAddress)
+	view := remote.debugView("web.service.consul")
+	require.Len(t, view.Services, 1)
+	assert.Equal(t, "web.service.consul", view.Services[0].Shared.Hostname)
+
+	// dc1's web leaves: dc2's still answers under the shared hostname.
+	require.NoError(t, dc1.Client.Agent().ServiceDeregister("w1"))
+	require.Eventually(t, func() bool { return local.GetService("web.service.consul") == nil }, 20*time.Second, 20*time.Millisecond)
+	assert.Equal(t, []string{"127.0.0.22@dc2"}, served(remote, "web.service.consul"))
+	assert.Equal(t, shared.DefaultAddress, remote.GetService("web.service.consul").DefaultAddress, "the VIP stays")
+}
+
+// Defect: each registry allocated VIPs from --consulVIPRange on its own,
+// so two Consul clusters' (or datacenters') services got the same address,
+// and a hostname both serve could get two. The registries of one istiod
+// share one table: every hostname one VIP, every VIP one hostname.
+func TestRegistriesShareTheVIPRange(t *testing.T) {
+	east, err := harness.StartConsul(t)
+	require.NoError(t, err)
+	west, err := harness.StartConsul(t)
+	require.NoError(t, err)
+	for i := range 6 {
+		for _, c := range []struct {
+			c    *harness.Consul
+			name string
+		}{{east, fmt.Sprintf("east-%d", i)}, {west, fmt.Sprintf("west-%d", i)}} {
+			require.NoError(t, c.c.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: c.name, Name: c.name, Address: "127.0.0.51", Port: 80}))
+		}
+	}
+	for _, c := range []*harness.Consul{east, west} {
+		require.NoError(t, c.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "web", Name: "web", Address: "127.0.0.52", Port: 80}))
+	}
+	// 16 hostnames (each cluster's consul service too) in 30 addresses:
+	// two tables of their own almost surely collide.
+	regs := newRegistries(t, func(a *Args) {
+		a.ServerURL, a.Mapping.VIPRange = "east="+east.URL()+",west="+west.URL(), "240.241.0.0/27"
+	})
+	for _, r := range regs {
+		require.Eventually(t, func() bool { return len(r.Services()) == 8 }, 20*time.Second, 20*time.Millisecond)
+	}
+	byVIP := map[string]host.Name{}
+	for _, r := range regs {
+		for _, s := range r.Services() {
+			require.NotEmpty(t, s.DefaultAddress, s.Hostname)
+			if other, ok := byVIP[s.DefaultAddress]; ok {
+				assert.Equal(t, other, s.Hostname, "VIP %s given to two hostnames", s.DefaultAddress)
+			}
+			byVIP[s.DefaultAddress] = s.Hostname
+		}
+	}
+	assert.Len(t, byVIP, 14, "web and consul are served by both, under one VIP each")
+}
+
+// wanJoined starts two real Consul servers, dc1 and dc2, WAN-joined.
+func wanJoined(t *testing.T) (dc1, dc2 *harness.Consul) {
+	dc1, err := harness.StartConsul(t)
+	require.NoError(t, err)
+	dc2, err = harness.StartConsul(t, func(c *harness.ConsulConfig) { c.Datacenter = "dc2" })
+	require.NoError(t, err)
+	require.NoError(t, dc1.Client.Agent().Join(dc2.SerfWANAddr, true))
+	require.Eventually(t, func() bool {
+		dcs, err := dc1.Client.Catalog().Datacenters()
+		return err == nil && len(dcs) == 2
+	}, 30*time.Second, 100*time.Millisecond, "WAN join")
+	return dc1, dc2
 }
 
 // Two independent Consul clusters are two registries with their own shards:

@@ -46,8 +46,10 @@ func NewForIstiod(args *Args, xds model.XDSUpdater, meshHolder mesh.Holder, othe
 	return NewRegistries(*args, opts)
 }
 
-// NewRegistries builds one registry per target of completed args.
+// NewRegistries builds one registry per target of completed args; they
+// share one VIP table.
 func NewRegistries(args Args, opts Options) ([]serviceregistry.Instance, error) {
+	opts.vips = newVIPPool(args.Mapping.VIPRange)
 	var out []serviceregistry.Instance
 	for _, t := range args.targets() {
 		a := args

@@ -46,6 +46,9 @@ type Options struct {
 	KubernetesHas func(host.Name) bool
 	// RemoteDatacenter puts Args.Datacenter into hostnames (a non-local DC).
 	RemoteDatacenter bool
+	// vips is the VIP table the registries of one istiod share
+	// (NewRegistries); nil gives the registry one of its own.
+	vips *vipPool
 }
 
 // Controller is the Consul registry for one Consul cluster and datacenter.
@@ -99,6 +102,9 @@ func New(args Args, opts Options) (*Controller, error) {
 	if opts.RemoteDatacenter {
 		remoteDC = args.Datacenter
 	}
+	if opts.vips == nil {
+		opts.vips = newVIPPool(args.Mapping.VIPRange)
+	}
 	c := &Controller{
 		args:   args,
 		opts:   opts,
@@ -116,6 +122,7 @@ func New(args Args, opts Options) (*Controller, error) {
 			servicePort:     args.Mapping.DefaultServicePort,
 			trustDomain:     opts.TrustDomain,
 			remoteDC:        remoteDC,
+			failover:        remoteDC != "" && args.DatacenterFailover,
 		},
 		catalog:  &catalogWatch{},
 		services: newServiceWatches(),
@@ -124,11 +131,12 @@ func New(args Args, opts Options) (*Controller, error) {
 		health:   newHealthWatch(),
 		pinpoint: newPinpointer(),
 		dirty:    newDirtySet("consul-" + string(opts.ClusterID)),
-		store:    newStore(args.Mapping.VIPRange, metrics),
+		store:    newStore(opts.vips, opts.ClusterID, metrics),
 		status:   newStatus(opts.ClusterID, args.ServerURL, metrics),
 		sync:     newSyncTracker(),
 		metrics:  metrics,
 	}
+	opts.vips.join(opts.ClusterID, func() { c.dirty.mark(0, c.store.movedVIPs()...) })
 	return c, nil
 }
 

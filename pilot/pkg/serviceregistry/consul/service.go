@@ -341,34 +341,45 @@ func (c *Controller) removeService(name string) {
 // push tells istiod what one change did; false when there was nothing to say.
 // An endpoint-only change is an EDS update for that service alone; a change
 // to the service itself (new, ports, VIP, identities) is a push scoped to it.
+// A service served under two hostnames (--consulDatacenterFailover) is
+// pushed under each.
 func (c *Controller) push(ch change) bool {
 	shard := model.ShardKeyFromRegistry(c)
 	switch {
 	case ch.next == nil && ch.prev == nil:
 		return false
 	case ch.next == nil:
-		s := ch.prev
-		log.Infof("consul service %s is gone; removing %s", s.name, s.service.Hostname)
-		c.opts.XDSUpdater.SvcUpdate(shard, string(s.service.Hostname), s.service.Attributes.Namespace, model.EventDelete)
-		// Istio's convention (kube controller, bootstrap handler): on delete,
-		// curr is the deleted service and prev is nil.
-		c.handlers.NotifyServiceHandlers(nil, s.service, model.EventDelete)
+		log.Infof("consul service %s is gone; removing %s", ch.prev.name, ch.prev.service.Hostname)
+		for _, svc := range ch.prev.hosted() {
+			c.opts.XDSUpdater.SvcUpdate(shard, string(svc.Hostname), svc.Attributes.Namespace, model.EventDelete)
+			// Istio's convention (kube controller, bootstrap handler): on
+			// delete, curr is the deleted service and prev is nil.
+			c.handlers.NotifyServiceHandlers(nil, svc, model.EventDelete)
+		}
 	case ch.serviceChanged:
 		s := ch.next
-		event := model.EventAdd
-		var prevSvc *model.Service
+		var before []*model.Service
 		if ch.prev != nil {
-			event, prevSvc = model.EventUpdate, ch.prev.service
+			before = ch.prev.hosted()
 		}
-		c.opts.XDSUpdater.EDSCacheUpdate(shard, string(s.service.Hostname), s.service.Attributes.Namespace, s.endpoints)
-		c.opts.XDSUpdater.SvcUpdate(shard, string(s.service.Hostname), s.service.Attributes.Namespace, event)
-		// istiod's service handler turns this into one full push scoped to
-		// this service (ConfigsUpdated = {ServiceEntry hostname}), as for
-		// Kubernetes services.
-		c.handlers.NotifyServiceHandlers(prevSvc, s.service, event)
+		for i, svc := range s.hosted() {
+			event := model.EventAdd
+			var prevSvc *model.Service
+			if i < len(before) {
+				event, prevSvc = model.EventUpdate, before[i]
+			}
+			c.opts.XDSUpdater.EDSCacheUpdate(shard, string(svc.Hostname), svc.Attributes.Namespace, s.endpoints)
+			c.opts.XDSUpdater.SvcUpdate(shard, string(svc.Hostname), svc.Attributes.Namespace, event)
+			// istiod's service handler turns this into one full push scoped
+			// to this service (ConfigsUpdated = {ServiceEntry hostname}), as
+			// for Kubernetes services.
+			c.handlers.NotifyServiceHandlers(prevSvc, svc, event)
+		}
 	case ch.endpointsChanged:
 		s := ch.next
-		c.opts.XDSUpdater.EDSUpdate(shard, string(s.service.Hostname), s.service.Attributes.Namespace, s.endpoints)
+		for _, svc := range s.hosted() {
+			c.opts.XDSUpdater.EDSUpdate(shard, string(svc.Hostname), svc.Attributes.Namespace, s.endpoints)
+		}
 	default:
 		return false
 	}

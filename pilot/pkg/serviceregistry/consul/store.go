@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"istio.io/istio/pilot/pkg/model"
+	"istio.io/istio/pkg/cluster"
 	"istio.io/istio/pkg/config/host"
 	"istio.io/istio/pkg/util/sets"
 )
@@ -21,8 +22,12 @@ import (
 // serviceState is what the registry serves for one Consul service. It is
 // never modified once stored: an update stores a new one.
 type serviceState struct {
-	name        string
-	service     *model.Service
+	name    string
+	service *model.Service
+	// shared is the same service under the hostname every datacenter
+	// serves (--consulDatacenterFailover, a non-local datacenter's
+	// registry); nil otherwise. It has the same endpoints.
+	shared      *model.Service
 	endpoints   []*model.IstioEndpoint
 	routed      []*instance // the instance of each endpoint, at the same index
 	instances   []*instance
@@ -50,19 +55,20 @@ type store struct {
 	byIP      map[string][]*serviceState
 	nodes     map[string]sets.String // node -> services with instances there
 	reads     map[string]readRecord  // by Consul name; every service read since it was listed
-	vips      *vipTable
-	endpoints int // of all services, so the gauge costs O(1) per update
+	vips      *vipPool
+	id        cluster.ID // this registry's, in the pool
+	endpoints int        // of all services, so the gauge costs O(1) per update
 	// skipped counts the registrations the last reads left out, by kind of
 	// reason, for the same reason.
 	skipped map[string]int
 	metrics *registryMetrics
 }
 
-func newStore(vipRange string, m *registryMetrics) *store {
-	vips := newVIPTable(vipRange)
+func newStore(vips *vipPool, id cluster.ID, m *registryMetrics) *store {
 	m.vipCapacity.Record(float64(vips.capacity()))
 	m.vips.Record(0)
 	return &store{
+		id:       id,
 		services: map[string]*serviceState{},
 		byHost:   map[host.Name]*serviceState{},
 		byIP:     map[string][]*serviceState{},
@@ -98,13 +104,17 @@ func (s *store) update(name string, conv conversion, rec readRecord) change {
 	}
 	svc := conv.service
 	svc.DefaultAddress = s.vips.lookup(svc.Hostname)
+	if conv.shared != nil {
+		conv.shared.DefaultAddress = s.vips.lookup(conv.shared.Hostname)
+	}
 	next := &serviceState{
 		name:        name,
 		service:     svc,
+		shared:      conv.shared,
 		endpoints:   conv.endpoints,
 		routed:      conv.routed,
 		instances:   conv.instances,
-		fingerprint: serviceFingerprint(svc),
+		fingerprint: serviceFingerprint(svc) + serviceFingerprint(conv.shared),
 		epKey:       endpointsKey(conv.endpoints),
 		nodes:       nodesOf(conv.instances),
 	}
@@ -116,12 +126,15 @@ func (s *store) update(name string, conv conversion, rec readRecord) change {
 	}
 	switch {
 	case !ch.serviceChanged:
-		// Keep the object istiod already holds: same service, same identity.
-		next.service = prev.service
+		// Keep the objects istiod already holds: same service, same identity.
+		next.service, next.shared = prev.service, prev.shared
 	case prev != nil:
 		svc.CreationTime = prev.service.CreationTime
 	default:
 		svc.CreationTime = time.Now()
+	}
+	if ch.serviceChanged && next.shared != nil {
+		next.shared.CreationTime = svc.CreationTime
 	}
 	if prev != nil {
 		s.unindexLocked(prev)
@@ -172,16 +185,22 @@ func (s *store) failed(name string, err error) {
 	s.reads[name] = rec
 }
 
-// assignVIPs rebuilds the VIP table for the listed hostnames and returns
-// the served services whose VIP it changed, to be re-pushed.
+// assignVIPs makes hosts this registry's in the VIP pool and returns the
+// served services whose VIP that moved, to be re-pushed.
 func (s *store) assignVIPs(hosts []host.Name) []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.vips.assign(hosts)
-	s.metrics.vips.Record(float64(len(s.vips.byHost)))
+	s.vips.assign(s.id, hosts)
+	return s.movedVIPs()
+}
+
+// movedVIPs returns the served services whose VIP is no longer the pool's.
+func (s *store) movedVIPs() []string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	s.metrics.vips.Record(float64(s.vips.used(s.id)))
 	var moved []string
 	for name, st := range s.services {
-		if st.service.DefaultAddress != s.vips.lookup(st.service.Hostname) {
+		if st.service.DefaultAddress != s.vips.lookup(st.service.Hostname) ||
+			st.shared != nil && st.shared.DefaultAddress != s.vips.lookup(st.shared.Hostname) {
 			moved = append(moved, name)
 		}
 	}
@@ -191,6 +210,9 @@ func (s *store) assignVIPs(hosts []host.Name) []string {
 func (s *store) indexLocked(st *serviceState) {
 	s.services[st.name] = st
 	s.byHost[st.service.Hostname] = st
+	if st.shared != nil {
+		s.byHost[st.shared.Hostname] = st
+	}
 	s.endpoints += len(st.endpoints)
 	for _, ip := range addressesOf(st.instances) {
 		s.byIP[ip] = append(s.byIP[ip], st)
@@ -206,8 +228,10 @@ func (s *store) indexLocked(st *serviceState) {
 
 func (s *store) unindexLocked(st *serviceState) {
 	delete(s.services, st.name)
-	if s.byHost[st.service.Hostname] == st {
-		delete(s.byHost, st.service.Hostname)
+	for _, svc := range st.hosted() {
+		if s.byHost[svc.Hostname] == st {
+			delete(s.byHost, svc.Hostname)
+		}
 	}
 	s.endpoints -= len(st.endpoints)
 	for _, ip := range addressesOf(st.instances) {
@@ -343,12 +367,24 @@ func (s *store) records() map[string]readRecord {
 func (s *store) counts() (services, endpoints, vips int) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return len(s.services), s.endpoints, len(s.vips.byHost)
+	return len(s.services), s.endpoints, s.vips.used(s.id)
+}
+
+// hosted are the Istio services a Consul service is served as: its own,
+// and the shared one with --consulDatacenterFailover.
+func (st *serviceState) hosted() []*model.Service {
+	if st.shared == nil {
+		return []*model.Service{st.service}
+	}
+	return []*model.Service{st.service, st.shared}
 }
 
 // serviceFingerprint covers every service field the registry sets, so equal
 // fingerprints mean no service-level push is needed.
 func serviceFingerprint(s *model.Service) string {
+	if s == nil {
+		return ""
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s|%s|%s|%v|", s.Hostname, s.Attributes.Namespace, s.DefaultAddress, s.ServiceAccounts)
 	for _, p := range s.Ports {

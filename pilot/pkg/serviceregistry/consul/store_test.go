@@ -12,7 +12,7 @@ import (
 // reason is exported from the start (zero), per registry.
 func TestSkippedAndVIPGaugesFollowTheReads(t *testing.T) {
 	mt := monitortest.New(t)
-	s := newStore("240.241.0.0/24", newRegistryMetrics("gauges"))
+	s := newStore(newVIPPool("240.241.0.0/24"), "gauges", newRegistryMetrics("gauges"))
 	gauge := func(name, reason string, want float64) {
 		t.Helper()
 		tags := map[string]string{"cluster": "gauges"}

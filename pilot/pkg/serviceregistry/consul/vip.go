@@ -4,14 +4,94 @@ package consul
 
 import (
 	"hash/fnv"
+	"maps"
 	"math/big"
 	"net/netip"
 	"slices"
+	"sync"
 
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"istio.io/istio/pkg/cluster"
 	"istio.io/istio/pkg/config/host"
 )
+
+// vipPool is the one VIP table of the registries an istiod (or consul-mcp)
+// runs: a table per registry gave two datacenters' or Consul clusters'
+// services the same address from the shared range, and a hostname that
+// several registries serve (a service in two Consul clusters,
+// --consulDatacenterFailover) could get a different VIP in each. The table
+// is built over every member's hostnames, so it is still a function of what
+// the catalogs list, the same on every replica.
+type vipPool struct {
+	mu    sync.RWMutex
+	table *vipTable
+	hosts map[cluster.ID][]host.Name
+	// moved are the members' re-checks: a hostname another member listed
+	// can move a VIP this member serves.
+	moved map[cluster.ID]func()
+}
+
+func newVIPPool(cidr string) *vipPool {
+	return &vipPool{table: newVIPTable(cidr), hosts: map[cluster.ID][]host.Name{}, moved: map[cluster.ID]func(){}}
+}
+
+// join adds a member; moved is called when another member's hostnames
+// moved a VIP (the member then re-reads what it serves at a moved VIP).
+func (p *vipPool) join(id cluster.ID, moved func()) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.moved[id] = moved
+}
+
+// assign makes hosts member id's hostnames and rebuilds the table over
+// every member's. The other members are told when a VIP moved; id itself
+// looks for its own moves when assign returns.
+func (p *vipPool) assign(id cluster.ID, hosts []host.Name) {
+	p.mu.Lock()
+	p.hosts[id] = slices.Clone(hosts)
+	before := p.table.byHost
+	var all []host.Name
+	for _, hs := range p.hosts {
+		all = append(all, hs...)
+	}
+	p.table.assign(all)
+	changed := !maps.Equal(before, p.table.byHost)
+	var others []func()
+	if changed {
+		for m, f := range p.moved {
+			if m != id {
+				others = append(others, f)
+			}
+		}
+	}
+	p.mu.Unlock()
+	for _, f := range others {
+		f()
+	}
+}
+
+// lookup returns h's VIP; "" when it has none.
+func (p *vipPool) lookup(h host.Name) string {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return p.table.lookup(h)
+}
+
+// used counts member id's hostnames that hold a VIP.
+func (p *vipPool) used(id cluster.ID) int {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	n := 0
+	for _, h := range slices.Compact(slices.Sorted(slices.Values(p.hosts[id]))) {
+		if _, ok := p.table.byHost[h]; ok {
+			n++
+		}
+	}
+	return n
+}
+
+func (p *vipPool) capacity() uint64 { return p.table.capacity() }
 
 // vipTable gives every listed Consul service a virtual IP from a range, so
 // TCP and other non-HTTP services get an outbound listener of their own.
@@ -98,12 +178,16 @@ func addOffset(a netip.Addr, off uint64) netip.Addr {
 }
 
 // hostnames are the hostnames of listed Consul names that can be served
-// (a name that is no DNS label never is).
+// (a name that is no DNS label never is), with the hostname every
+// datacenter shares when this registry serves that one too.
 func (c *Controller) hostnames(names []string) []host.Name {
 	out := make([]host.Name, 0, len(names))
 	for _, n := range names {
 		if len(validation.IsDNS1123Label(n)) == 0 {
 			out = append(out, c.conv.hostname(n))
+			if c.conv.failover {
+				out = append(out, c.conv.sharedHostname(n))
+			}
 		}
 	}
 	return out
