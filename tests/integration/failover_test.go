@@ -125,8 +125,12 @@ spec:
 		return out
 	}
 	want := map[string]string{e2e.IP(t, 0): "dc1", e2e.IP(t, 1): "dc1", e2e.IP(t, 2): "dc2", e2e.IP(t, 3): "dc2"}
-	require.Eventually(t, func() bool { return assert.ObjectsAreEqual(want, regions()) }, 30*time.Second, 100*time.Millisecond,
-		"WDS: the workloads of both datacenters (got %v; stream error: %v)", regions(), wds.Err())
+	if !assert.Eventually(t, func() bool { return assert.ObjectsAreEqual(want, regions()) }, 30*time.Second, 100*time.Millisecond,
+		"WDS: the workloads of both datacenters (stream error: %v)", wds.Err()) {
+		b, _ := istiod.Debug("/debug/ambientz")
+		t.Fatalf("WDS has %+v and, for dc2's hostname, %+v; /debug/ambientz:\n%.4000s", wds.View(ns, hostname),
+			wds.View(ns, "xdc.service.dc2.consul"), b)
+	}
 	svc := wds.Service(ns, hostname)
 	require.NotNil(t, svc)
 	require.Len(t, svc.Addresses, 1)

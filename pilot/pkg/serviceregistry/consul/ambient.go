@@ -37,6 +37,8 @@ const (
 )
 
 type ambientFeed struct {
+	// services holds, in the first registry's feed, the shared hostnames'
+	// ServiceEntries too (ambientshared.go).
 	services  krt.StaticCollection[*networkingclient.ServiceEntry]
 	workloads krt.StaticCollection[*networkingclient.WorkloadEntry]
 	mu        sync.Mutex
@@ -59,6 +61,9 @@ func newAmbientFeed(clusterID string, synced krt.Syncer) *ambientFeed {
 func (c *Controller) AmbientInputs() (krt.Collection[*networkingclient.ServiceEntry], krt.Collection[*networkingclient.WorkloadEntry]) {
 	if c.ambient == nil {
 		c.ambient = newAmbientFeed(string(c.opts.ClusterID), syncerOf{c.sync})
+		if c.opts.shared != nil {
+			c.opts.shared.attach(c.opts.ClusterID, c.ambient.services)
+		}
 	}
 	return c.ambient.services, c.ambient.workloads
 }
@@ -77,23 +82,33 @@ func (c *Controller) publish(name string, s *serviceState) {
 	defer f.mu.Unlock()
 	seName := c.objectName(name)
 	seKey := c.args.Mapping.Namespace + "/" + seName
-	// The shared hostname's ServiceEntry selects the same WorkloadEntries;
-	// ambient joins them with the other datacenters' under one service.
-	sharedName := sharedObjectPrefix + seName
-	if s != nil && s.shared != nil && !c.opts.KubernetesHas(s.shared.Hostname) {
-		f.services.ConditionalUpdateObject(c.serviceEntry(sharedName, seName, s.shared, s.endpoints))
-	} else {
-		f.services.DeleteObject(c.args.Mapping.Namespace + "/" + sharedName)
+	own := s != nil
+	if sh := c.opts.shared; sh != nil {
+		// The shared hostname's ServiceEntry is the feed's, whichever
+		// registry serves it; this registry's own is the datacenter's.
+		var part *sharedPart
+		switch {
+		case s == nil:
+		case c.conv.remoteDC == "":
+			part, own = &sharedPart{service: s.service, endpoints: s.endpoints}, false
+		case !c.opts.KubernetesHas(s.shared.Hostname):
+			part = &sharedPart{service: s.shared, endpoints: s.endpoints}
+		}
+		sh.set(c.opts.ClusterID, name, part)
+	}
+	if !own {
+		f.services.DeleteObject(seKey)
 	}
 	if s == nil {
-		f.services.DeleteObject(seKey)
 		for _, k := range f.published[name] {
 			f.workloads.DeleteObject(k)
 		}
 		delete(f.published, name)
 		return
 	}
-	f.services.ConditionalUpdateObject(c.serviceEntry(seName, seName, s.service, s.endpoints))
+	if own {
+		f.services.ConditionalUpdateObject(c.serviceEntry(seName, s))
+	}
 	var keys []string
 	live := map[string]bool{}
 	for _, we := range c.workloadEntries(seName, s) {
@@ -121,40 +136,38 @@ func (c *Controller) objectName(name string) string {
 	return id + "-" + name
 }
 
-// sharedObjectPrefix names the ServiceEntry of a service's shared
-// hostname (--consulDatacenterFailover): a dot, which no Consul name that
-// is served holds, keeps it apart from every other object name.
-const sharedObjectPrefix = "failover."
-
-// serviceEntry is svc as the ServiceEntry named seName, selecting the
-// WorkloadEntries of the Consul service whose own ServiceEntry is selector.
-func (c *Controller) serviceEntry(seName, selector string, svc *model.Service, endpoints []*model.IstioEndpoint) *networkingclient.ServiceEntry {
+func (c *Controller) serviceEntry(seName string, s *serviceState) *networkingclient.ServiceEntry {
 	se := &networkingclient.ServiceEntry{
 		ObjectMeta: metav1.ObjectMeta{
 			Name: seName, Namespace: c.args.Mapping.Namespace,
 			Labels:            map[string]string{LabelRegistry: string(c.opts.ClusterID)},
-			CreationTimestamp: metav1.NewTime(svc.CreationTime),
+			CreationTimestamp: metav1.NewTime(s.service.CreationTime),
 		},
 	}
-	// A waypoint binds a service through its ServiceEntry's labels; Consul
-	// says so in the instances' tags (meta keys cannot hold "/").
+	waypointLabels(se, s.endpoints)
+	spec := &se.Spec
+	spec.Hosts = []string{string(s.service.Hostname)}
+	spec.Location = networking.ServiceEntry_MESH_INTERNAL
+	spec.Resolution = networking.ServiceEntry_STATIC
+	spec.WorkloadSelector = &networking.WorkloadSelector{Labels: map[string]string{LabelService: seName}}
+	if s.service.DefaultAddress != "" {
+		spec.Addresses = []string{s.service.DefaultAddress}
+	}
+	for _, p := range s.service.Ports {
+		spec.Ports = append(spec.Ports, &networking.ServicePort{Number: uint32(p.Port), Protocol: string(p.Protocol), Name: p.Name})
+	}
+	return se
+}
+
+// waypointLabels binds a service to a waypoint through its ServiceEntry's
+// labels, as Consul says in the instances' tags (meta keys cannot hold
+// "/"): the value most endpoints carry.
+func waypointLabels(se *networkingclient.ServiceEntry, endpoints []*model.IstioEndpoint) {
 	for _, k := range []string{label.IoIstioUseWaypoint.Name, label.IoIstioUseWaypointNamespace.Name} {
 		if v := mostCommonLabel(endpoints, k); v != "" {
 			se.Labels[k] = v
 		}
 	}
-	spec := &se.Spec
-	spec.Hosts = []string{string(svc.Hostname)}
-	spec.Location = networking.ServiceEntry_MESH_INTERNAL
-	spec.Resolution = networking.ServiceEntry_STATIC
-	spec.WorkloadSelector = &networking.WorkloadSelector{Labels: map[string]string{LabelService: selector}}
-	if svc.DefaultAddress != "" {
-		spec.Addresses = []string{svc.DefaultAddress}
-	}
-	for _, p := range svc.Ports {
-		spec.Ports = append(spec.Ports, &networking.ServicePort{Number: uint32(p.Port), Protocol: string(p.Protocol), Name: p.Name})
-	}
-	return se
 }
 
 // mostCommonLabel is the value of label key most endpoints carry, ties to
@@ -189,6 +202,9 @@ func (c *Controller) workloadEntries(seName string, s *serviceState) []*networki
 			lbl[k] = v
 		}
 		lbl[LabelService], lbl[LabelRegistry] = seName, string(c.opts.ClusterID)
+		if c.opts.shared != nil {
+			lbl[LabelShared] = s.name
+		}
 		if ep.TLSMode == model.IstioMutualTLSModeLabel {
 			lbl[label.SecurityTlsMode.Name] = model.IstioMutualTLSModeLabel
 		}

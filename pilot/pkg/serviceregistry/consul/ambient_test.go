@@ -1,6 +1,7 @@
 package consul
 
 import (
+	"slices"
 	"sort"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"istio.io/istio/pilot/pkg/serviceregistry/util/xdsfake"
 	"istio.io/istio/pkg/config/host"
 	"istio.io/istio/pkg/config/labels"
+	"istio.io/istio/pkg/kube/krt"
 
 	"github.com/pilot-consul/pilot-consul/tests/harness"
 )
@@ -125,4 +127,78 @@ func TestMostCommonLabel(t *testing.T) {
 	assert.Equal(t, "b", mostCommonLabel(eps("b", "", ""), "k"))
 	assert.Equal(t, "b", mostCommonLabel(eps("a", "b", "b", "c"), "k"))
 	assert.Equal(t, "a", mostCommonLabel(eps("c", "a", "c", "a"), "k"))
+}
+
+// With --consulDatacenterFailover, ambient (and consul-mcp) see one
+// ServiceEntry per shared hostname, whichever datacenters serve it,
+// selecting every datacenter's WorkloadEntries; each non-local datacenter
+// keeps its own <svc>.service.<dc>.consul one.
+func TestAmbientInputsWithFailover(t *testing.T) {
+	dc1, dc2 := wanJoined(t)
+	require.NoError(t, dc1.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "w1", Name: "web", Address: "127.0.0.21", Port: 80}))
+	require.NoError(t, dc2.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "w2", Name: "web", Address: "127.0.0.22", Port: 80}))
+	require.NoError(t, dc2.Client.Agent().ServiceRegister(&api.AgentServiceRegistration{ID: "a2", Name: "api", Address: "127.0.0.23", Port: 81}))
+	args := DefaultArgs()
+	args.ServerURL, args.Datacenter, args.DatacenterFailover = dc1.URL(), "dc1,dc2", true
+	require.NoError(t, args.Complete(func(string) string { return "" }))
+	insts, err := NewRegistries(args, Options{XDSUpdater: xdsfake.NewFakeXDS()})
+	require.NoError(t, err)
+	var regs []*Controller
+	var ses []krt.Collection[*networkingclient.ServiceEntry]
+	var wes []krt.Collection[*networkingclient.WorkloadEntry]
+	for _, i := range insts {
+		r := i.(*Controller)
+		se, we := r.AmbientInputs()
+		regs, ses, wes = append(regs, r), append(ses, se), append(wes, we)
+	}
+	runAll(t, regs)
+
+	// host -> "name selecting key=value"
+	entries := func() map[string]string {
+		out := map[string]string{}
+		for _, c := range ses {
+			for _, se := range c.List() {
+				for k, v := range se.Spec.WorkloadSelector.Labels {
+					out[se.Spec.Hosts[0]] += se.Name + " selecting " + k + "=" + v + ";"
+				}
+			}
+		}
+		return out
+	}
+	sharedBy := func(name string) []string {
+		var out []string
+		for _, c := range wes {
+			for _, we := range c.List() {
+				if we.Labels[LabelShared] == name {
+					out = append(out, we.Spec.Address+"@"+we.Spec.Locality)
+				}
+			}
+		}
+		sort.Strings(out)
+		return out
+	}
+	want := map[string]string{
+		"web.service.consul":        "failover.web selecting " + LabelShared + "=web;",
+		"api.service.consul":        "failover.api selecting " + LabelShared + "=api;",
+		"consul.service.consul":     "failover.consul selecting " + LabelShared + "=consul;",
+		"web.service.dc2.consul":    "consul-dc2-web selecting " + LabelService + "=consul-dc2-web;",
+		"api.service.dc2.consul":    "consul-dc2-api selecting " + LabelService + "=consul-dc2-api;",
+		"consul.service.dc2.consul": "consul-dc2-consul selecting " + LabelService + "=consul-dc2-consul;",
+	}
+	require.Eventually(t, func() bool { return assert.ObjectsAreEqual(want, entries()) && len(sharedBy("web")) == 2 },
+		20*time.Second, 20*time.Millisecond, "got %v", entries())
+	assert.Equal(t, []string{"127.0.0.21@dc1", "127.0.0.22@dc2"}, sharedBy("web"))
+	var vip string
+	for _, se := range ses[0].List() {
+		if se.Name == "failover.web" {
+			vip = se.Spec.Addresses[0]
+		}
+	}
+	assert.Equal(t, regs[0].GetService("web.service.consul").DefaultAddress, vip, "the VIP sidecars get")
+
+	require.NoError(t, dc1.Client.Agent().ServiceDeregister("w1"))
+	require.Eventually(t, func() bool { return slices.Equal(sharedBy("web"), []string{"127.0.0.22@dc2"}) }, 20*time.Second, 20*time.Millisecond)
+	assert.Equal(t, want["web.service.consul"], entries()["web.service.consul"], "dc2 still serves it")
+	require.NoError(t, dc2.Client.Agent().ServiceDeregister("w2"))
+	require.Eventually(t, func() bool { _, ok := entries()["web.service.consul"]; return !ok }, 20*time.Second, 20*time.Millisecond)
 }

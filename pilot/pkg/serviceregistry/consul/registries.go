@@ -47,9 +47,12 @@ func NewForIstiod(args *Args, xds model.XDSUpdater, meshHolder mesh.Holder, othe
 }
 
 // NewRegistries builds one registry per target of completed args; they
-// share one VIP table.
+// share one VIP table (and, with failover, the shared hostnames' feed).
 func NewRegistries(args Args, opts Options) ([]serviceregistry.Instance, error) {
 	opts.vips = newVIPPool(args.Mapping.VIPRange)
+	if args.DatacenterFailover {
+		opts.shared = newSharedFeed(args.Mapping.Namespace)
+	}
 	var out []serviceregistry.Instance
 	for _, t := range args.targets() {
 		a := args

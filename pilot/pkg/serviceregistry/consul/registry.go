@@ -49,6 +49,9 @@ type Options struct {
 	// vips is the VIP table the registries of one istiod share
 	// (NewRegistries); nil gives the registry one of its own.
 	vips *vipPool
+	// shared publishes the shared hostnames' ServiceEntries for ambient
+	// with --consulDatacenterFailover (NewRegistries); nil without it.
+	shared *sharedFeed
 }
 
 // Controller is the Consul registry for one Consul cluster and datacenter.
@@ -105,6 +108,9 @@ func New(args Args, opts Options) (*Controller, error) {
 	if opts.vips == nil {
 		opts.vips = newVIPPool(args.Mapping.VIPRange)
 	}
+	if opts.shared == nil && args.DatacenterFailover {
+		opts.shared = newSharedFeed(args.Mapping.Namespace)
+	}
 	c := &Controller{
 		args:   args,
 		opts:   opts,
@@ -137,6 +143,9 @@ func New(args Args, opts Options) (*Controller, error) {
 		metrics:  metrics,
 	}
 	opts.vips.join(opts.ClusterID, func() { c.dirty.mark(0, c.store.movedVIPs()...) })
+	if opts.shared != nil {
+		opts.shared.join(opts.ClusterID)
+	}
 	return c, nil
 }
 

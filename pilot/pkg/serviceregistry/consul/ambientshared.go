@@ -1,0 +1,157 @@
+package consul
+
+// ambientshared.go owns, with --consulDatacenterFailover, what ambient mode
+// and consul-mcp see of the hostname every datacenter shares: one
+// ServiceEntry per Consul service, selecting every datacenter's
+// WorkloadEntries of it. One, not one per datacenter: ambient keeps a
+// single ServiceEntry per hostname (the oldest) and drops the others' hosts,
+// while istiod's ServiceEntry registry adds up the instances of every
+// ServiceEntry of a hostname, so two selecting one WorkloadEntry would
+// send its endpoint twice.
+
+import (
+	"maps"
+	"slices"
+	"sync"
+
+	networking "istio.io/api/networking/v1alpha3"
+	networkingclient "istio.io/client-go/pkg/apis/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"istio.io/istio/pilot/pkg/model"
+	"istio.io/istio/pkg/cluster"
+	"istio.io/istio/pkg/kube/krt"
+)
+
+// LabelShared selects a Consul service's WorkloadEntries of every
+// datacenter (--consulDatacenterFailover): its value is the Consul name.
+const LabelShared = "consul.pilot-consul.io/shared"
+
+// sharedObjectPrefix names the shared hostname's ServiceEntry: a dot,
+// which no Consul name that is served holds, keeps it apart from every
+// registry's own objects (<registry>-<name>).
+const sharedObjectPrefix = "failover."
+
+// sharedFeed is the shared hostnames' ServiceEntries of the registries of
+// one istiod. Each registry reports what it serves of a Consul service
+// (set); the ServiceEntry follows the first registry, in --consulDatacenter
+// order, that serves it, with every registry's ports. It is published in
+// the first registry's ambient collection (attach), so istiod joins no
+// collection more than it did.
+type sharedFeed struct {
+	namespace string
+	mu        sync.Mutex
+	order     []cluster.ID
+	out       krt.StaticCollection[*networkingclient.ServiceEntry]
+	attached  bool // out is set
+	byName    map[string]map[cluster.ID]*sharedPart
+}
+
+// sharedPart is one registry's share of a Consul service: its service
+// under the shared hostname and its endpoints.
+type sharedPart struct {
+	service   *model.Service
+	endpoints []*model.IstioEndpoint
+}
+
+func newSharedFeed(namespace string) *sharedFeed {
+	return &sharedFeed{namespace: namespace, byName: map[string]map[cluster.ID]*sharedPart{}}
+}
+
+// join adds a registry, in order.
+func (f *sharedFeed) join(id cluster.ID) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.order = append(f.order, id)
+}
+
+// attach publishes into the ambient collection of registry id if it is
+// the first one; it reports whether it was.
+func (f *sharedFeed) attach(id cluster.ID, out krt.StaticCollection[*networkingclient.ServiceEntry]) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.order) == 0 || f.order[0] != id {
+		return false
+	}
+	f.out, f.attached = out, true
+	for name, parts := range f.byName {
+		f.out.ConditionalUpdateObject(f.serviceEntry(name, parts))
+	}
+	return true
+}
+
+// set records what registry id serves of Consul service name under the
+// shared hostname (nil: nothing) and republishes its ServiceEntry.
+func (f *sharedFeed) set(id cluster.ID, name string, p *sharedPart) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	parts := f.byName[name]
+	if p == nil {
+		delete(parts, id)
+	} else {
+		if parts == nil {
+			parts = map[cluster.ID]*sharedPart{}
+			f.byName[name] = parts
+		}
+		parts[id] = p
+	}
+	if len(parts) == 0 {
+		delete(f.byName, name)
+	}
+	switch {
+	case !f.attached:
+	case len(parts) == 0:
+		f.out.DeleteObject(f.namespace + "/" + sharedObjectPrefix + name)
+	default:
+		f.out.ConditionalUpdateObject(f.serviceEntry(name, parts))
+	}
+}
+
+func (f *sharedFeed) serviceEntry(name string, parts map[cluster.ID]*sharedPart) *networkingclient.ServiceEntry {
+	var ordered []*sharedPart
+	var owner cluster.ID
+	for _, id := range f.order { // under mu (set, attach)
+		if p := parts[id]; p != nil {
+			if owner == "" {
+				owner = id
+			}
+			ordered = append(ordered, p)
+		}
+	}
+	svc := ordered[0].service
+	created := svc.CreationTime
+	var endpoints []*model.IstioEndpoint
+	ports := map[int]*model.Port{}
+	for _, p := range ordered {
+		if p.service.CreationTime.Before(created) {
+			created = p.service.CreationTime
+		}
+		endpoints = append(endpoints, p.endpoints...)
+		for _, port := range p.service.Ports {
+			if ports[port.Port] == nil {
+				ports[port.Port] = port // the first registry's protocol wins
+			}
+		}
+	}
+	se := &networkingclient.ServiceEntry{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: sharedObjectPrefix + name, Namespace: f.namespace,
+			Labels:            map[string]string{LabelRegistry: string(owner)},
+			CreationTimestamp: metav1.NewTime(created),
+		},
+	}
+	waypointLabels(se, endpoints)
+	spec := &se.Spec
+	spec.Hosts = []string{string(svc.Hostname)}
+	spec.Location = networking.ServiceEntry_MESH_INTERNAL
+	spec.Resolution = networking.ServiceEntry_STATIC
+	spec.WorkloadSelector = &networking.WorkloadSelector{Labels: map[string]string{LabelShared: name}}
+	if svc.DefaultAddress != "" {
+		spec.Addresses = []string{svc.DefaultAddress}
+	}
+	for _, n := range slices.Sorted(maps.Keys(ports)) {
+		p := ports[n]
+		spec.Ports = append(spec.Ports, &networking.ServicePort{Number: uint32(p.Port), Protocol: string(p.Protocol), Name: p.Name})
+	}
+	return se
+}
