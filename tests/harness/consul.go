@@ -112,6 +112,29 @@ type Consul struct {
 	config ConsulConfig
 }
 
+// StartDatacenters starts two Consul servers, dc1 and dc2, and joins them
+// over the WAN, as two datacenters of one Consul.
+func StartDatacenters(env Env) (dc1, dc2 *Consul, err error) {
+	if dc1, err = StartConsul(env); err != nil {
+		return nil, nil, err
+	}
+	if dc2, err = StartConsul(env, func(c *ConsulConfig) { c.Datacenter = "dc2" }); err != nil {
+		return nil, nil, err
+	}
+	if err := dc1.Client.Agent().Join(dc2.SerfWANAddr, true); err != nil {
+		return nil, nil, fmt.Errorf("WAN join: %w", err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		dcs, err := dc1.Client.Catalog().Datacenters()
+		if err == nil && len(dcs) == 2 {
+			return dc1, dc2, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, nil, fmt.Errorf("WAN join: dc1 lists datacenters %v after 30s (last error: %v)", dcs, err)
+		}
+	}
+}
+
 // StartConsul starts a Consul agent configured by configure; it is stopped
 // at the env's cleanup.
 func StartConsul(env Env, configure ...func(*ConsulConfig)) (*Consul, error) {

@@ -29,15 +29,8 @@ const failoverBound = time.Second
 // they pass again; the dc2 hostname still pins dc2, and ambient's WDS holds
 // one service with the instances of both, each with its locality.
 func TestDatacenterFailover(t *testing.T) {
-	dc1, err := harness.StartConsul(t)
+	dc1, dc2, err := harness.StartDatacenters(t)
 	require.NoError(t, err)
-	dc2, err := harness.StartConsul(t, func(c *harness.ConsulConfig) { c.Datacenter = "dc2" })
-	require.NoError(t, err)
-	require.NoError(t, dc1.Client.Agent().Join(dc2.SerfWANAddr, true))
-	require.Eventually(t, func() bool {
-		dcs, err := dc1.Client.Catalog().Datacenters()
-		return err == nil && len(dcs) == 2
-	}, 30*time.Second, 100*time.Millisecond, "WAN join")
 
 	// One service, two instances in each datacenter, all on one port.
 	east := e2e.NewService(t, inDatacenter{local, dc1.Client}, "xdc", 2, e2e.GRPCMeta, nil)

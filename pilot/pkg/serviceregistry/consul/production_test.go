@@ -356,15 +356,8 @@ func TestRegistriesShareTheVIPRange(t *testing.T) {
 
 // wanJoined starts two real Consul servers, dc1 and dc2, WAN-joined.
 func wanJoined(t *testing.T) (dc1, dc2 *harness.Consul) {
-	dc1, err := harness.StartConsul(t)
+	dc1, dc2, err := harness.StartDatacenters(t)
 	require.NoError(t, err)
-	dc2, err = harness.StartConsul(t, func(c *harness.ConsulConfig) { c.Datacenter = "dc2" })
-	require.NoError(t, err)
-	require.NoError(t, dc1.Client.Agent().Join(dc2.SerfWANAddr, true))
-	require.Eventually(t, func() bool {
-		dcs, err := dc1.Client.Catalog().Datacenters()
-		return err == nil && len(dcs) == 2
-	}, 30*time.Second, 100*time.Millisecond, "WAN join")
 	return dc1, dc2
 }
 
