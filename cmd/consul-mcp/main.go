@@ -37,6 +37,7 @@ type flags struct {
 	tlsCert, tlsKey, tlsClientCA  string
 	tlsClientIdentities           []string
 	trustDomain                   string
+	inlineEndpoints               bool
 	debounce                      mcp.Debounce
 	limits                        mcp.Limits
 }
@@ -57,6 +58,8 @@ func main() {
 		"With --tlsClientCA, the identities (URI SANs) a client certificate must name, comma-separated; "+
 			"default istiod's: spiffe://<trustDomain>/ns/istio-system/sa/istiod (a revision's istiod is sa/istiod-<revision>)")
 	fs.StringVar(&f.trustDomain, "trustDomain", "cluster.local", "The mesh's trust domain, for instance identities")
+	fs.BoolVar(&f.inlineEndpoints, "inlineEndpoints", false,
+		"Send each service's healthy instances inside its ServiceEntry (endpoints) instead of as WorkloadEntries it selects")
 	fs.DurationVar(&f.debounce.Quiet, "debounce", 100*time.Millisecond, "Push once Consul has been quiet this long...")
 	fs.DurationVar(&f.debounce.Max, "debounceMax", time.Second, "...or this long after the first change, whichever comes first")
 	f.limits = mcp.DefaultLimits
@@ -89,8 +92,9 @@ func run(ctx context.Context, args consul.Args, f flags) error {
 		return err
 	}
 	registries, err := consul.NewRegistries(args, consul.Options{
-		XDSUpdater:  mcp.NoPushes{},
-		TrustDomain: func() string { return f.trustDomain },
+		XDSUpdater:      mcp.NoPushes{},
+		TrustDomain:     func() string { return f.trustDomain },
+		InlineEndpoints: f.inlineEndpoints,
 	})
 	if err != nil {
 		return err

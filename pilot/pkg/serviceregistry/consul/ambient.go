@@ -82,6 +82,10 @@ func (c *Controller) publish(name string, s *serviceState) {
 	defer f.mu.Unlock()
 	seName := c.objectName(name)
 	seKey := c.args.Mapping.Namespace + "/" + seName
+	var wes []*networkingclient.WorkloadEntry
+	if s != nil {
+		wes = c.workloadEntries(seName, s)
+	}
 	own := s != nil
 	if sh := c.opts.shared; sh != nil {
 		// The shared hostname's ServiceEntry is the feed's, whichever
@@ -90,28 +94,28 @@ func (c *Controller) publish(name string, s *serviceState) {
 		switch {
 		case s == nil:
 		case c.conv.remoteDC == "":
-			part, own = &sharedPart{service: s.service, endpoints: s.endpoints}, false
+			part, own = &sharedPart{service: s.service, endpoints: s.endpoints, workloads: wes}, false
 		case !c.opts.KubernetesHas(s.shared.Hostname):
-			part = &sharedPart{service: s.shared, endpoints: s.endpoints}
+			part = &sharedPart{service: s.shared, endpoints: s.endpoints, workloads: wes}
 		}
 		sh.set(c.opts.ClusterID, name, part)
 	}
 	if !own {
 		f.services.DeleteObject(seKey)
 	}
-	if s == nil {
-		for _, k := range f.published[name] {
-			f.workloads.DeleteObject(k)
-		}
-		delete(f.published, name)
-		return
-	}
 	if own {
-		f.services.ConditionalUpdateObject(c.serviceEntry(seName, s))
+		se := c.serviceEntry(seName, s)
+		if c.opts.InlineEndpoints {
+			inline(se, wes)
+		}
+		f.services.ConditionalUpdateObject(se)
+	}
+	if c.opts.InlineEndpoints || s == nil {
+		wes = nil // inline: the ServiceEntries carry them
 	}
 	var keys []string
 	live := map[string]bool{}
-	for _, we := range c.workloadEntries(seName, s) {
+	for _, we := range wes {
 		k := we.Namespace + "/" + we.Name
 		f.workloads.ConditionalUpdateObject(we)
 		keys, live[k] = append(keys, k), true
@@ -121,7 +125,21 @@ func (c *Controller) publish(name string, s *serviceState) {
 			f.workloads.DeleteObject(k)
 		}
 	}
-	f.published[name] = keys
+	if len(keys) == 0 {
+		delete(f.published, name)
+	} else {
+		f.published[name] = keys
+	}
+}
+
+// inline puts a service's WorkloadEntries into its ServiceEntry's
+// endpoints, in place of the selector (Options.InlineEndpoints).
+func inline(se *networkingclient.ServiceEntry, wes []*networkingclient.WorkloadEntry) {
+	se.Spec.WorkloadSelector = nil
+	se.Spec.Endpoints = make([]*networking.WorkloadEntry, 0, len(wes))
+	for _, we := range wes {
+		se.Spec.Endpoints = append(se.Spec.Endpoints, &we.Spec)
+	}
 }
 
 // objectName is the Kubernetes name of a Consul service's ServiceEntry,

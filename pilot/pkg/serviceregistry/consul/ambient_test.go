@@ -1,6 +1,7 @@
 package consul
 
 import (
+	"fmt"
 	"slices"
 	"sort"
 	"testing"
@@ -201,4 +202,50 @@ func TestAmbientInputsWithFailover(t *testing.T) {
 	assert.Equal(t, want["web.service.consul"], entries()["web.service.consul"], "dc2 still serves it")
 	require.NoError(t, dc2.Client.Agent().ServiceDeregister("w2"))
 	require.Eventually(t, func() bool { _, ok := entries()["web.service.consul"]; return !ok }, 20*time.Second, 20*time.Millisecond)
+}
+
+// Options.InlineEndpoints (consul-mcp --inlineEndpoints): each service's
+// ServiceEntry carries its healthy instances as endpoints, with no
+// selector, and no WorkloadEntry is published; a flip changes that one
+// ServiceEntry.
+func TestAmbientInputsInline(t *testing.T) {
+	c, err := harness.StartConsul(t)
+	require.NoError(t, err)
+	for _, r := range []api.AgentServiceRegistration{
+		{ID: "in-1", Name: "in", Address: "127.0.0.81", Port: 8080, Meta: map[string]string{"protocol": "http", "zone": "z1"}},
+		{ID: "in-2", Name: "in", Address: "127.0.0.82", Port: 8080},
+	} {
+		r.Check = &api.AgentServiceCheck{CheckID: "ttl-" + r.ID, TTL: "1h", Status: api.HealthPassing}
+		require.NoError(t, c.Client.Agent().ServiceRegister(&r))
+	}
+	args := DefaultArgs()
+	args.ServerURL = c.URL()
+	require.NoError(t, args.Complete(func(string) string { return "" }))
+	r, err := New(args, Options{XDSUpdater: xdsfake.NewFakeXDS(), InlineEndpoints: true})
+	require.NoError(t, err)
+	ses, wes := r.AmbientInputs()
+	runAll(t, []*Controller{r})
+	endpoints := func() []string {
+		for _, se := range ses.List() {
+			if se.Name != "consul-in" {
+				continue
+			}
+			assert.Nil(t, se.Spec.WorkloadSelector)
+			var out []string
+			for _, e := range se.Spec.Endpoints {
+				out = append(out, e.Address+"@"+e.Locality+":"+fmt.Sprint(e.Ports["http-8080"]))
+			}
+			sort.Strings(out)
+			return out
+		}
+		return nil
+	}
+	require.Eventually(t, func() bool { return len(endpoints()) == 2 }, 20*time.Second, 20*time.Millisecond)
+	assert.Equal(t, []string{"127.0.0.81@dc1/z1:8080", "127.0.0.82@dc1:8080"}, endpoints())
+	assert.Empty(t, wes.List(), "no WorkloadEntries")
+
+	require.NoError(t, c.Client.Agent().UpdateTTL("ttl-in-2", "", api.HealthCritical))
+	require.Eventually(t, func() bool { return slices.Equal(endpoints(), []string{"127.0.0.81@dc1/z1:8080"}) },
+		20*time.Second, 20*time.Millisecond, "got %v", endpoints())
+	assert.Empty(t, wes.List())
 }

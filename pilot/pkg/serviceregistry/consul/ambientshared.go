@@ -40,6 +40,7 @@ const sharedObjectPrefix = "failover."
 // collection more than it did.
 type sharedFeed struct {
 	namespace string
+	inline    bool // Options.InlineEndpoints
 	mu        sync.Mutex
 	order     []cluster.ID
 	out       krt.StaticCollection[*networkingclient.ServiceEntry]
@@ -52,10 +53,11 @@ type sharedFeed struct {
 type sharedPart struct {
 	service   *model.Service
 	endpoints []*model.IstioEndpoint
+	workloads []*networkingclient.WorkloadEntry // for inline endpoints
 }
 
-func newSharedFeed(namespace string) *sharedFeed {
-	return &sharedFeed{namespace: namespace, byName: map[string]map[cluster.ID]*sharedPart{}}
+func newSharedFeed(namespace string, inline bool) *sharedFeed {
+	return &sharedFeed{namespace: namespace, inline: inline, byName: map[string]map[cluster.ID]*sharedPart{}}
 }
 
 // join adds a registry, in order.
@@ -121,8 +123,10 @@ func (f *sharedFeed) serviceEntry(name string, parts map[cluster.ID]*sharedPart)
 	svc := ordered[0].service
 	created := svc.CreationTime
 	var endpoints []*model.IstioEndpoint
+	var workloads []*networkingclient.WorkloadEntry
 	ports := map[int]*model.Port{}
 	for _, p := range ordered {
+		workloads = append(workloads, p.workloads...)
 		if p.service.CreationTime.Before(created) {
 			created = p.service.CreationTime
 		}
@@ -152,6 +156,9 @@ func (f *sharedFeed) serviceEntry(name string, parts map[cluster.ID]*sharedPart)
 	for _, n := range slices.Sorted(maps.Keys(ports)) {
 		p := ports[n]
 		spec.Ports = append(spec.Ports, &networking.ServicePort{Number: uint32(p.Port), Protocol: string(p.Protocol), Name: p.Name})
+	}
+	if f.inline {
+		inline(se, workloads)
 	}
 	return se
 }

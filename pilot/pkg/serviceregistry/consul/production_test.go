@@ -282,9 +282,10 @@ func TestDatacenterFailover(t *testing.T) {
 		}
 		return out
 	}
+	// dc2's consul, web and api, each under two hostnames.
 	require.Eventually(t, func() bool {
-		return len(served(remote, "api.service.consul")) == 1 && len(served(local, "web.service.consul")) == 1 &&
-			len(served(remote, "web.service.consul")) == 1
+		return len(remote.Services()) == 6 && len(served(remote, "api.service.consul")) == 1 &&
+			len(served(local, "web.service.consul")) == 1 && len(served(remote, "web.service.consul")) == 1
 	}, 20*time.Second, 20*time.Millisecond)
 	assert.Equal(t, []string{"127.0.0.21@dc1"}, served(local, "web.service.consul"))
 	assert.Equal(t, []string{"127.0.0.22@dc2"}, served(remote, "web.service.consul"), "dc2's instances under dc1's hostname")

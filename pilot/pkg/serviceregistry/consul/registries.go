@@ -51,7 +51,7 @@ func NewForIstiod(args *Args, xds model.XDSUpdater, meshHolder mesh.Holder, othe
 func NewRegistries(args Args, opts Options) ([]serviceregistry.Instance, error) {
 	opts.vips = newVIPPool(args.Mapping.VIPRange)
 	if args.DatacenterFailover {
-		opts.shared = newSharedFeed(args.Mapping.Namespace)
+		opts.shared = newSharedFeed(args.Mapping.Namespace, opts.InlineEndpoints)
 	}
 	var out []serviceregistry.Instance
 	for _, t := range args.targets() {

@@ -46,6 +46,10 @@ type Options struct {
 	KubernetesHas func(host.Name) bool
 	// RemoteDatacenter puts Args.Datacenter into hostnames (a non-local DC).
 	RemoteDatacenter bool
+	// InlineEndpoints publishes each service's healthy instances in its
+	// ServiceEntry's endpoints, not as WorkloadEntries (AmbientInputs;
+	// consul-mcp --inlineEndpoints).
+	InlineEndpoints bool
 	// vips is the VIP table the registries of one istiod share
 	// (NewRegistries); nil gives the registry one of its own.
 	vips *vipPool
@@ -109,7 +113,7 @@ func New(args Args, opts Options) (*Controller, error) {
 		opts.vips = newVIPPool(args.Mapping.VIPRange)
 	}
 	if opts.shared == nil && args.DatacenterFailover {
-		opts.shared = newSharedFeed(args.Mapping.Namespace)
+		opts.shared = newSharedFeed(args.Mapping.Namespace, opts.InlineEndpoints)
 	}
 	c := &Controller{
 		args:   args,
