@@ -184,7 +184,8 @@ func writeAcrossReleases(b *strings.Builder, rs []Result) {
 
 // routeTitles head the table's columns.
 var routeTitles = map[string]string{
-	RouteA: "A (Consul registry)", RouteK: "K (Kubernetes Services)", RouteC: "C (MCP, istiod as shipped)", RouteB: "B (SE+WE)",
+	RouteA: "A (Consul registry)", RouteK: "K (Kubernetes Services)", RouteC: "C (MCP, istiod as shipped)",
+	RouteE: "E (MCP, inline endpoints)", RouteB: "B (SE+WE)",
 	RouteP: "P (per-service blocking queries, no istiod)",
 }
 
@@ -292,7 +293,9 @@ func (t table) istiodNumber(metric, format string, f func(Result) float64) {
 }
 
 // readsConsul: the routes whose Consul use is measured.
-func readsConsul(r Result) bool { return r.Route == RouteA || r.Route == RouteC || r.Route == RouteP }
+func readsConsul(r Result) bool {
+	return r.Route == RouteA || r.Route == RouteC || r.Route == RouteE || r.Route == RouteP
+}
 
 // any reports whether f holds for some route at this scale.
 func (t table) any(f func(Result) bool) bool {
@@ -410,7 +413,7 @@ func (t table) writeRows() {
 	if t.any(func(r Result) bool { return r.MCPPeakRSSBytes > 0 }) { // Route C's server
 		mcp := func(f func(Result) string) func(Result) string {
 			return func(r Result) string {
-				if r.Route != RouteC {
+				if r.Route != RouteC && r.Route != RouteE {
 					return "–"
 				}
 				return f(r)

@@ -65,6 +65,9 @@ const (
 	RouteK = "K: Kubernetes Services"
 	RouteB = "B: ServiceEntry+WorkloadEntry"
 	RouteC = "C: MCP-over-xDS (consul-mcp, istiod as shipped)"
+	// RouteE is Route C with each service's instances inline in its
+	// ServiceEntry (consul-mcp --inlineEndpoints); run only when asked.
+	RouteE = "E: MCP-over-xDS, inline endpoints (consul-mcp --inlineEndpoints)"
 	// RouteP runs no istiod: one blocking query per service, as peers'
 	// watchers hold them (per_service.go), for what that costs Consul.
 	RouteP = "P: one blocking query per service (peers' watchers)"
@@ -72,7 +75,7 @@ const (
 
 // routes is every route in run order: the references before the bridges,
 // and B last, whose 10,000-service run can take the whole sync timeout.
-var routes = []string{RouteA, RouteK, RouteC, RouteB, RouteP}
+var routes = []string{RouteA, RouteK, RouteC, RouteE, RouteB, RouteP}
 
 // wants reports whether cfg measures route.
 func (c Config) wants(route string) bool {
@@ -203,11 +206,18 @@ func RunScale(parent *harness.ProcessEnv, data Dataset, cfg Config) ([]Result, e
 		// watcher would wait out the sync timeout for nothing.
 		step("%s: not run in ambient mode: MCP configs never reach ztunnel", RouteC)
 	} else if cfg.wants(RouteC) {
-		c, err := measureC(env, data, cfg)
+		c, err := measureC(env, data, cfg, RouteC)
 		if err != nil {
 			return out, fmt.Errorf("route C: %w", err)
 		}
 		out = append(out, c)
+	}
+	if cfg.wantsOnly(RouteE) && !cfg.Ambient {
+		e, err := measureC(env, data, cfg, RouteE)
+		if err != nil {
+			return out, fmt.Errorf("route E: %w", err)
+		}
+		out = append(out, e)
 	}
 	if cfg.wants(RouteB) {
 		b, err := measureB(env, kube, data, cfg)
@@ -252,7 +262,8 @@ func measureA(env *harness.ProcessEnv, consul *harness.Consul, kube *harness.Kub
 // moved the shared one) and measures consul-mcp serving it to the
 // release's istiod as shipped, through the same counting proxy. Its sync
 // runs from the server's start, as A's from istiod's: both read Consul.
-func measureC(parent *harness.ProcessEnv, data Dataset, cfg Config) (Result, error) {
+// Route E is the same with inline endpoints.
+func measureC(parent *harness.ProcessEnv, data Dataset, cfg Config, route string) (Result, error) {
 	env := parent.Child()
 	defer env.Close()
 	consul, kube, err := startBackends(env)
@@ -264,8 +275,11 @@ func measureC(parent *harness.ProcessEnv, data Dataset, cfg Config) (Result, err
 		return Result{}, err
 	}
 	src := &ConsulSource{Client: consul.Client, Data: data}
-	return measure(env, kube, data, cfg, RouteC, src, fmt.Sprintf("loaded %d instances into Consul", data.N*data.M),
-		launch{consul: proxy, backend: consul, mcp: true})
+	l := launch{consul: proxy, backend: consul, mcp: true}
+	if route == RouteE {
+		l.args = []string{"--inlineEndpoints"}
+	}
+	return measure(env, kube, data, cfg, route, src, fmt.Sprintf("loaded %d instances into Consul", data.N*data.M), l)
 }
 
 // measureK writes the dataset as Services and EndpointSlices into a
@@ -346,7 +360,7 @@ type launch struct {
 	consul  *harness.FaultProxy // counts Consul requests (A, C)
 	backend *harness.Consul     // behind consul: its CPU and memory are measured
 	mcp     bool
-	args    []string
+	args    []string // istiod's; consul-mcp's with mcp
 }
 
 // build makes the route's istiod (and server), not started.
@@ -359,7 +373,7 @@ func (l launch) build(env *harness.ProcessEnv, kube *harness.Kube) (*harness.Ist
 		i, err := harness.NewIstiod(env, kube, consulURL, append([]string{"--log_output_level", "default:warn,consul:warn"}, l.args...)...)
 		return i, nil, err
 	}
-	server, err := harness.NewMCP(env, l.consul.URL, "--log_output_level", "default:warn,consul:warn,mcp:warn")
+	server, err := harness.NewMCP(env, l.consul.URL, append([]string{"--log_output_level", "default:warn,consul:warn,mcp:warn"}, l.args...)...)
 	if err != nil {
 		return nil, nil, err
 	}

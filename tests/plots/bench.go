@@ -45,10 +45,10 @@ type result struct {
 	SampleMillis []float64 `json:"latency_samples_ms"`
 }
 
-// routeColors: Route A blue, K green, C purple, B orange, P grey (as the bench names them).
+// routeColors: Route A blue, K green, C purple, E pink, B orange, P grey (as the bench names them).
 var routeColors = map[string]color.RGBA{
 	"A": {0x1f, 0x5f, 0xa8, 255}, "K": {0x2e, 0x8b, 0x57, 255}, "C": {0x7b, 0x3f, 0x9e, 255}, "B": {0xd9, 0x5f, 0x0e, 255},
-	"P": {0x70, 0x70, 0x70, 255},
+	"E": {0xc2, 0x3b, 0x80, 255}, "P": {0x70, 0x70, 0x70, 255},
 }
 
 // scaleDashes tell scales apart within a route: solid for the largest.

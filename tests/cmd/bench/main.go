@@ -32,7 +32,7 @@ func main() {
 	churn := flag.Duration("churn", 30*time.Second, "how long churn runs per route and scale")
 	syncTimeout := flag.Duration("sync-timeout", 15*time.Minute, "how long istiod may take to serve everything")
 	profile := flag.Bool("profile", false, "save pprof profiles into the output dir's profiles/ (make bench draws their flame graphs): istiod's CPU at start-up and in churn, its heap once synced, Consul's CPU in churn (Routes A, C)")
-	routes := flag.String("routes", "A,K,C,B", "routes to measure: A (Consul registry), K (Kubernetes Services), C (consul-mcp + istiod as shipped), B (ServiceEntry+WorkloadEntry), P (no istiod: one blocking query per service, as peers' watchers hold them)")
+	routes := flag.String("routes", "A,K,C,B", "routes to measure: A (Consul registry), K (Kubernetes Services), C (consul-mcp + istiod as shipped), E (C with --inlineEndpoints), B (ServiceEntry+WorkloadEntry), P (no istiod: one blocking query per service, as peers' watchers hold them)")
 	istiods := flag.String("istiods", "1", "comma-separated istiod replica counts for Route A on one Consul; each count is a run of its own (the other routes run with the first)")
 	consulHTTPS := flag.Bool("consul-https", false, "Route A reads Consul over HTTPS (through a TLS-terminating counting proxy): HTTP/2 carries its per-service watches")
 	consulMaxConns := flag.Int("consul-max-conns", 0, "Route A's Consul limits.http_max_conns_per_client (0: Consul's default, 200); with -consul-args=--consulMaxConnections=N, a watch per service over plain HTTP")
