@@ -312,6 +312,13 @@ func TestDatacenterFailover(t *testing.T) {
 	require.Eventually(t, func() bool { return local.GetService("web.service.consul") == nil }, 20*time.Second, 20*time.Millisecond)
 	assert.Equal(t, []string{"127.0.0.22@dc2"}, served(remote, "web.service.consul"))
 	assert.Equal(t, shared.DefaultAddress, remote.GetService("web.service.consul").DefaultAddress, "the VIP stays")
+
+	// dc2's Consul goes down: its instances stay served, under both names.
+	dc2.Stop()
+	require.Eventually(t, func() bool { return !reachable(remote) }, 20*time.Second, 20*time.Millisecond)
+	assert.Equal(t, []string{"127.0.0.22@dc2"}, served(remote, "web.service.consul"), "dc2's last good state")
+	assert.Equal(t, []string{"127.0.0.23@dc2"}, served(remote, "api.service.dc2.consul"))
+	assert.True(t, reachable(local), "dc1 untouched")
 }
 
 // Defect: each registry allocated VIPs from --consulVIPRange on its own,
