@@ -86,13 +86,13 @@ func (c Config) wants(route string) bool {
 // to serve a mesh, runs only when asked for.
 func (c Config) wantsOnly(route string) bool { return slices.Contains(c.Routes, route[:1]) }
 
-// ParseRoutes turns "A,K,C,B" (any order, any subset) into Config.Routes.
+// ParseRoutes turns "A,K,C,E,B" (any order, any subset) into Config.Routes.
 func ParseRoutes(s string) ([]string, error) {
 	var out []string
 	for _, r := range strings.Split(s, ",") {
 		r = strings.ToUpper(strings.TrimSpace(r))
 		if !slices.ContainsFunc(routes, func(name string) bool { return name[:1] == r }) {
-			return nil, fmt.Errorf("route %q: want A, K, C, B or P", r)
+			return nil, fmt.Errorf("route %q: want A, K, C, E, B or P", r)
 		}
 		out = append(out, r)
 	}
