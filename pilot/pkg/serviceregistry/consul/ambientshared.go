@@ -68,18 +68,17 @@ func (f *sharedFeed) join(id cluster.ID) {
 }
 
 // attach publishes into the ambient collection of registry id if it is
-// the first one; it reports whether it was.
-func (f *sharedFeed) attach(id cluster.ID, out krt.StaticCollection[*networkingclient.ServiceEntry]) bool {
+// the first one.
+func (f *sharedFeed) attach(id cluster.ID, out krt.StaticCollection[*networkingclient.ServiceEntry]) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if len(f.order) == 0 || f.order[0] != id {
-		return false
+		return
 	}
 	f.out, f.attached = out, true
 	for name, parts := range f.byName {
 		f.out.ConditionalUpdateObject(f.serviceEntry(name, parts))
 	}
-	return true
 }
 
 // set records what registry id serves of Consul service name under the
