@@ -83,7 +83,7 @@ func (p *vipPool) used(id cluster.ID) int {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	n := 0
-	for _, h := range slices.Compact(slices.Sorted(slices.Values(p.hosts[id]))) {
+	for _, h := range p.hosts[id] { // distinct: one per listed name (and its shared one)
 		if _, ok := p.table.byHost[h]; ok {
 			n++
 		}
