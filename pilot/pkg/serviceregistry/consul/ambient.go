@@ -12,6 +12,7 @@ import (
 	"hash/fnv"
 	"strings"
 	"sync"
+	"time"
 
 	"istio.io/api/label"
 	networking "istio.io/api/networking/v1alpha3"
@@ -19,6 +20,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"istio.io/istio/pilot/pkg/model"
+	"istio.io/istio/pkg/cluster"
 	"istio.io/istio/pkg/config/labels"
 	"istio.io/istio/pkg/kube/krt"
 	"istio.io/istio/pkg/spiffe"
@@ -155,23 +157,42 @@ func (c *Controller) objectName(name string) string {
 }
 
 func (c *Controller) serviceEntry(seName string, s *serviceState) *networkingclient.ServiceEntry {
+	return newServiceEntry(seEntry{
+		name: seName, namespace: c.args.Mapping.Namespace, registry: c.opts.ClusterID,
+		service: s.service, created: s.service.CreationTime, ports: s.service.Ports,
+		selector: map[string]string{LabelService: seName}, endpoints: s.endpoints,
+	})
+}
+
+// seEntry is what a ServiceEntry ambient sees is made of.
+type seEntry struct {
+	name, namespace string
+	registry        cluster.ID
+	service         *model.Service // hostname and VIP
+	created         time.Time
+	ports           model.PortList
+	selector        map[string]string
+	endpoints       []*model.IstioEndpoint // for the waypoint labels
+}
+
+func newServiceEntry(e seEntry) *networkingclient.ServiceEntry {
 	se := &networkingclient.ServiceEntry{
 		ObjectMeta: metav1.ObjectMeta{
-			Name: seName, Namespace: c.args.Mapping.Namespace,
-			Labels:            map[string]string{LabelRegistry: string(c.opts.ClusterID)},
-			CreationTimestamp: metav1.NewTime(s.service.CreationTime),
+			Name: e.name, Namespace: e.namespace,
+			Labels:            map[string]string{LabelRegistry: string(e.registry)},
+			CreationTimestamp: metav1.NewTime(e.created),
 		},
 	}
-	waypointLabels(se, s.endpoints)
+	waypointLabels(se, e.endpoints)
 	spec := &se.Spec
-	spec.Hosts = []string{string(s.service.Hostname)}
+	spec.Hosts = []string{string(e.service.Hostname)}
 	spec.Location = networking.ServiceEntry_MESH_INTERNAL
 	spec.Resolution = networking.ServiceEntry_STATIC
-	spec.WorkloadSelector = &networking.WorkloadSelector{Labels: map[string]string{LabelService: seName}}
-	if s.service.DefaultAddress != "" {
-		spec.Addresses = []string{s.service.DefaultAddress}
+	spec.WorkloadSelector = &networking.WorkloadSelector{Labels: e.selector}
+	if e.service.DefaultAddress != "" {
+		spec.Addresses = []string{e.service.DefaultAddress}
 	}
-	for _, p := range s.service.Ports {
+	for _, p := range e.ports {
 		spec.Ports = append(spec.Ports, &networking.ServicePort{Number: uint32(p.Port), Protocol: string(p.Protocol), Name: p.Name})
 	}
 	return se

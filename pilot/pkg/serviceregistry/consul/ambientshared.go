@@ -14,9 +14,7 @@ import (
 	"slices"
 	"sync"
 
-	networking "istio.io/api/networking/v1alpha3"
 	networkingclient "istio.io/client-go/pkg/apis/networking/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"istio.io/istio/pilot/pkg/model"
 	"istio.io/istio/pkg/cluster"
@@ -136,26 +134,15 @@ func (f *sharedFeed) serviceEntry(name string, parts map[cluster.ID]*sharedPart)
 			}
 		}
 	}
-	se := &networkingclient.ServiceEntry{
-		ObjectMeta: metav1.ObjectMeta{
-			Name: sharedObjectPrefix + name, Namespace: f.namespace,
-			Labels:            map[string]string{LabelRegistry: string(owner)},
-			CreationTimestamp: metav1.NewTime(created),
-		},
-	}
-	waypointLabels(se, endpoints)
-	spec := &se.Spec
-	spec.Hosts = []string{string(svc.Hostname)}
-	spec.Location = networking.ServiceEntry_MESH_INTERNAL
-	spec.Resolution = networking.ServiceEntry_STATIC
-	spec.WorkloadSelector = &networking.WorkloadSelector{Labels: map[string]string{LabelShared: name}}
-	if svc.DefaultAddress != "" {
-		spec.Addresses = []string{svc.DefaultAddress}
-	}
+	var ordPorts model.PortList
 	for _, n := range slices.Sorted(maps.Keys(ports)) {
-		p := ports[n]
-		spec.Ports = append(spec.Ports, &networking.ServicePort{Number: uint32(p.Port), Protocol: string(p.Protocol), Name: p.Name})
+		ordPorts = append(ordPorts, ports[n])
 	}
+	se := newServiceEntry(seEntry{
+		name: sharedObjectPrefix + name, namespace: f.namespace, registry: owner,
+		service: svc, created: created, ports: ordPorts,
+		selector: map[string]string{LabelShared: name}, endpoints: endpoints,
+	})
 	if f.inline {
 		inline(se, workloads)
 	}
